@@ -1,0 +1,144 @@
+"""From what a provider fetched to what the store writes: normalize, validate, checksum.
+
+`prepare_batch` is the one place where a fetched period is checked against the dataset's
+description (variables, grid, time) and cast to its storage form. Anything that does not fit is a
+`PeriodDataError` naming the dataset, the period and the source files, raised before any write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from ref_assets.checksum import period_checksum
+from ref_assets.periods import Period
+from ref_assets.providers.protocol import Description, FetchedPeriod, SourceItem
+from ref_assets.specs import DatasetSpec
+
+
+class PeriodDataError(ValueError):
+    """A fetched period that does not match its dataset; nothing of it was written."""
+
+
+@dataclass(frozen=True)
+class VariableStats:
+    minimum: float | None
+    mean: float | None
+    maximum: float | None
+    nan_fraction: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> VariableStats:
+        finite = values[~np.isnan(values)]
+        if finite.size == 0:
+            return cls(None, None, None, 1.0)
+        return cls(
+            minimum=float(finite.min()),
+            mean=float(finite.mean(dtype="float64")),
+            maximum=float(finite.max()),
+            nan_fraction=1.0 - finite.size / values.size,
+        )
+
+
+@dataclass(frozen=True)
+class PeriodBatch:
+    """One period ready to store: variables on ``(y, x)`` in their storage dtype."""
+
+    spec: DatasetSpec
+    description: Description
+    period: Period
+    variables: dict[str, np.ndarray]
+    sources: tuple[SourceItem, ...]
+    provider: str
+    provider_version: str
+    checksum: str
+    stats: dict[str, VariableStats]
+
+    @property
+    def time_index(self) -> int:
+        return self.spec.time_index(self.period)
+
+
+def prepare_batch(
+    spec: DatasetSpec,
+    description: Description,
+    period: Period,
+    fetched: FetchedPeriod,
+    *,
+    provider: str,
+    provider_version: str,
+) -> PeriodBatch:
+    """Check ``fetched`` against ``description`` and cast it for storage.
+
+    Raises PeriodDataError (naming dataset, period and sources) when variables are missing, the
+    grid or time does not match, or values are infinite.
+    """
+    sources = ", ".join(s.uri for s in fetched.sources) or "no source items"
+
+    def fail(problem: str) -> PeriodDataError:
+        return PeriodDataError(f"{spec.id} period {period.key}: {problem} (sources: {sources})")
+
+    data = _single_time_step(fetched.data, period, fail)
+    _check_grid(data, description, fail)
+    variables: dict[str, np.ndarray] = {}
+    for variable in spec.variables:
+        if variable.name not in data.data_vars:
+            raise fail(
+                f"the provider returned no variable {variable.name!r} "
+                f"(it returned {sorted(map(str, data.data_vars))})"
+            )
+        array = data[variable.name]
+        if set(array.dims) != {"y", "x"}:
+            raise fail(f"variable {variable.name!r} has dims {array.dims}, expected (y, x)")
+        units = array.attrs.get("units")
+        if units is not None and units != variable.units:
+            raise fail(
+                f"variable {variable.name!r} is in {units!r} but the spec stores {variable.units!r}"
+            )
+        values = np.ascontiguousarray(array.transpose("y", "x").values, dtype=variable.dtype)
+        if np.isinf(values).any():
+            raise fail(f"variable {variable.name!r} has infinite values")
+        variables[variable.name] = values
+    grid = description.grid
+    return PeriodBatch(
+        spec=spec,
+        description=description,
+        period=period,
+        variables=variables,
+        sources=tuple(fetched.sources),
+        provider=provider,
+        provider_version=provider_version,
+        checksum=period_checksum(period.start, grid.y, grid.x, variables),
+        stats={name: VariableStats.of(values) for name, values in variables.items()},
+    )
+
+
+def _single_time_step(data: xr.Dataset, period: Period, fail) -> xr.Dataset:
+    """Drop a length-one time dimension after checking it lies within the period."""
+    if "time" not in data.dims:
+        return data.drop_vars("time", errors="ignore")
+    if data.sizes["time"] != 1:
+        raise fail(f"expected one time step, got {data.sizes['time']}")
+    if "time" in data.coords:
+        stamp = np.datetime64(data["time"].values[0], "s").astype(object)
+        if not (period.start <= stamp < period.end):
+            raise fail(f"time {stamp} lies outside the period [{period.start}, {period.end})")
+    return data.isel(time=0, drop=True)
+
+
+def _check_grid(data: xr.Dataset, description: Description, fail) -> None:
+    for axis, expected in (("y", description.grid.y), ("x", description.grid.x)):
+        if axis not in data.coords:
+            raise fail(f"no {axis!r} coordinate")
+        actual = np.asarray(data[axis].values, dtype="float64")
+        if actual.shape != expected.shape:
+            raise fail(f"grid mismatch: {axis} has {actual.size} cells, expected {expected.size}")
+        spacing = np.abs(np.diff(expected)).min() if expected.size > 1 else 1.0
+        worst = float(np.abs(actual - expected).max()) if actual.size else 0.0
+        if worst > 1e-3 * spacing:
+            raise fail(
+                f"grid mismatch: {axis} differs from the dataset grid by up to {worst:g} "
+                f"(first cells {actual[:2].tolist()} vs {expected[:2].tolist()})"
+            )

@@ -1,0 +1,175 @@
+"""``ref-assets``: the command line.
+
+ref-assets datasets                                  # the datasets and any broken specs
+ref-assets status DATASET [--start P] [--end P]      # present and missing periods
+ref-assets materialize DATASET --start P [--end P]   # run partitions with the Dagster instance
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ref_assets.config import ConfigError, load_settings
+from ref_assets.periods import Period, PeriodError
+from ref_assets.reader import dataset_status
+from ref_assets.specs import DatasetSpec, SpecCatalog, load_specs, packaged_spec_dir
+from ref_assets.store.repository import DatasetStore, StoreError
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed without a traceback, exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except (CommandError, ConfigError, StoreError, PeriodError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"ref-assets: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ref-assets", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    datasets = commands.add_parser("datasets", help="list the datasets and any broken specs")
+    datasets.set_defaults(handler=_datasets)
+
+    status = commands.add_parser("status", help="list present and missing periods of a dataset")
+    status.add_argument("dataset")
+    status.add_argument("--start", help="first period key (default: the dataset's start)")
+    status.add_argument("--end", help="last period key (default: the newest complete period)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+
+    materialize = commands.add_parser(
+        "materialize",
+        help="materialize a range of partitions in this process, recorded in the Dagster "
+        "instance of DAGSTER_HOME",
+    )
+    materialize.add_argument("dataset")
+    materialize.add_argument("--start", required=True, help="first period key")
+    materialize.add_argument("--end", help="last period key (default: --start)")
+    materialize.set_defaults(handler=_materialize)
+    return parser
+
+
+def _catalog() -> SpecCatalog:
+    return load_specs([packaged_spec_dir(), load_settings().user_spec_dir])
+
+
+def _period_range(spec: DatasetSpec, start: str, end: str | None) -> list[Period]:
+    first = spec.period_for_key(start)
+    last = spec.period_for_key(end) if end else first
+    if last < first:
+        raise CommandError(f"{spec.id}: --end {last.key} is before --start {first.key}")
+    count = spec.period.index(last.start, first.start) + 1
+    return [Period(spec.period, spec.period.at(i, first.start)) for i in range(count)]
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    catalog = _catalog()
+    for dataset_id, spec in sorted(catalog.specs.items()):
+        end = spec.period.key(spec.end) if spec.end else "ongoing"
+        print(
+            f"{dataset_id}\t{spec.provider}\t{spec.period.value}\t"
+            f"{spec.period.key(spec.start)}..{end}\t{catalog.sources[dataset_id]}"
+        )
+    for error in catalog.errors:
+        print(f"broken spec: {error}", file=sys.stderr)
+    return 1 if catalog.errors else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    spec = _catalog().specs.get(args.dataset)
+    settings = load_settings()
+    start = spec.period_for_key(args.start).start if spec and args.start else None
+    end = spec.period_for_key(args.end).start if spec and args.end else (spec.end if spec else None)
+    status = dataset_status(args.dataset, start=start, end=end, settings=settings)
+    location = DatasetStore(settings.storage_root, args.dataset).location
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dataset": args.dataset,
+                    "store": location,
+                    "present": [p.key for p in status.present],
+                    "missing": [p.key for p in status.missing],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if status.first is None:
+        print(f"{args.dataset}: the store at {location} holds no periods yet")
+        return 0
+    total = len(status.present) + len(status.missing)
+    print(
+        f"{args.dataset}: {len(status.present)} of {total} periods present from "
+        f"{status.first.key} to {status.last.key} (store: {location})"
+    )
+    print(f"present: {_ranges(status.present)}")
+    print(f"missing: {_ranges(status.missing)}")
+    return 0
+
+
+def _ranges(periods: list[Period]) -> str:
+    """Consecutive periods folded into ``first..last`` runs."""
+    if not periods:
+        return "none"
+    runs: list[list[Period]] = [[periods[0], periods[0]]]
+    for period in periods[1:]:
+        if period.start == runs[-1][1].end:
+            runs[-1][1] = period
+        else:
+            runs.append([period, period])
+    return ", ".join(a.key if a == b else f"{a.key}..{b.key}" for a, b in runs)
+
+
+def _materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from ref_assets.definitions import build_definitions
+
+    spec = _catalog().get(args.dataset)
+    periods = _period_range(spec, args.start, args.end)
+    if os.environ.get("DAGSTER_HOME"):
+        instance = dg.DagsterInstance.get()
+    else:
+        print("DAGSTER_HOME is not set: runs are recorded in a temporary instance", file=sys.stderr)
+        instance = dg.DagsterInstance.ephemeral()
+    job = build_definitions().resolve_implicit_job_def_def_for_assets([dg.AssetKey(spec.id)])
+    failed = []
+    with instance:
+        for number, period in enumerate(periods, 1):
+            result = job.execute_in_process(
+                partition_key=period.key,
+                asset_selection=[dg.AssetKey(spec.id)],
+                instance=instance,
+                raise_on_error=False,
+                # The instance records every event; the console gets only problems.
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
+            state = "ok" if result.success else "FAILED"
+            print(
+                f"[{number}/{len(periods)}] {spec.id} {period.key}: {state} (run {result.run_id})"
+            )
+            if not result.success:
+                failed.append(period.key)
+    if failed:
+        print(f"{spec.id}: {len(failed)} periods failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The Dagster code location: ``dagster dev -w workspace.yaml`` or ``-m ref_assets.definitions``."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ref_assets.assets import IO_MANAGER_KEY, build_dataset_asset
+from ref_assets.config import Settings, load_settings
+from ref_assets.io_manager import IcechunkIOManager
+from ref_assets.resources import IcechunkStorage, ProviderRegistryResource, installed_providers
+from ref_assets.specs import load_specs, packaged_spec_dir
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """Assets for every dataset spec that loads (broken specs are logged and skipped)."""
+    settings = settings or load_settings()
+    catalog = load_specs([packaged_spec_dir(), settings.user_spec_dir])
+    registry = installed_providers()
+    return dg.Definitions(
+        assets=[build_dataset_asset(spec, registry) for spec in catalog.specs.values()],
+        resources={
+            IO_MANAGER_KEY: IcechunkIOManager(storage=IcechunkStorage(root=settings.storage_root)),
+            "providers": ProviderRegistryResource(),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,154 @@
+"""Source periods: their keys, start times and positions on a dataset's time axis.
+
+A period is one step of a dataset's time axis (an hour, a day, a month or a year). Its key is the
+Dagster partition key, its start is the time coordinate written to the store, and its index is the
+position on the time axis counted from the dataset's start. The three convert both ways without
+any lookup, so every writer computes the same index for the same period: that is what lets periods
+be written in any order and by many processes at once.
+
+>>> from datetime import datetime
+>>> daily = PeriodType.DAILY
+>>> daily.key(datetime(2024, 1, 31))
+'2024-01-31'
+>>> daily.index(daily.parse("2024-02-01"), origin=datetime(2024, 1, 1))
+31
+>>> PeriodType.MONTHLY.at(13, origin=datetime(2023, 12, 1))
+datetime.datetime(2025, 1, 1, 0, 0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import numpy as np
+
+
+class PeriodError(ValueError):
+    """A period key or start that does not fit the dataset's period type."""
+
+
+class PeriodType(StrEnum):
+    HOURLY = "hourly"
+    DAILY = "daily"
+    MONTHLY = "monthly"
+    YEARLY = "yearly"
+
+    @property
+    def key_format(self) -> str:
+        """The strftime format of partition keys (Dagster's own for hourly and daily)."""
+        return _KEY_FORMATS[self]
+
+    @property
+    def cron_schedule(self) -> str:
+        """The cron schedule whose ticks are the period starts (used for Dagster partitions)."""
+        return _CRON_SCHEDULES[self]
+
+    def key(self, start: datetime) -> str:
+        """The key of the period starting at ``start`` (which must be a period boundary)."""
+        self.check_boundary(start)
+        return start.strftime(self.key_format)
+
+    def parse(self, key: str) -> datetime:
+        """The start of the period named by ``key``; a key in another format is an error."""
+        try:
+            start = datetime.strptime(key, self.key_format)
+        except ValueError:
+            example = datetime(2024, 1, 1).strftime(self.key_format)
+            raise PeriodError(
+                f"{key!r} is not a {self.value} period key (expected the form {example!r})"
+            ) from None
+        return start
+
+    def check_boundary(self, start: datetime) -> None:
+        """Raise PeriodError unless ``start`` is the first instant of a period of this type."""
+        if start.tzinfo is not None:
+            raise PeriodError(f"period starts are naive UTC datetimes, got {start.isoformat()}")
+        fields = {"minute": start.minute, "second": start.second, "microsecond": start.microsecond}
+        if self is not PeriodType.HOURLY:
+            fields["hour"] = start.hour
+        if self in (PeriodType.MONTHLY, PeriodType.YEARLY):
+            fields["day"] = start.day - 1
+        if self is PeriodType.YEARLY:
+            fields["month"] = start.month - 1
+        off = [name for name, value in fields.items() if value]
+        if off:
+            raise PeriodError(
+                f"{start.isoformat()} is not the start of a {self.value} period "
+                f"(non-zero {', '.join(off)})"
+            )
+
+    def index(self, start: datetime, origin: datetime) -> int:
+        """Position of the period starting at ``start`` on an axis whose index 0 is ``origin``."""
+        self.check_boundary(start)
+        self.check_boundary(origin)
+        if self is PeriodType.YEARLY:
+            return start.year - origin.year
+        if self is PeriodType.MONTHLY:
+            return (start.year - origin.year) * 12 + start.month - origin.month
+        step = timedelta(hours=1) if self is PeriodType.HOURLY else timedelta(days=1)
+        return (start - origin) // step
+
+    def at(self, index: int, origin: datetime) -> datetime:
+        """Start of the period at position ``index`` of an axis whose index 0 is ``origin``."""
+        if self is PeriodType.YEARLY:
+            return origin.replace(year=origin.year + index)
+        if self is PeriodType.MONTHLY:
+            months = origin.month - 1 + index
+            return origin.replace(year=origin.year + months // 12, month=months % 12 + 1)
+        step = timedelta(hours=1) if self is PeriodType.HOURLY else timedelta(days=1)
+        return origin + index * step
+
+    def starts(self, origin: datetime, count: int, first: int = 0) -> np.ndarray:
+        """``count`` period starts from index ``first`` as datetime64[s] (for time coordinates)."""
+        return np.array(
+            [self.at(i, origin) for i in range(first, first + count)], dtype="datetime64[s]"
+        )
+
+
+_KEY_FORMATS = {
+    PeriodType.HOURLY: "%Y-%m-%d-%H:%M",
+    PeriodType.DAILY: "%Y-%m-%d",
+    PeriodType.MONTHLY: "%Y-%m",
+    PeriodType.YEARLY: "%Y",
+}
+
+_CRON_SCHEDULES = {
+    PeriodType.HOURLY: "0 * * * *",
+    PeriodType.DAILY: "0 0 * * *",
+    PeriodType.MONTHLY: "0 0 1 * *",
+    PeriodType.YEARLY: "0 0 1 1 *",
+}
+
+
+@dataclass(frozen=True, order=True)
+class Period:
+    """One source period: its type and its start (a naive UTC datetime on a period boundary).
+
+    >>> p = Period.from_key(PeriodType.MONTHLY, "2024-02")
+    >>> (p.key, p.end.isoformat())
+    ('2024-02', '2024-03-01T00:00:00')
+    """
+
+    type: PeriodType
+    start: datetime
+
+    def __post_init__(self) -> None:
+        self.type.check_boundary(self.start)
+
+    @classmethod
+    def from_key(cls, period_type: PeriodType, key: str) -> Period:
+        return cls(period_type, period_type.parse(key))
+
+    @property
+    def key(self) -> str:
+        return self.type.key(self.start)
+
+    @property
+    def end(self) -> datetime:
+        """The start of the next period (the period covers ``[start, end)``)."""
+        return self.type.at(1, origin=self.start)
+
+    def __str__(self) -> str:
+        return self.key

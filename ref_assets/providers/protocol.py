@@ -1,0 +1,200 @@
+"""The provider contract: how a source of periods plugs into ref_assets.
+
+A provider is a class registered under the entry-point group ``ref_assets.providers``. It is built
+from a validated `DatasetSpec` (reading its own parameters from ``spec.params``) and then answers
+four questions: what grid and variables it delivers, which periods exist in a range, which is the
+latest, and what one period holds. Providers never touch the store; the store never calls them.
+
+Example (a provider serving a constant field; register it in your ``pyproject.toml``)::
+
+    [project.entry-points."ref_assets.providers"]
+    constant = "my_package.constant:ConstantProvider"
+
+.. code-block:: python
+
+    class ConstantProvider:
+        name = "constant"
+        version = "1.0"
+
+        def __init__(self, spec: DatasetSpec) -> None:
+            self.spec = spec
+            self.grid = Grid.regular(west=0, south=0, east=10, north=5, resolution=1.0)
+
+        def describe(self) -> Description:
+            return Description.from_spec(self.spec, self.grid)
+
+        def available_periods(self, first: Period, last: Period) -> list[Period]:
+            return periods_between(first, last)
+
+        def latest_available(self) -> Period | None:
+            return last_complete_period(self.spec.period)
+
+        def fetch(self, period: Period) -> FetchedPeriod:
+            payload = b"42"
+            values = np.full(self.grid.shape, 42.0, dtype="float32")
+            data = xr.Dataset({"v": (("y", "x"), values)}, coords=self.grid.coords())
+            return FetchedPeriod(data, (SourceItem.from_bytes(f"const://{period}", payload),))
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import xarray as xr
+
+from ref_assets.periods import Period, PeriodType
+
+if TYPE_CHECKING:
+    from ref_assets.specs import DatasetSpec
+
+WGS84_WKT = (
+    'GEOGCRS["WGS 84",DATUM["World Geodetic System 1984",ELLIPSOID["WGS 84",6378137,'
+    '298.257223563,LENGTHUNIT["metre",1]]],PRIMEM["Greenwich",0,ANGLEUNIT["degree",'
+    '0.0174532925199433]],CS[ellipsoidal,2],AXIS["geodetic latitude (Lat)",north,ORDER[1],'
+    'ANGLEUNIT["degree",0.0174532925199433]],AXIS["geodetic longitude (Lon)",east,ORDER[2],'
+    'ANGLEUNIT["degree",0.0174532925199433]],ID["EPSG",4326]]'
+)
+
+
+class ProviderError(RuntimeError):
+    """A provider could not deliver a period; the message names the dataset, period and source."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One input a period was built from: where it came from and a checksum of its bytes."""
+
+    uri: str
+    size: int
+    sha256: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def from_bytes(cls, uri: str, payload: bytes, **extra: str | None) -> SourceItem:
+        return cls(uri=uri, size=len(payload), sha256=hashlib.sha256(payload).hexdigest(), **extra)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular grid: cell-centre coordinates along ``y`` and ``x`` and its CRS (WKT)."""
+
+    y: np.ndarray
+    x: np.ndarray
+    crs_wkt: str = WGS84_WKT
+
+    @classmethod
+    def regular(
+        cls, *, west: float, south: float, east: float, north: float, resolution: float
+    ) -> Grid:
+        """Cell centres of a north-up lat/lon grid covering the box (y descending, as rasters)."""
+        if not (west < east and south < north and resolution > 0):
+            raise ValueError(
+                f"bad grid box west={west} south={south} east={east} north={north} "
+                f"resolution={resolution}: need west < east, south < north, resolution > 0"
+            )
+        nx = round((east - west) / resolution)
+        ny = round((north - south) / resolution)
+        x = west + resolution * (np.arange(nx) + 0.5)
+        y = north - resolution * (np.arange(ny) + 0.5)
+        return cls(y=y, x=x)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y.size, self.x.size)
+
+    def coords(self) -> dict[str, xr.Variable]:
+        """CF coordinate variables for ``y`` and ``x`` (geographic axes are named lat/lon in CF
+        attributes; the dimensions stay ``y``/``x`` as rioxarray expects)."""
+        return {
+            "y": xr.Variable(
+                "y",
+                self.y,
+                {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"},
+            ),
+            "x": xr.Variable(
+                "x",
+                self.x,
+                {"standard_name": "longitude", "units": "degrees_east", "axis": "X"},
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class VariableDescription:
+    units: str
+    attributes: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Description:
+    """What a provider delivers for every period: the grid and the variables."""
+
+    grid: Grid
+    variables: dict[str, VariableDescription]
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec, grid: Grid) -> Description:
+        """A description that delivers exactly the spec's variables (typical of simple providers)."""
+        return cls(
+            grid=grid,
+            variables={
+                v.name: VariableDescription(units=v.units, attributes=dict(v.attributes))
+                for v in spec.variables
+            },
+        )
+
+
+@dataclass(frozen=True)
+class FetchedPeriod:
+    """One period as the provider read it: variables on ``(y, x)`` or ``(time, y, x)`` with one
+    time step, and every source item read to build it."""
+
+    data: xr.Dataset
+    sources: tuple[SourceItem, ...]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """The contract every provider satisfies (see the module docstring for an example)."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+
+    def describe(self) -> Description:
+        """The grid and variables every fetched period must match."""
+        ...
+
+    def available_periods(self, first: Period, last: Period) -> list[Period]:
+        """The periods in ``[first, last]`` that the source has published, in order."""
+        ...
+
+    def latest_available(self) -> Period | None:
+        """The newest published period, or None when the source has none yet."""
+        ...
+
+    def fetch(self, period: Period) -> FetchedPeriod:
+        """Read one period; raise ProviderError naming the period and source on failure."""
+        ...
+
+
+def periods_between(first: Period, last: Period) -> list[Period]:
+    """Every period from ``first`` to ``last`` inclusive."""
+    count = first.type.index(last.start, origin=first.start) + 1
+    return [Period(first.type, first.type.at(i, first.start)) for i in range(max(count, 0))]
+
+
+def last_complete_period(period_type: PeriodType, now: datetime | None = None) -> Period:
+    """The newest period that has fully ended at ``now`` (UTC)."""
+    now = (now or datetime.now(UTC)).replace(tzinfo=None)
+    floor = {
+        PeriodType.HOURLY: now.replace(minute=0, second=0, microsecond=0),
+        PeriodType.DAILY: now.replace(hour=0, minute=0, second=0, microsecond=0),
+        PeriodType.MONTHLY: now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+        PeriodType.YEARLY: now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0),
+    }[period_type]
+    return Period(period_type, period_type.at(-1, origin=floor))

@@ -1,0 +1,178 @@
+"""The layout of a dataset's store: a pre-sized time axis, one array per variable, per-period
+records.
+
+::
+
+    /time            int64 (T,)    seconds since 1970-01-01, written for the whole pre-sized axis
+    /y, /x           float64       cell centres, CF attributes
+    /spatial_ref     scalar        the CRS (``crs_wkt``), referenced by ``grid_mapping``
+    /<variable>      (T, Y, X)     one chunk per period along time, NaN where never written
+    /ref/records     str (T,)      the JSON record of each written period, "" where none
+
+Periods are written by region at their own index, so the axis is sized ahead (in blocks of
+``spec.time_block``) and the time coordinate is written when the axis is created or grown: writers
+of distinct periods touch disjoint chunks and never the time coordinate, so they do not conflict.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import zarr
+
+from ref_assets.providers.protocol import Description
+from ref_assets.specs import DatasetSpec
+
+LAYOUT_VERSION = 1
+RECORDS_PATH = "ref/records"
+TIME_UNITS = "seconds since 1970-01-01T00:00:00"
+_EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
+
+
+class StoreLayoutError(RuntimeError):
+    """The store's structure does not match the dataset spec; nothing was written."""
+
+
+def structure(spec: DatasetSpec, description: Description) -> dict:
+    """What must not change once a store exists (changing it needs a rebuild)."""
+    grid = description.grid
+    return {
+        "layout_version": LAYOUT_VERSION,
+        "period": spec.period.value,
+        "start": spec.start.isoformat(),
+        "grid_shape": list(grid.shape),
+        "grid_first_last": [grid.y[0], grid.y[-1], grid.x[0], grid.x[-1]],
+        "variables": {v.name: [v.dtype, v.units] for v in spec.variables},
+        "chunks": list(_spatial_chunks(spec, description)),
+    }
+
+
+def _spatial_chunks(spec: DatasetSpec, description: Description) -> tuple[int, int]:
+    ny, nx = description.grid.shape
+    return (min(spec.chunks.y or ny, ny), min(spec.chunks.x or nx, nx))
+
+
+def capacity_for(spec: DatasetSpec, time_index: int) -> int:
+    """The axis length that holds ``time_index``: whole blocks of ``spec.time_block``."""
+    return (time_index // spec.time_block + 1) * spec.time_block
+
+
+def axis_length(group: zarr.Group) -> int:
+    return int(group["time"].shape[0])
+
+
+def has_layout(group: zarr.Group) -> bool:
+    return "ref_assets" in group.attrs
+
+
+def open_laid_out_root(store: zarr.abc.store.Store) -> zarr.Group | None:
+    """The root group of a store that has a layout, or None for a new, empty store."""
+    try:
+        group = zarr.open_group(store, mode="r")
+    except zarr.errors.GroupNotFoundError:
+        return None
+    return group if has_layout(group) else None
+
+
+def check_structure(group: zarr.Group, spec: DatasetSpec, description: Description) -> None:
+    stored = group.attrs["ref_assets"]["structure"]
+    expected = json.loads(json.dumps(structure(spec, description)))
+    if stored != expected:
+        changed = sorted(
+            k for k in expected.keys() | stored.keys() if stored.get(k) != expected.get(k)
+        )
+        raise StoreLayoutError(
+            f"{spec.id}: the store was laid out for a different structure "
+            f"({', '.join(changed)} changed: store has "
+            f"{ {k: stored.get(k) for k in changed} }, spec gives "
+            f"{ {k: expected.get(k) for k in changed} }). Restore the previous spec, or give the "
+            "dataset a new id to build a new store."
+        )
+
+
+def create_layout(
+    group: zarr.Group, spec: DatasetSpec, description: Description, length: int
+) -> None:
+    """Create every array of an empty store with a time axis of ``length`` periods."""
+    grid = description.grid
+    chunk_y, chunk_x = _spatial_chunks(spec, description)
+    group.attrs.update(
+        {
+            "title": spec.title,
+            "summary": spec.description,
+            "Conventions": "CF-1.10",
+            **spec.attributes,
+            "ref_assets": {"structure": structure(spec, description)},
+        }
+    )
+    time = group.create_array(
+        "time",
+        shape=(length,),
+        chunks=(spec.time_block,),
+        dtype="int64",
+        fill_value=0,
+        dimension_names=["time"],
+        attributes={
+            "standard_name": "time",
+            "axis": "T",
+            "units": TIME_UNITS,
+            "calendar": "proleptic_gregorian",
+        },
+    )
+    time[:] = _time_values(spec, 0, length)
+    for name, coordinate in grid.coords().items():
+        group.create_array(
+            name,
+            data=np.asarray(coordinate.values, dtype="float64"),
+            dimension_names=[name],
+            attributes=dict(coordinate.attrs),
+        )
+    group.create_array(
+        "spatial_ref",
+        shape=(),
+        dtype="int32",
+        fill_value=0,
+        attributes={"crs_wkt": grid.crs_wkt, "spatial_ref": grid.crs_wkt},
+    )
+    for variable in spec.variables:
+        provided = description.variables[variable.name]
+        group.create_array(
+            variable.name,
+            shape=(length, *grid.shape),
+            chunks=(1, chunk_y, chunk_x),
+            dtype=variable.dtype,
+            fill_value=np.nan,
+            dimension_names=["time", "y", "x"],
+            attributes={
+                **provided.attributes,
+                **variable.attributes,
+                "units": variable.units,
+                "grid_mapping": "spatial_ref",
+                "coordinates": "spatial_ref",
+            },
+        )
+    group.create_array(
+        RECORDS_PATH,
+        shape=(length,),
+        chunks=(1,),
+        dtype=str,
+        fill_value="",
+        dimension_names=["time"],
+    )
+
+
+def grow_time_axis(group: zarr.Group, spec: DatasetSpec, length: int) -> None:
+    """Extend every time-indexed array to ``length`` and write the new time values."""
+    old = axis_length(group)
+    for variable in spec.variables:
+        array = group[variable.name]
+        array.resize((length, *array.shape[1:]))
+    group[RECORDS_PATH].resize((length,))
+    group["time"].resize((length,))
+    group["time"][old:length] = _time_values(spec, old, length - old)
+
+
+def _time_values(spec: DatasetSpec, first: int, count: int) -> np.ndarray:
+    starts = spec.period.starts(spec.start, count, first=first)
+    return (starts - _EPOCH).astype("int64")

@@ -1,0 +1,80 @@
+"""Reading a dataset's store: its data, which periods it holds, and their records.
+
+Which periods exist is read from the store (the chunks of ``ref/records``), not from Dagster's
+event log, which can be lost. Listing those chunks reads the manifest only, not the records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import icechunk as ic
+import xarray as xr
+import zarr
+from zarr.core.sync import sync
+
+from ref_assets.periods import Period, PeriodType
+from ref_assets.store.layout import RECORDS_PATH, open_laid_out_root
+from ref_assets.store.repository import DatasetStore, StoreError
+
+
+@dataclass(frozen=True)
+class StoreAxis:
+    """The time axis a store was laid out with."""
+
+    period: PeriodType
+    start: datetime
+
+    def period_at(self, index: int) -> Period:
+        return Period(self.period, self.period.at(index, self.start))
+
+    def index_of(self, period: Period) -> int:
+        return self.period.index(period.start, self.start)
+
+
+def session_for(store: DatasetStore, snapshot: str | None = None) -> ic.Session:
+    repo = store.open()
+    try:
+        if snapshot is None:
+            return repo.readonly_session(branch="main")
+        return repo.readonly_session(snapshot_id=snapshot)
+    except ic.IcechunkError as err:
+        raise StoreError(f"{store.dataset_id}: cannot open snapshot {snapshot!r}: {err}") from None
+
+
+def store_axis(session: ic.Session, dataset_id: str) -> StoreAxis | None:
+    """The store's period type and start, or None when nothing was ever written."""
+    group = open_laid_out_root(session.store)
+    if group is None:
+        return None
+    structure = group.attrs["ref_assets"]["structure"]
+    return StoreAxis(PeriodType(structure["period"]), datetime.fromisoformat(structure["start"]))
+
+
+def written_indices(session: ic.Session) -> list[int]:
+    """Time indices that hold a committed period, ascending."""
+
+    async def collect() -> list[int]:
+        return [coords[0] async for coords in session.chunk_coordinates(f"/{RECORDS_PATH}")]
+
+    return sorted(sync(collect()))
+
+
+def read_records(session: ic.Session, indices: list[int]) -> dict[int, dict]:
+    """The stored record of each index (indices without a period are left out)."""
+    records = zarr.open_array(session.store, path=RECORDS_PATH, mode="r")
+    found = {}
+    for index in indices:
+        if index < records.shape[0] and (text := records[index]):
+            found[index] = json.loads(str(text))
+    return found
+
+
+def open_store_dataset(session: ic.Session) -> xr.Dataset:
+    """The dataset, lazily, cut after its newest written period (the rest of the pre-sized axis
+    holds nothing). Periods never written read as NaN."""
+    indices = written_indices(session)
+    data = xr.open_zarr(session.store, consolidated=False, chunks=None)
+    return data.isel(time=slice(0, indices[-1] + 1 if indices else 0))
