@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import rioxarray  # noqa: F401 - registers .rio, so users get the stored CRS as ds.rio.crs
 import xarray as xr
 
 from ref_assets.config import Settings, load_settings

@@ -8,8 +8,8 @@ Each spec variable picks its field by CF ``standard_name``:
 - ``precipitation_flux`` (units ``mm/day``): wet and dry cells, wetter near a seasonally migrating
   rain belt, gamma-distributed amounts.
 
-The noise is seeded by (seed, dataset id, period), so a period is the same bytes on every run and
-every machine. ``land_only: true`` masks a fixed pseudo-ocean with NaN, as land-only products
+The noise is seeded by the period and the parameters (not the dataset id), so a period is the same
+bytes on every run, on every machine and in every dataset declared with the same parameters. ``land_only: true`` masks a fixed pseudo-ocean with NaN, as land-only products
 (ERA5-Land, CHIRPS) do. The "source item" of a period is the canonical JSON of the generator's
 inputs: its checksum changes exactly when the generated values would.
 
@@ -111,7 +111,6 @@ class SyntheticProvider:
     def fetch(self, period: Period) -> FetchedPeriod:
         inputs = {
             "generator": f"{self.name}/{self.version}",
-            "dataset": self.spec.id,
             "period": period.key,
             "params": self.params.model_dump(mode="json"),
             "fields": self.fields,

@@ -15,6 +15,7 @@ import xarray as xr
 import zarr
 from zarr.core.sync import sync
 
+from ref_assets.checksum import period_checksum
 from ref_assets.periods import Period, PeriodType
 from ref_assets.store.layout import RECORDS_PATH, open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
@@ -78,3 +79,15 @@ def open_store_dataset(session: ic.Session) -> xr.Dataset:
     indices = written_indices(session)
     data = xr.open_zarr(session.store, consolidated=False, chunks=None)
     return data.isel(time=slice(0, indices[-1] + 1 if indices else 0))
+
+
+def stored_period_checksum(session: ic.Session, axis: StoreAxis, index: int) -> str:
+    """Recompute a period's output checksum from the values as stored."""
+    group = open_laid_out_root(session.store)
+    names = group.attrs["ref_assets"]["structure"]["variables"]
+    return period_checksum(
+        axis.period_at(index).start,
+        group["y"][:],
+        group["x"][:],
+        {name: group[name][index] for name in names},
+    )

@@ -1,0 +1,81 @@
+"""Shared fixtures: a temporary configuration directory with its own stores, spec files written
+the way operators write them, and real in-process Dagster materializations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from ref_assets.config import Settings, load_settings
+from ref_assets.definitions import build_definitions
+
+
+def spec_dict(dataset_id: str = "test_t2m", **overrides) -> dict:
+    """A valid synthetic spec (small grid), with fields replaced by ``overrides``."""
+    spec = {
+        "id": dataset_id,
+        "title": f"Test dataset {dataset_id}",
+        "provider": "synthetic",
+        "params": {"bbox": [0.0, 40.0, 6.0, 44.0], "resolution": 0.5, "seed": 3, "land_only": True},
+        "period": "daily",
+        "start": "2024-01-01",
+        "variables": [
+            {"name": "t2m", "units": "degC", "attributes": {"standard_name": "air_temperature"}}
+        ],
+        "storage": {"time_block": 8},
+        "chunks": {"y": 4, "x": 6},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A fresh REF_CONFIGURATION (with a datasets/ folder) whose stores live inside it."""
+    configuration = tmp_path / "ref"
+    (configuration / "datasets").mkdir(parents=True)
+    monkeypatch.setenv("REF_CONFIGURATION", str(configuration))
+    monkeypatch.delenv("REF_STORAGE_ROOT", raising=False)
+    return load_settings()
+
+
+@pytest.fixture
+def write_spec(settings: Settings) -> Callable[..., dict]:
+    """Write a user spec file into $REF_CONFIGURATION/datasets and return its fields."""
+
+    def write(dataset_id: str = "test_t2m", **overrides) -> dict:
+        spec = spec_dict(dataset_id, **overrides)
+        path = settings.user_spec_dir / f"{dataset_id}.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return spec
+
+    return write
+
+
+@pytest.fixture
+def instance() -> Iterable[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def materialize(
+    settings: Settings, instance: dg.DagsterInstance
+) -> Callable[..., dg.ExecuteInProcessResult]:
+    """Materialize one partition of a dataset asset, as a real Dagster run."""
+
+    def run(dataset_id: str, partition: str, *, raise_on_error: bool = True):
+        defs = build_definitions(settings)
+        job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(dataset_id)])
+        return job.execute_in_process(
+            partition_key=partition,
+            asset_selection=[dg.AssetKey(dataset_id)],
+            instance=instance,
+            raise_on_error=raise_on_error,
+        )
+
+    return run
