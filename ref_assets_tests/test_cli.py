@@ -1,0 +1,85 @@
+"""The command line: ``ref-assets`` and the ``dagster asset materialize`` path from the README."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ref_assets
+from ref_assets.cli import main
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def test_status_lists_present_and_missing_periods(settings, write_spec, materialize, capsys):
+    write_spec()
+    for key in ("2024-01-02", "2024-01-03", "2024-01-06"):
+        materialize("test_t2m", key)
+    assert main(["status", "test_t2m", "--start", "2024-01-01", "--end", "2024-01-07"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("test_t2m: 3 of 7 periods present from 2024-01-01 to 2024-01-07")
+    assert lines[1:] == [
+        "present: 2024-01-02..2024-01-03, 2024-01-06",
+        "missing: 2024-01-01, 2024-01-04..2024-01-05, 2024-01-07",
+    ]
+    assert main(["status", "test_t2m", "--end", "2024-01-04", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["present"] == ["2024-01-02", "2024-01-03"]
+    assert report["missing"] == ["2024-01-01", "2024-01-04"]
+
+
+def test_errors_are_one_line_without_traceback(settings, write_spec, capsys):
+    write_spec()
+    assert main(["status", "test_t2m"]) == 2
+    assert "test_t2m: no store at" in capsys.readouterr().err
+    assert main(["materialize", "nope", "--start", "2024-01-01"]) == 2
+    assert "no dataset 'nope'" in capsys.readouterr().err
+    assert main(["materialize", "test_t2m", "--start", "2023-12-31"]) == 2
+    assert "outside the dataset's range" in capsys.readouterr().err
+
+
+def test_datasets_lists_specs_and_reports_broken_ones(settings, write_spec, capsys):
+    write_spec()
+    write_spec("broken", variables=[])
+    assert main(["datasets"]) == 1
+    captured = capsys.readouterr()
+    assert "test_t2m\tsynthetic\tdaily\t2024-01-01..ongoing" in captured.out
+    assert "demo_air_temperature" in captured.out
+    assert "broken.yaml: variables" in captured.err
+
+
+def test_ref_assets_materialize_records_runs_in_the_instance(settings, write_spec, tmp_path):
+    write_spec()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    Path(env["DAGSTER_HOME"]).mkdir()
+    command = [sys.executable, "-m", "ref_assets.cli", "materialize", "test_t2m"]
+    done = subprocess.run(
+        [*command, "--start", "2024-01-01", "--end", "2024-01-03"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "[3/3] test_t2m 2024-01-03: ok" in done.stdout
+    status = ref_assets.dataset_status("test_t2m", settings=settings)
+    assert [p.key for p in status.present] == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        materialized = instance.get_materialized_partitions(dg.AssetKey("test_t2m"))
+    assert materialized == {"2024-01-01", "2024-01-02", "2024-01-03"}
+
+
+def test_dagster_asset_materialize_from_the_repository_root(settings, tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    Path(env["DAGSTER_HOME"]).mkdir()
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run(
+        [
+            str(dagster), "asset", "materialize", "-m", "ref_assets.definitions",
+            "--select", "demo_air_temperature", "--partition", "2024-01-01",
+        ],
+        cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = ref_assets.dataset_status("demo_air_temperature", settings=settings)
+    assert [p.key for p in status.present] == ["2024-01-01"]

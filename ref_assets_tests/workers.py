@@ -1,0 +1,58 @@
+"""Code run in spawned child processes by the tests (it must be importable by module name)."""
+
+from __future__ import annotations
+
+import os
+
+
+def materialize_partitions(
+    configuration_dir: str, dataset_id: str, keys: list[str], barrier
+) -> list[str]:
+    """Run each partition as its own Dagster run, after every worker reached the barrier."""
+    os.environ["REF_CONFIGURATION"] = configuration_dir
+    import dagster as dg
+
+    from ref_assets.definitions import build_definitions
+
+    job = build_definitions().resolve_implicit_job_def_def_for_assets([dg.AssetKey(dataset_id)])
+    barrier.wait()
+    failed = []
+    with dg.DagsterInstance.ephemeral() as instance:
+        for key in keys:
+            result = job.execute_in_process(
+                partition_key=key,
+                asset_selection=[dg.AssetKey(dataset_id)],
+                instance=instance,
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+            )
+            if not result.success:
+                failed.append(key)
+    return failed
+
+
+def write_periods(storage_root: str, spec_fields: dict, keys: list[str], barrier) -> None:
+    """Write periods through the store API as fast as possible (maximal commit contention)."""
+    from ref_assets.batch import prepare_batch
+    from ref_assets.providers.synthetic import SyntheticProvider
+    from ref_assets.specs import DatasetSpec
+    from ref_assets.store.repository import DatasetStore
+    from ref_assets.store.writer import write_period
+
+    spec = DatasetSpec.model_validate(spec_fields)
+    provider = SyntheticProvider(spec)
+    batches = [
+        prepare_batch(
+            spec,
+            provider.describe(),
+            period,
+            provider.fetch(period),
+            provider=provider.name,
+            provider_version=provider.version,
+        )
+        for period in map(spec.period_for_key, keys)
+    ]
+    store = DatasetStore(storage_root, spec.id)
+    barrier.wait()
+    for batch in batches:
+        write_period(store, batch, run_id=f"worker-{os.getpid()}")
