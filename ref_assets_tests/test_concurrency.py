@@ -6,8 +6,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 import ref_assets
-from ref_assets.specs import DatasetSpec
 from ref_assets.providers.synthetic import SyntheticProvider
+from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
 from ref_assets_tests.workers import materialize_partitions, write_periods

@@ -139,7 +139,7 @@ class Description:
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec, grid: Grid) -> Description:
-        """A description that delivers exactly the spec's variables (typical of simple providers)."""
+        """A description delivering exactly the spec's variables (typical of simple providers)."""
         return cls(
             grid=grid,
             variables={

@@ -8,9 +8,10 @@ Each spec variable picks its field by CF ``standard_name``:
 - ``precipitation_flux`` (units ``mm/day``): wet and dry cells, wetter near a seasonally migrating
   rain belt, gamma-distributed amounts.
 
-The noise is seeded by the period and the parameters (not the dataset id), so a period is the same
-bytes on every run, on every machine and in every dataset declared with the same parameters. ``land_only: true`` masks a fixed pseudo-ocean with NaN, as land-only products
-(ERA5-Land, CHIRPS) do. The "source item" of a period is the canonical JSON of the generator's
+The noise is seeded by the period and the parameters (not the dataset id), so a period is the
+same bytes on every run, on every machine and in every dataset declared with the same parameters.
+``land_only: true`` masks a fixed pseudo-ocean with NaN, as land-only products (ERA5-Land,
+CHIRPS) do. The "source item" of a period is the canonical JSON of the generator's
 inputs: its checksum changes exactly when the generated values would.
 
 Parameters (``params`` in the spec)::
@@ -84,7 +85,8 @@ class SyntheticProvider:
             if variable.units not in _FIELD_UNITS[standard_name]:
                 raise ProviderError(
                     f"{spec.id}: variable {variable.name!r} ({standard_name}) has units "
-                    f"{variable.units!r}; the synthetic provider gives {_FIELD_UNITS[standard_name]}"
+                    f"{variable.units!r}; the synthetic provider gives "
+                    f"{_FIELD_UNITS[standard_name]}"
                 )
             self.fields[variable.name] = standard_name
         west, south, east, north = self.params.bbox
