@@ -231,3 +231,29 @@ def test_a_downstream_asset_loads_the_periods_it_asks_for(settings, write_spec, 
             resources=resources,
             instance=instance,
         )
+
+
+def test_open_dataset_at_an_earlier_snapshot(settings, write_spec, materialize):
+    spec = DatasetSpec.model_validate(write_spec())
+    first = materialize(spec.id, "2024-01-01")
+    [event] = first.asset_materializations_for_node(spec.id)
+    snapshot = event.metadata["snapshot_id"].value
+    materialize(spec.id, "2024-01-02")
+    assert ref_assets.open_dataset(spec.id, settings=settings).sizes["time"] == 2
+    earlier = ref_assets.open_dataset(spec.id, snapshot=snapshot, settings=settings)
+    assert earlier.sizes["time"] == 1
+    with pytest.raises(Exception, match="cannot open snapshot 'NOTASNAPSHOT'"):
+        ref_assets.open_dataset(spec.id, snapshot="NOTASNAPSHOT", settings=settings)
+
+
+def test_manifests_are_split_along_time_and_commits_name_the_period(
+    settings, write_spec, materialize
+):
+    spec = DatasetSpec.model_validate(write_spec(storage={"time_block": 8, "manifest_split": 4}))
+    result = materialize(spec.id, "2024-01-03")
+    repo = store_of(settings).open()
+    [(condition, dims)] = repo.config.manifest.splitting.split_sizes
+    assert [size for _, size in dims] == [4]
+    [latest, *_] = repo.ancestry(branch="main")
+    assert latest.message == f"test_t2m 2024-01-03 (run {result.run_id})"
+    assert latest.metadata["period"] == "2024-01-03"
