@@ -32,6 +32,6 @@ def test_ref_toml_root_is_relative_to_the_configuration_dir_and_env_overrides_it
 )
 def test_bad_ref_toml_names_file_and_key(tmp_path: Path, text, message):
     (tmp_path / "ref.toml").write_text(text)
-    with pytest.raises(ConfigError, match="ref.toml") as raised:
+    with pytest.raises(ConfigError, match=r"ref\.toml") as raised:
         load_settings({"REF_CONFIGURATION": str(tmp_path)})
     assert message in str(raised.value)
