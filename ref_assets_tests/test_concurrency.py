@@ -6,6 +6,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 import ref_assets
+from ref_assets.checksum import period_checksum
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
@@ -61,3 +62,44 @@ def assert_all_landed(settings, spec: DatasetSpec, keys: list[str]) -> None:
     for key in keys:
         expected = provider.fetch(spec.period_for_key(key)).data.t2m.values
         np.testing.assert_array_equal(data.t2m.sel(time=key).values, expected)
+
+
+def test_processes_rewriting_the_same_periods_leave_one_whole_version_of_each(settings, write_spec):
+    # Two writers with different seeds race over the same periods; each period spans 4 chunks,
+    # so a mix of both versions would show as values matching neither checksum.
+    spec_fields = write_spec(storage={"time_block": 16})
+    variants = [{**spec_fields, "params": {**spec_fields["params"], "seed": s}} for s in (1, 2)]
+    keys = days(12)
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(2, mp_context=context) as pool,
+    ):
+        barrier = manager.Barrier(2)
+        futures = [
+            pool.submit(write_periods, settings.storage_root, fields, keys, barrier)
+            for fields in variants
+        ]
+        for future in futures:
+            future.result(timeout=240)
+
+    spec = DatasetSpec.model_validate(spec_fields)
+    session = store_reader.session_for(DatasetStore(settings.storage_root, spec.id))
+    axis = store_reader.store_axis(session, spec.id)
+    records = store_reader.read_records(session, store_reader.written_indices(session))
+    versions = [DatasetSpec.model_validate(v) for v in variants]
+    for key in keys:
+        index = spec.time_index(spec.period_for_key(key))
+        stored = store_reader.stored_period_checksum(session, axis, index)
+        assert records[index]["checksum"] == stored, f"{key}: data and record disagree"
+        whole_versions = {checksum_of(version, key) for version in versions}
+        assert len(whole_versions) == 2
+        assert stored in whole_versions, f"{key}: a mix of both writers' chunks"
+
+
+def checksum_of(spec: DatasetSpec, key: str) -> str:
+    """The checksum of a period exactly as ``spec``'s provider produces it."""
+    provider = SyntheticProvider(spec)
+    period = spec.period_for_key(key)
+    values = provider.fetch(period).data.t2m.values
+    return period_checksum(period.start, provider.grid.y, provider.grid.x, {"t2m": values})

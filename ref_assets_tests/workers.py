@@ -56,3 +56,28 @@ def write_periods(storage_root: str, spec_fields: dict, keys: list[str], barrier
     barrier.wait()
     for batch in batches:
         write_period(store, batch, run_id=f"worker-{os.getpid()}")
+
+
+def write_until_killed(storage_root: str, spec_json: str, keys: list[str]) -> None:
+    """Entry point of ``python -c``: announce readiness on stdout, then write periods in a loop
+    until the parent kills this process."""
+    import json
+    import sys
+
+    from ref_assets.batch import prepare_batch
+    from ref_assets.providers.synthetic import SyntheticProvider
+    from ref_assets.specs import DatasetSpec
+    from ref_assets.store.repository import DatasetStore
+    from ref_assets.store.writer import write_period
+
+    spec = DatasetSpec.model_validate(json.loads(spec_json))
+    provider = SyntheticProvider(spec)
+    store = DatasetStore(storage_root, spec.id)
+    print("ready", flush=True)
+    sys.stdout.close()
+    for period in map(spec.period_for_key, keys):
+        fetched = provider.fetch(period)
+        batch = prepare_batch(
+            spec, provider.describe(), period, fetched, provider="synthetic", provider_version="1"
+        )
+        write_period(store, batch, run_id=f"killable-{os.getpid()}")

@@ -1,0 +1,99 @@
+"""Writers killed with SIGKILL at arbitrary instants leave a store of whole periods."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import ref_assets
+from ref_assets.batch import prepare_batch
+from ref_assets.providers.synthetic import SyntheticProvider
+from ref_assets.specs import DatasetSpec
+from ref_assets.store import reader as store_reader
+from ref_assets.store.repository import DatasetStore
+from ref_assets.store.writer import write_period
+
+TRIALS = 20
+
+
+def start_writer(settings, spec_fields: dict, keys: list[str]) -> subprocess.Popen:
+    code = (
+        "import sys; from ref_assets_tests.workers import write_until_killed; "
+        "write_until_killed(*sys.argv[1:3], sys.argv[3:])"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, settings.storage_root, json.dumps(spec_fields), *keys],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def check_whole_or_absent(settings, spec: DatasetSpec, expected: dict[str, np.ndarray]) -> set:
+    """Every period in the store has its record, its checksum and its exact values; every other
+    period reads as NaN. Returns the keys present."""
+    store = DatasetStore(settings.storage_root, spec.id)
+    if not store.exists():
+        return set()
+    session = store_reader.session_for(store)
+    axis = store_reader.store_axis(session, spec.id)
+    if axis is None:
+        return set()
+    written = store_reader.written_indices(session)
+    records = store_reader.read_records(session, written)
+    data = ref_assets.open_dataset(spec.id, settings=settings)
+    present = set()
+    for key, values in expected.items():
+        index = spec.time_index(spec.period_for_key(key))
+        if index in records:
+            assert records[index]["period"] == key
+            stored = store_reader.stored_period_checksum(session, axis, index)
+            assert stored == records[index]["checksum"], key
+            np.testing.assert_array_equal(data.t2m.isel(time=index).values, values)
+            present.add(key)
+        elif index < data.sizes["time"]:
+            assert bool(data.t2m.isel(time=index).isnull().all()), f"{key} half-written"
+    return present
+
+
+def test_writers_killed_at_any_instant_leave_whole_periods_and_a_rerun_completes(
+    settings, write_spec
+):
+    # A small time block: kills also land while the axis is being grown.
+    spec_fields = write_spec(storage={"time_block": 3})
+    spec = DatasetSpec.model_validate(spec_fields)
+    keys = [str(day) for day in np.datetime64("2024-01-01") + np.arange(30)]
+    provider = SyntheticProvider(spec)
+    expected = {
+        key: provider.fetch(spec.period_for_key(key)).data.t2m.values.astype("float32")
+        for key in keys
+    }
+    rng = random.Random(11)
+    killed_with_progress = 0
+    for trial in range(TRIALS):
+        remaining = [k for k in keys if k not in check_whole_or_absent(settings, spec, expected)]
+        order = rng.sample(remaining, len(remaining)) if remaining else keys
+        before = len(keys) - len(remaining)
+        process = start_writer(settings, spec_fields, order)
+        time.sleep(rng.uniform(0.0, 0.25))  # varied points: fetch, chunk writes, commit, growth
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        present = check_whole_or_absent(settings, spec, expected)
+        killed_with_progress += len(present) > before
+        assert len(present) >= before, f"trial {trial}: committed periods disappeared"
+
+    assert killed_with_progress >= 3  # the kills did interrupt real writing
+    store = DatasetStore(settings.storage_root, spec.id)
+    for key in keys:  # the rerun: nothing left behind (locks, partial chunks) gets in its way
+        period = spec.period_for_key(key)
+        fetched = provider.fetch(period)
+        batch = prepare_batch(
+            spec, provider.describe(), period, fetched, provider="synthetic", provider_version="1"
+        )
+        write_period(store, batch, run_id="rerun")
+    assert check_whole_or_absent(settings, spec, expected) == set(keys)
