@@ -32,7 +32,7 @@ def code_version(spec: DatasetSpec, provider_version: str | None) -> str:
     """Changes when anything that shapes the stored values does: the resolved spec, the
     provider's version or the store layout."""
     parts = [
-        spec.fingerprint(),
+        spec.values_fingerprint(),
         spec.provider,
         provider_version or "unavailable",
         str(LAYOUT_VERSION),

@@ -97,9 +97,15 @@ def prepare_batch(
             raise fail(
                 f"variable {variable.name!r} is in {units!r} but the spec stores {variable.units!r}"
             )
-        values = np.ascontiguousarray(array.transpose("y", "x").values, dtype=variable.dtype)
-        if np.isinf(values).any():
+        source_values = array.transpose("y", "x").values
+        if np.isinf(source_values).any():
             raise fail(f"variable {variable.name!r} has infinite values")
+        with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
+            values = np.ascontiguousarray(source_values, dtype=variable.dtype)
+        if np.isinf(values).any():
+            raise fail(
+                f"variable {variable.name!r} has values beyond the range of {variable.dtype}"
+            )
         variables[variable.name] = values
     grid = description.grid
     return PeriodBatch(
@@ -116,16 +122,24 @@ def prepare_batch(
 
 
 def _single_time_step(data: xr.Dataset, period: Period, fail) -> xr.Dataset:
-    """Drop a length-one time dimension after checking it lies within the period."""
-    if "time" not in data.dims:
-        return data.drop_vars("time", errors="ignore")
-    if data.sizes["time"] != 1:
-        raise fail(f"expected one time step, got {data.sizes['time']}")
+    """Drop the time (a length-one dimension or a scalar coordinate) after checking that it lies
+    within the period. Data without any time is taken to be the period's."""
+    if "time" in data.dims:
+        if data.sizes["time"] != 1:
+            raise fail(f"expected one time step, got {data.sizes['time']}")
+        if "time" not in data.coords:
+            raise fail("a time dimension without a time coordinate")
+        data = data.isel(time=0)
     if "time" in data.coords:
-        stamp = np.datetime64(data["time"].values[0], "s").astype(object)
+        try:
+            stamp = np.datetime64(data["time"].values.item(), "s").astype(object)
+        except (TypeError, ValueError):
+            raise fail(
+                f"time {data['time'].values!r} is not a standard-calendar timestamp"
+            ) from None
         if not (period.start <= stamp < period.end):
             raise fail(f"time {stamp} lies outside the period [{period.start}, {period.end})")
-    return data.isel(time=0, drop=True)
+    return data.drop_vars("time", errors="ignore")
 
 
 def _check_grid(data: xr.Dataset, description: Description, fail) -> None:

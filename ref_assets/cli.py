@@ -16,8 +16,15 @@ from collections.abc import Sequence
 
 from ref_assets.config import ConfigError, load_settings
 from ref_assets.periods import Period, PeriodError
+from ref_assets.providers.protocol import periods_between
 from ref_assets.reader import dataset_status
-from ref_assets.specs import DatasetSpec, SpecCatalog, load_specs, packaged_spec_dir
+from ref_assets.specs import (
+    DatasetSpec,
+    SpecCatalog,
+    UnknownDatasetError,
+    load_specs,
+    packaged_spec_dir,
+)
 from ref_assets.store.repository import DatasetStore, StoreError
 
 
@@ -31,9 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (CommandError, ConfigError, StoreError, PeriodError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"ref-assets: error: {message}", file=sys.stderr)
+    except (CommandError, ConfigError, StoreError, PeriodError, UnknownDatasetError) as err:
+        print(f"ref-assets: error: {err}", file=sys.stderr)
         return 2
 
 
@@ -72,8 +78,7 @@ def _period_range(spec: DatasetSpec, start: str, end: str | None) -> list[Period
     last = spec.period_for_key(end) if end else first
     if last < first:
         raise CommandError(f"{spec.id}: --end {last.key} is before --start {first.key}")
-    count = spec.period.index(last.start, first.start) + 1
-    return [Period(spec.period, spec.period.at(i, first.start)) for i in range(count)]
+    return periods_between(first, last)
 
 
 def _datasets(args: argparse.Namespace) -> int:

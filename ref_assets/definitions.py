@@ -19,10 +19,14 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[build_dataset_asset(spec, registry) for spec in catalog.specs.values()],
         resources={
-            IO_MANAGER_KEY: IcechunkIOManager(storage=IcechunkStorage(root=settings.storage_root)),
+            # The root is resolved in each process that writes (REF_STORAGE_ROOT, ref.toml).
+            IO_MANAGER_KEY: IcechunkIOManager(storage=IcechunkStorage()),
             "providers": ProviderRegistryResource(),
         },
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Loaded lazily by Dagster's tools: importing this module reads no configuration."""
+    return build_definitions()

@@ -25,6 +25,11 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()}: the Icechunk IO manager stores PeriodBatch "
                 f"outputs, got {type(obj).__name__}"
             )
+        if context.has_partition_key and context.partition_key != obj.period.key:
+            raise ValueError(
+                f"{obj.spec.id}: the asset produced period {obj.period.key} for partition "
+                f"{context.partition_key}; refusing to write it at the wrong place"
+            )
         store = self.storage.store(obj.spec.id)
         receipt = write_period(store, obj, run_id=context.run_id)
         context.log.info(
@@ -39,7 +44,11 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
         data = store_reader.open_store_dataset(session)
         if not context.has_asset_partitions:
             return data
-        axis = store_reader.store_axis(session, dataset_id)
+        axis = store_reader.store_axis(session)
+        if axis is None:
+            raise StoreError(
+                f"{dataset_id}: the store holds no periods yet; materialize some first"
+            )
         written = set(store_reader.written_indices(session))
         wanted = [
             axis.index_of(Period.from_key(axis.period, key)) for key in context.asset_partition_keys

@@ -60,7 +60,7 @@ def dataset_status(
     (default: the newest complete period, or the newest written one if later), read from the store.
     """
     session = store_reader.session_for(_store(dataset_id, settings), snapshot)
-    axis = store_reader.store_axis(session, dataset_id)
+    axis = store_reader.store_axis(session)
     if axis is None:
         return DatasetStatus(dataset_id, None, None, [], [])
     written = set(store_reader.written_indices(session))

@@ -32,7 +32,8 @@ from ref_assets.periods import Period, PeriodError, PeriodType
 logger = logging.getLogger(__name__)
 
 # Ids become asset keys and directory names: keep them to a safe, portable alphabet.
-DatasetId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+DATASET_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN)]
 VariableName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,62}$")]
 AttributeValue = str | int | float | bool | list[str] | list[int] | list[float]
 
@@ -112,8 +113,6 @@ class DatasetSpec(_Strict):
         for name, value in (("start", self.start), ("end", self.end)):
             if value is None:
                 continue
-            if value.tzinfo is not None:
-                raise ValueError(f"{name}: give a naive UTC time without a zone offset")
             try:
                 self.period.check_boundary(value)
             except PeriodError as err:
@@ -138,9 +137,6 @@ class DatasetSpec(_Strict):
     def manifest_split(self) -> int:
         return self.storage.manifest_split or self.time_block
 
-    def first_period(self) -> Period:
-        return Period(self.period, self.start)
-
     def period_for_key(self, key: str) -> Period:
         """The period named by a partition key, checked to lie within the dataset's range."""
         period = Period.from_key(self.period, key)
@@ -154,8 +150,16 @@ class DatasetSpec(_Strict):
 
     def fingerprint(self) -> str:
         """A short digest of the resolved spec: changes whenever any field does."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _digest(self.model_dump(mode="json"))
+
+    def values_fingerprint(self) -> str:
+        """A short digest of the fields that shape stored values (not the title, description or
+        global attributes): the basis of the asset's code version."""
+        return _digest(self.model_dump(mode="json", exclude={"title", "description", "attributes"}))
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _DEFAULT_TIME_BLOCKS = {
@@ -177,6 +181,10 @@ class SpecError:
     def __str__(self) -> str:
         where = f"{self.path}: {self.field}" if self.field else str(self.path)
         return f"{where}: {self.message}"
+
+
+class UnknownDatasetError(LookupError):
+    """No loaded spec has this id."""
 
 
 class SpecFileError(ValueError):
@@ -217,7 +225,7 @@ class SpecCatalog:
             return self.specs[dataset_id]
         except KeyError:
             known = ", ".join(sorted(self.specs)) or "none"
-            raise KeyError(f"no dataset {dataset_id!r} (known: {known})") from None
+            raise UnknownDatasetError(f"no dataset {dataset_id!r} (known: {known})") from None
 
 
 def packaged_spec_dir() -> Path:

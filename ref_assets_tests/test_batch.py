@@ -53,6 +53,9 @@ def test_a_time_step_inside_the_period_is_accepted_and_one_outside_rejected():
         (lambda d: d.assign(t2m=d.t2m.assign_attrs(units="K")), "is in 'K'"),
         (lambda d: d.assign(t2m=d.t2m.where(d.x < 3, np.inf)), "infinite values"),
         (lambda d: d.expand_dims(time=2), "expected one time step, got 2"),
+        (lambda d: d.assign_coords(time=np.datetime64("1999-06-01")), "outside the period"),
+        (lambda d: d.expand_dims("time"), "a time dimension without a time coordinate"),
+        (lambda d: d.assign(t2m=d.t2m.astype("float64") * 1e300), "beyond the range of float32"),
     ],
 )
 def test_mismatches_name_dataset_period_and_sources(change, message):

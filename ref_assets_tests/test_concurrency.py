@@ -85,7 +85,7 @@ def test_processes_rewriting_the_same_periods_leave_one_whole_version_of_each(se
 
     spec = DatasetSpec.model_validate(spec_fields)
     session = store_reader.session_for(DatasetStore(settings.storage_root, spec.id))
-    axis = store_reader.store_axis(session, spec.id)
+    axis = store_reader.store_axis(session)
     records = store_reader.read_records(session, store_reader.written_indices(session))
     versions = [DatasetSpec.model_validate(v) for v in variants]
     for key in keys:

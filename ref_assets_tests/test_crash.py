@@ -41,7 +41,7 @@ def check_whole_or_absent(settings, spec: DatasetSpec, expected: dict[str, np.nd
     if not store.exists():
         return set()
     session = store_reader.session_for(store)
-    axis = store_reader.store_axis(session, spec.id)
+    axis = store_reader.store_axis(session)
     if axis is None:
         return set()
     written = store_reader.written_indices(session)

@@ -117,7 +117,7 @@ def test_metadata_checksum_matches_the_store_and_is_the_data_version(
     [event] = result.asset_materializations_for_node(spec.id)
     metadata = {key: value.value for key, value in event.metadata.items()}
     session = store_reader.session_for(store_of(settings))
-    axis = store_reader.store_axis(session, spec.id)
+    axis = store_reader.store_axis(session)
     assert metadata["period"] == "2024-01-09"
     assert metadata["time_index"] == 8
     assert metadata["snapshot_id"] == session.snapshot_id
@@ -137,11 +137,14 @@ def test_checksum_does_not_depend_on_chunking(settings, write_spec, materialize)
     write_spec("whole_grid", chunks={})
     for dataset_id in ("small_chunks", "whole_grid"):
         materialize(dataset_id, "2024-01-02")
-    checksums = {
-        dataset_id: next(iter(materialized_values(settings, dataset_id).values()))[1]
-        for dataset_id in ("small_chunks", "whole_grid")
-    }
-    assert checksums["small_chunks"] == checksums["whole_grid"]
+    checksums = set()
+    for dataset_id in ("small_chunks", "whole_grid"):
+        session = store_reader.session_for(store_of(settings, dataset_id))
+        axis = store_reader.store_axis(session)
+        checksums.add(store_reader.stored_period_checksum(session, axis, 1))
+        [record] = store_reader.read_records(session, [1]).values()
+        checksums.add(record["checksum"])
+    assert len(checksums) == 1
     group = zarr.open_group(
         store_reader.session_for(store_of(settings, "small_chunks")).store, mode="r"
     )
@@ -257,3 +260,18 @@ def test_manifests_are_split_along_time_and_commits_name_the_period(
     [latest, *_] = repo.ancestry(branch="main")
     assert latest.message == f"test_t2m 2024-01-03 (run {result.run_id})"
     assert latest.metadata["period"] == "2024-01-03"
+
+
+def test_a_spec_that_changes_the_store_structure_is_refused(settings, write_spec, materialize):
+    write_spec()
+    materialize("test_t2m", "2024-01-01")
+    snapshot = store_reader.session_for(store_of(settings)).snapshot_id
+    write_spec(storage={"time_block": 5}, chunks={"y": 2, "x": 6})
+    result = materialize("test_t2m", "2024-01-02", raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.to_string()
+    assert "test_t2m: the store was laid out for a different structure (chunks, time_block" in (
+        message
+    )
+    assert store_reader.session_for(store_of(settings)).snapshot_id == snapshot

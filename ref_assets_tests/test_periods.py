@@ -53,3 +53,21 @@ def test_dataset_rejects_periods_outside_its_range():
     for key in ("2023-12-31", "2024-01-11"):
         with pytest.raises(PeriodError, match="outside the dataset's range"):
             spec.period_for_key(key)
+
+
+def test_last_complete_period_converts_aware_times_to_utc():
+    from datetime import UTC, timedelta, timezone
+
+    from ref_assets.providers.protocol import last_complete_period
+
+    east = timezone(timedelta(hours=3))
+    assert last_complete_period(PeriodType.DAILY, datetime(2024, 1, 2, 1, tzinfo=east)).key == (
+        "2023-12-31"
+    )
+    assert last_complete_period(PeriodType.HOURLY, datetime(2024, 1, 2, 1, 30, tzinfo=UTC)).key == (
+        "2024-01-02-00:00"
+    )
+    assert (
+        last_complete_period(PeriodType.MONTHLY, datetime(2024, 3, 1, tzinfo=UTC)).key == "2024-02"
+    )
+    assert last_complete_period(PeriodType.YEARLY, datetime(2024, 6, 1, tzinfo=UTC)).key == "2023"

@@ -1,10 +1,11 @@
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, entry_points
 
 import pytest
 
 from ref_assets.definitions import build_definitions
 from ref_assets.providers import registry as registry_module
 from ref_assets.providers.registry import ProviderRegistry, ProviderUnavailableError
+from ref_assets.resources import installed_providers
 from ref_assets.specs import DatasetSpec
 from ref_assets_tests.conftest import spec_dict
 
@@ -35,11 +36,15 @@ def test_broken_providers_are_skipped_with_the_reason_and_others_register(caplog
 
 
 def test_dataset_with_a_missing_provider_is_an_asset_that_fails_clearly(
-    settings, write_spec, materialize, monkeypatch
+    settings, write_spec, materialize, monkeypatch, request
 ):
     write_spec("orphan", provider="retired_provider")
     write_spec("healthy")
-    monkeypatch.setattr(registry_module, "entry_points", lambda group: [])
+    # Only the built-in provider is installed; the cache is per process, so start it afresh.
+    synthetic = [e for e in entry_points(group=GROUP) if e.name == "synthetic"]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: synthetic)
+    installed_providers.cache_clear()
+    request.addfinalizer(installed_providers.cache_clear)
     keys = {k.to_user_string() for k in build_definitions(settings).resolve_all_asset_keys()}
     assert {"orphan", "healthy"} <= keys
     result = materialize("orphan", "2024-01-01", raise_on_error=False)

@@ -85,3 +85,5 @@ def test_code_version_follows_the_spec():
     assert code_version(base, "1") == code_version(DatasetSpec.model_validate(spec_dict()), "1")
     assert code_version(base, "1") != code_version(changed, "1")
     assert code_version(base, "1") != code_version(base, "2")
+    retitled = DatasetSpec.model_validate(spec_dict(title="New title", description="Reworded"))
+    assert code_version(retitled, "1") == code_version(base, "1")

@@ -100,3 +100,9 @@ def test_bad_parameters_name_the_dataset_and_field(overrides, message):
     with pytest.raises(ProviderError, match=message) as raised:
         provider(**overrides)
     assert str(raised.value).startswith("test_t2m:")
+
+
+def test_adding_a_variable_changes_no_other_variable():
+    alone = provider().fetch(daily("2024-03-01")).data.t2m.values
+    together = provider(variables=[PRECIPITATION, TEMPERATURE]).fetch(daily("2024-03-01"))
+    np.testing.assert_array_equal(together.data.t2m.values, alone)

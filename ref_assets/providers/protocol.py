@@ -190,7 +190,7 @@ def periods_between(first: Period, last: Period) -> list[Period]:
 
 def last_complete_period(period_type: PeriodType, now: datetime | None = None) -> Period:
     """The newest period that has fully ended at ``now`` (UTC)."""
-    now = (now or datetime.now(UTC)).replace(tzinfo=None)
+    now = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
     floor = {
         PeriodType.HOURLY: now.replace(minute=0, second=0, microsecond=0),
         PeriodType.DAILY: now.replace(hour=0, minute=0, second=0, microsecond=0),

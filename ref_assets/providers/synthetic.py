@@ -118,12 +118,14 @@ class SyntheticProvider:
             "fields": self.fields,
         }
         payload = json.dumps(inputs, sort_keys=True).encode()
-        rng = np.random.default_rng(np.frombuffer(hashlib.sha256(payload).digest(), np.uint32))
         lat, lon = np.meshgrid(self.grid.y, self.grid.x, indexing="ij")
         mask = _ocean(lat, lon, self.params.seed) if self.params.land_only else None
         variables = {}
-        for name in sorted(self.fields):
-            standard_name = self.fields[name]
+        for name, standard_name in self.fields.items():
+            # Each variable draws from its own stream: adding a variable changes no other.
+            variable_inputs = {**inputs, "fields": {name: standard_name}}
+            digest = hashlib.sha256(json.dumps(variable_inputs, sort_keys=True).encode()).digest()
+            rng = np.random.default_rng(np.frombuffer(digest, np.uint32))
             if standard_name == "air_temperature":
                 values = _air_temperature(period, lat, lon, rng, self.params.seed)
                 if self.spec.variables_by_name[name].units == "K":

@@ -35,7 +35,9 @@ class StoreLayoutError(RuntimeError):
 
 
 def structure(spec: DatasetSpec, description: Description) -> dict:
-    """What must not change once a store exists (changing it needs a rebuild)."""
+    """What must not change once a store exists (changing it needs a rebuild). The time block
+    and manifest split are fixed too: the time coordinate is chunked by the one and the
+    repository's config holds the other."""
     grid = description.grid
     return {
         "layout_version": LAYOUT_VERSION,
@@ -45,6 +47,8 @@ def structure(spec: DatasetSpec, description: Description) -> dict:
         "grid_first_last": [grid.y[0], grid.y[-1], grid.x[0], grid.x[-1]],
         "variables": {v.name: [v.dtype, v.units] for v in spec.variables},
         "chunks": list(_spatial_chunks(spec, description)),
+        "time_block": spec.time_block,
+        "manifest_split": spec.manifest_split,
     }
 
 

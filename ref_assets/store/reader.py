@@ -45,7 +45,7 @@ def session_for(store: DatasetStore, snapshot: str | None = None) -> ic.Session:
         raise StoreError(f"{store.dataset_id}: cannot open snapshot {snapshot!r}: {err}") from None
 
 
-def store_axis(session: ic.Session, dataset_id: str) -> StoreAxis | None:
+def store_axis(session: ic.Session) -> StoreAxis | None:
     """The store's period type and start, or None when nothing was ever written."""
     group = open_laid_out_root(session.store)
     if group is None:

@@ -2,7 +2,8 @@
 
 The root is a local directory today (object storage follows behind the same class). Each dataset's
 repository lives at ``<root>/<dataset_id>``. Local filesystem storage has no atomic ref updates, so
-concurrent commits can silently drop each other (measured: 32 of 64 periods lost with 8 writers);
+concurrent commits can silently drop each other (measured with icechunk 2.3: 4 writers of 64
+periods into a laid-out store, no lock: 57 landed, no error raised);
 every commit and every layout change therefore happens under an inter-process lock,
 ``<root>/.locks/<dataset_id>.lock``. The lock is an ``flock``: the kernel releases it when its
 holder dies, so a killed run never leaves a lock that blocks the next.
@@ -19,9 +20,11 @@ from pathlib import Path
 import icechunk as ic
 from filelock import FileLock, Timeout
 
+from ref_assets.specs import DATASET_ID_PATTERN
+
 logger = logging.getLogger(__name__)
 
-_DATASET_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_DATASET_ID = re.compile(DATASET_ID_PATTERN)
 
 # Icechunk warns on every open of local storage that it is unsafe for concurrent commits; we hold
 # an inter-process lock around every commit, so the warning would only teach users to ignore logs.
@@ -101,7 +104,6 @@ class DatasetStore:
                 return ic.Repository.open(self._storage())
             self.path.parent.mkdir(parents=True, exist_ok=True)
             repo = ic.Repository.create(self._storage(), config=repository_config(manifest_split))
-            repo.save_config()
             logger.info("%s: created repository at %s", self.dataset_id, self.location)
             return repo
 

@@ -36,7 +36,7 @@ from ref_assets.store.repository import DatasetStore, StoreError
 logger = logging.getLogger(__name__)
 
 # A commit conflicts only when another writer grew the axis or wrote the same period after our
-# session began; each retry starts from the new tip, so a few attempts always suffice.
+# session began; each retry starts from the new tip, so a few attempts suffice in practice.
 MAX_COMMIT_ATTEMPTS = 8
 
 
@@ -85,7 +85,8 @@ def write_period(store: DatasetStore, batch: PeriodBatch, *, run_id: str) -> Wri
         return WriteReceipt(snapshot_id, index, bytes_written, record, attempt)
     raise StoreError(
         f"{spec.id} period {batch.period.key}: gave up after {MAX_COMMIT_ATTEMPTS} conflicting "
-        "commit attempts; another process keeps rewriting this period. Nothing was written."
+        "commit attempts (other writers kept rewriting this period or growing the time axis). "
+        "Nothing was written; run the partition again."
     )
 
 
