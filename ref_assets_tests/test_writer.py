@@ -1,0 +1,72 @@
+"""The writer's commit path under real conflicts: retried from the new tip, or given up cleanly."""
+
+import icechunk as ic
+import pytest
+import zarr
+
+from ref_assets.batch import prepare_batch
+from ref_assets.providers.synthetic import SyntheticProvider
+from ref_assets.specs import DatasetSpec
+from ref_assets.store import reader as store_reader
+from ref_assets.store.layout import RECORDS_PATH
+from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.writer import MAX_COMMIT_ATTEMPTS, write_period
+from ref_assets_tests.conftest import spec_dict
+
+
+@pytest.fixture
+def setup(settings):
+    spec = DatasetSpec.model_validate(spec_dict())
+    provider = SyntheticProvider(spec)
+
+    def batch_for(key: str):
+        period = spec.period_for_key(key)
+        fetched = provider.fetch(period)
+        return prepare_batch(
+            spec, provider.describe(), period, fetched, provider="synthetic", provider_version="1"
+        )
+
+    store = DatasetStore(settings.storage_root, spec.id)
+    write_period(store, batch_for("2024-01-01"), run_id="first")
+    return store, batch_for
+
+
+def compete_before_commits(monkeypatch, store: DatasetStore, index: int, times: int) -> list:
+    """Before each of our next ``times`` commits, another writer commits the same period."""
+    real_commit = ic.Session.commit
+    competing = []
+
+    def commit(self, message, *args, **kwargs):
+        if len(competing) < times and "competitor" not in message:
+            other = store.open().writable_session("main")
+            zarr.open_group(other.store, mode="r+")[RECORDS_PATH][index] = '{"competitor": 1}'
+            competing.append(real_commit(other, "competitor"))
+        return real_commit(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(ic.Session, "commit", commit)
+    return competing
+
+
+def test_a_conflicting_commit_is_retried_and_the_later_writer_wins(setup, monkeypatch):
+    store, batch_for = setup
+    batch = batch_for("2024-01-02")
+    competing = compete_before_commits(monkeypatch, store, batch.time_index, times=2)
+    receipt = write_period(store, batch, run_id="ours")
+    assert receipt.attempts == 3 and len(competing) == 2
+    session = store_reader.session_for(store)
+    [record] = store_reader.read_records(session, [batch.time_index]).values()
+    assert record["run_id"] == "ours"
+    axis = store_reader.store_axis(session)
+    assert store_reader.stored_period_checksum(session, axis, batch.time_index) == batch.checksum
+
+
+def test_endless_conflicts_give_up_with_nothing_of_ours_written(setup, monkeypatch):
+    store, batch_for = setup
+    batch = batch_for("2024-01-03")
+    compete_before_commits(monkeypatch, store, batch.time_index, times=MAX_COMMIT_ATTEMPTS)
+    with pytest.raises(StoreError, match="test_t2m period 2024-01-03: gave up after 8"):
+        write_period(store, batch, run_id="ours")
+    session = store_reader.session_for(store)
+    [record] = store_reader.read_records(session, [batch.time_index]).values()
+    assert record == {"competitor": 1}  # the competitor's commit, none of ours
+    assert bool(store_reader.open_store_dataset(session).t2m.isel(time=2).isnull().all())
