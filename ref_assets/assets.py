@@ -5,7 +5,7 @@ import warnings
 
 import dagster as dg
 
-from ref_assets.batch import PeriodBatch, prepare_batch
+from ref_assets.batch import PeriodBatch, fetch_batch
 from ref_assets.periods import Period
 from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.resources import ProviderRegistryResource
@@ -63,14 +63,7 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
         period = spec.period_for_key(context.partition_key)
         provider = providers.create(spec)
         context.log.info(f"{spec.id} {period.key}: fetching from provider {provider.name}")
-        batch = prepare_batch(
-            spec,
-            provider.describe(),
-            period,
-            provider.fetch(period),
-            provider=provider.name,
-            provider_version=provider.version,
-        )
+        batch = fetch_batch(spec, provider, period)
         with warnings.catch_warnings():  # data_version is beta, and exactly what we want
             warnings.simplefilter("ignore", dg.BetaWarning)
             return dg.Output(batch, data_version=dg.DataVersion(batch.checksum))

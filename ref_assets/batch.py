@@ -14,7 +14,7 @@ import xarray as xr
 
 from ref_assets.checksum import period_checksum
 from ref_assets.periods import Period
-from ref_assets.providers.protocol import Description, FetchedPeriod, SourceItem
+from ref_assets.providers.protocol import Description, FetchedPeriod, Provider, SourceItem
 from ref_assets.specs import DatasetSpec
 
 
@@ -118,6 +118,18 @@ def prepare_batch(
         provider_version=provider_version,
         checksum=period_checksum(period.start, grid.y, grid.x, variables),
         stats={name: VariableStats.of(values) for name, values in variables.items()},
+    )
+
+
+def fetch_batch(spec: DatasetSpec, provider: Provider, period: Period) -> PeriodBatch:
+    """Fetch ``period`` from ``provider`` and prepare it for the store (see `prepare_batch`)."""
+    return prepare_batch(
+        spec,
+        provider.describe(),
+        period,
+        provider.fetch(period),
+        provider=provider.name,
+        provider_version=provider.version,
     )
 
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import ref_assets
-from ref_assets.batch import prepare_batch
+from ref_assets.batch import fetch_batch
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
@@ -90,10 +90,5 @@ def test_writers_killed_at_any_instant_leave_whole_periods_and_a_rerun_completes
     assert killed_with_progress >= 3  # the kills did interrupt real writing
     store = DatasetStore(settings.storage_root, spec.id)
     for key in keys:  # the rerun: nothing left behind (locks, partial chunks) gets in its way
-        period = spec.period_for_key(key)
-        fetched = provider.fetch(period)
-        batch = prepare_batch(
-            spec, provider.describe(), period, fetched, provider="synthetic", provider_version="1"
-        )
-        write_period(store, batch, run_id="rerun")
+        write_period(store, fetch_batch(spec, provider, spec.period_for_key(key)), run_id="rerun")
     assert check_whole_or_absent(settings, spec, expected) == set(keys)

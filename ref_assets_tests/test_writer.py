@@ -4,7 +4,7 @@ import icechunk as ic
 import pytest
 import zarr
 
-from ref_assets.batch import prepare_batch
+from ref_assets.batch import fetch_batch
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
@@ -20,11 +20,7 @@ def setup(settings):
     provider = SyntheticProvider(spec)
 
     def batch_for(key: str):
-        period = spec.period_for_key(key)
-        fetched = provider.fetch(period)
-        return prepare_batch(
-            spec, provider.describe(), period, fetched, provider="synthetic", provider_version="1"
-        )
+        return fetch_batch(spec, provider, spec.period_for_key(key))
 
     store = DatasetStore(settings.storage_root, spec.id)
     write_period(store, batch_for("2024-01-01"), run_id="first")

@@ -33,7 +33,7 @@ def materialize_partitions(
 
 def write_periods(storage_root: str, spec_fields: dict, keys: list[str], barrier) -> None:
     """Write periods through the store API as fast as possible (maximal commit contention)."""
-    from ref_assets.batch import prepare_batch
+    from ref_assets.batch import fetch_batch
     from ref_assets.providers.synthetic import SyntheticProvider
     from ref_assets.specs import DatasetSpec
     from ref_assets.store.repository import DatasetStore
@@ -41,17 +41,7 @@ def write_periods(storage_root: str, spec_fields: dict, keys: list[str], barrier
 
     spec = DatasetSpec.model_validate(spec_fields)
     provider = SyntheticProvider(spec)
-    batches = [
-        prepare_batch(
-            spec,
-            provider.describe(),
-            period,
-            provider.fetch(period),
-            provider=provider.name,
-            provider_version=provider.version,
-        )
-        for period in map(spec.period_for_key, keys)
-    ]
+    batches = [fetch_batch(spec, provider, period) for period in map(spec.period_for_key, keys)]
     store = DatasetStore(storage_root, spec.id)
     barrier.wait()
     for batch in batches:
@@ -64,7 +54,7 @@ def write_until_killed(storage_root: str, spec_json: str, keys: list[str]) -> No
     import json
     import sys
 
-    from ref_assets.batch import prepare_batch
+    from ref_assets.batch import fetch_batch
     from ref_assets.providers.synthetic import SyntheticProvider
     from ref_assets.specs import DatasetSpec
     from ref_assets.store.repository import DatasetStore
@@ -76,8 +66,4 @@ def write_until_killed(storage_root: str, spec_json: str, keys: list[str]) -> No
     print("ready", flush=True)
     sys.stdout.close()
     for period in map(spec.period_for_key, keys):
-        fetched = provider.fetch(period)
-        batch = prepare_batch(
-            spec, provider.describe(), period, fetched, provider="synthetic", provider_version="1"
-        )
-        write_period(store, batch, run_id=f"killable-{os.getpid()}")
+        write_period(store, fetch_batch(spec, provider, period), run_id=f"killable-{os.getpid()}")
