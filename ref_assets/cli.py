@@ -96,6 +96,11 @@ def _datasets(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     spec = _catalog().specs.get(args.dataset)
+    if spec is None and (args.start or args.end):
+        raise CommandError(
+            f"{args.dataset}: no spec is loaded for this dataset, so --start/--end cannot be read; "
+            "run without them to see the whole store"
+        )
     settings = load_settings()
     start = spec.period_for_key(args.start).start if spec and args.start else None
     end = spec.period_for_key(args.end).start if spec and args.end else (spec.end if spec else None)

@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import rioxarray  # noqa: F401 - registers .rio, so users get the stored CRS as ds.rio.crs
 import xarray as xr
 
 from ref_assets.config import Settings, load_settings
-from ref_assets.periods import Period
+from ref_assets.periods import Period, PeriodError
 from ref_assets.providers.protocol import last_complete_period
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
@@ -33,6 +32,10 @@ def open_dataset(
 
     Only committed periods hold values; periods never written read as NaN.
     """
+    # Registers ``.rio`` so the stored CRS is ``ds.rio.crs``; imported here, not at package
+    # import, because rasterio is slow to load and writers never need it.
+    import rioxarray  # noqa: F401
+
     session = store_reader.session_for(_store(dataset_id, settings), snapshot)
     return store_reader.open_store_dataset(session)
 
@@ -69,6 +72,11 @@ def dataset_status(
         last = axis.index_of(Period(axis.period, end))
     else:
         last = max(axis.index_of(last_complete_period(axis.period)), max(written, default=0))
+    if last < first:
+        raise PeriodError(
+            f"{dataset_id}: the range ends ({axis.period_at(last).key}) before it starts "
+            f"({axis.period_at(first).key})"
+        )
     periods = [(i, axis.period_at(i)) for i in range(max(first, 0), last + 1)]
     return DatasetStatus(
         dataset_id,

@@ -83,3 +83,15 @@ def test_dagster_asset_materialize_from_the_repository_root(settings, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     status = ref_assets.dataset_status("demo_air_temperature", settings=settings)
     assert [p.key for p in status.present] == ["2024-01-01"]
+
+
+def test_status_refuses_ranges_it_cannot_honour(settings, write_spec, materialize, capsys):
+    write_spec()
+    materialize("test_t2m", "2024-01-02")
+    assert main(["status", "test_t2m", "--start", "2024-01-05", "--end", "2024-01-01"]) == 2
+    assert "ends (2024-01-01) before it starts (2024-01-05)" in capsys.readouterr().err
+    (settings.user_spec_dir / "test_t2m.yaml").unlink()  # the store outlives its spec
+    assert main(["status", "test_t2m", "--start", "2024-01-01"]) == 2
+    assert "no spec is loaded for this dataset" in capsys.readouterr().err
+    assert main(["status", "test_t2m", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["present"] == ["2024-01-02"]
