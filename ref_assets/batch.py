@@ -7,6 +7,9 @@ description (variables, grid, time) and cast to its storage form. Anything that 
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +134,55 @@ def fetch_batch(spec: DatasetSpec, provider: Provider, period: Period) -> Period
         provider=provider.name,
         provider_version=provider.version,
     )
+
+
+@dataclass(frozen=True)
+class PeriodFailure:
+    """A period of a range that could not be fetched or did not validate."""
+
+    period: Period
+    error: str
+
+
+@dataclass(frozen=True)
+class PeriodStream:
+    """The periods of a multi-partition run, fetched lazily in order with at most
+    ``workers`` fetches in flight, so memory does not grow with the number of periods.
+
+    Iterating yields a `PeriodBatch`, or a `PeriodFailure` for a period that failed (the others
+    go on). Providers must allow ``fetch`` from several threads when ``workers`` > 1.
+    """
+
+    spec: DatasetSpec
+    provider: Provider
+    periods: tuple[Period, ...]
+    workers: int = 1
+
+    def __iter__(self) -> Iterator[PeriodBatch | PeriodFailure]:
+        periods = iter(self.periods)
+        in_flight: deque[tuple[Period, Future[PeriodBatch]]] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix=f"fetch-{self.spec.id}") as pool:
+
+            def submit_next() -> None:
+                period = next(periods, None)
+                if period is not None:
+                    in_flight.append(
+                        (period, pool.submit(fetch_batch, self.spec, self.provider, period))
+                    )
+
+            for _ in range(self.workers):
+                submit_next()
+            try:
+                while in_flight:
+                    period, future = in_flight.popleft()
+                    submit_next()
+                    try:
+                        yield future.result()
+                    except Exception as err:  # any provider failure is this period's alone
+                        yield PeriodFailure(period, f"{type(err).__name__}: {err}")
+            finally:
+                for _, future in in_flight:
+                    future.cancel()
 
 
 def _single_time_step(data: xr.Dataset, period: Period, fail) -> xr.Dataset:

@@ -1,17 +1,21 @@
 """The Icechunk IO manager: a thin Dagster adapter over `ref_assets.store`.
-``handle_output`` writes a `PeriodBatch` at its period's index (one commit per period) and reports
-what was written; ``load_input`` returns the requested periods of an upstream dataset, lazily.
+
+``handle_output`` writes the period (or the stream of periods of a multi-partition run) into the
+dataset's store, committing in batches, and gives every partition its own metadata;
+``load_input`` returns the requested periods of an upstream dataset, lazily.
 """
+
+import time
 
 import dagster as dg
 import xarray as xr
 
-from ref_assets.batch import PeriodBatch
+from ref_assets.batch import PeriodBatch, PeriodFailure, PeriodStream
 from ref_assets.periods import Period
 from ref_assets.resources import IcechunkStorage
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import StoreError
-from ref_assets.store.writer import WriteReceipt, write_period
+from ref_assets.store.writer import CommitPolicy, PeriodWriter, WriteReceipt
 
 
 class IcechunkIOManager(dg.ConfigurableIOManager):
@@ -19,24 +23,58 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
 
     storage: IcechunkStorage
 
-    def handle_output(self, context: dg.OutputContext, obj: PeriodBatch) -> None:
-        if not isinstance(obj, PeriodBatch):
+    def handle_output(self, context: dg.OutputContext, obj: PeriodBatch | PeriodStream) -> None:
+        if isinstance(obj, PeriodBatch):
+            spec, periods, items = obj.spec, (obj.period,), [obj]
+        elif isinstance(obj, PeriodStream):
+            spec, periods, items = obj.spec, obj.periods, obj
+        else:
             raise TypeError(
                 f"{context.asset_key.to_user_string()}: the Icechunk IO manager stores PeriodBatch "
-                f"outputs, got {type(obj).__name__}"
+                f"or PeriodStream outputs, got {type(obj).__name__}"
             )
-        if context.has_partition_key and context.partition_key != obj.period.key:
+        keys = [period.key for period in periods]
+        if keys != list(context.asset_partition_keys):
             raise ValueError(
-                f"{obj.spec.id}: the asset produced period {obj.period.key} for partition "
-                f"{context.partition_key}; refusing to write it at the wrong place"
+                f"{spec.id}: the asset produced periods {keys[:3]}... for partitions "
+                f"{list(context.asset_partition_keys)[:3]}...; refusing to write them"
             )
-        store = self.storage.store(obj.spec.id)
-        receipt = write_period(store, obj, run_id=context.run_id)
-        context.log.info(
-            f"{obj.spec.id} {obj.period.key}: committed snapshot {receipt.snapshot_id} "
-            f"at time index {receipt.time_index} ({receipt.bytes_written} bytes)"
+        store = self.storage.store(spec.id)
+        progress = _Progress(context, spec.id, len(periods))
+        writer = PeriodWriter(
+            store,
+            run_id=context.run_id,
+            policy=CommitPolicy(spec.runs.commit_every, spec.runs.commit_seconds),
+            on_commit=progress.committed,
         )
-        context.add_output_metadata(materialization_metadata(obj, receipt, store.location))
+        failures: list[PeriodFailure] = []
+        for item in items:
+            if isinstance(item, PeriodFailure):
+                context.log.error(f"{spec.id} {item.period.key}: {item.error}")
+                failures.append(item)
+            else:
+                writer.add(item)
+        writer.flush()
+        for key, metadata in progress.metadata_by_partition.items():
+            context.step_context.add_asset_metadata(
+                {**metadata, "store": dg.MetadataValue.path(store.location)}, partition_key=key
+            )
+        if failures:
+            # The step fails, so Dagster records none of this run's partitions: report the
+            # committed ones ourselves, so the UI agrees with the store.
+            for key, metadata in progress.metadata_by_partition.items():
+                context.step_context.instance.report_runless_asset_event(
+                    dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata)
+                )
+            raise dg.Failure(
+                description=(
+                    f"{spec.id}: {len(failures)} of {len(periods)} periods failed "
+                    f"({', '.join(f.period.key for f in failures[:10])}"
+                    f"{'...' if len(failures) > 10 else ''}); the "
+                    f"{len(progress.metadata_by_partition)} others were committed and kept"
+                ),
+                metadata={"failed_periods": {f.period.key: f.error for f in failures}},
+            )
 
     def load_input(self, context: dg.InputContext) -> xr.Dataset:
         dataset_id = context.asset_key.path[-1]
@@ -49,15 +87,10 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
             raise StoreError(
                 f"{dataset_id}: the store holds no periods yet; materialize some first"
             )
+        keys = context.asset_partition_keys
+        wanted = [axis.index_of(Period.from_key(axis.period, key)) for key in keys]
         written = set(store_reader.written_indices(session))
-        wanted = [
-            axis.index_of(Period.from_key(axis.period, key)) for key in context.asset_partition_keys
-        ]
-        absent = [
-            key
-            for key, i in zip(context.asset_partition_keys, wanted, strict=True)
-            if i not in written
-        ]
+        absent = [key for key, index in zip(keys, wanted, strict=True) if index not in written]
         if absent:
             raise StoreError(
                 f"{dataset_id}: periods {absent[:5]}{'...' if len(absent) > 5 else ''} are not in "
@@ -66,31 +99,49 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
         return data.isel(time=sorted(wanted))
 
 
-def materialization_metadata(
-    batch: PeriodBatch, receipt: WriteReceipt, location: str
-) -> dict[str, dg.MetadataValue]:
-    """What Dagster shows for one written period."""
+class _Progress:
+    """Per-partition metadata and a progress line for each commit of a run."""
+
+    def __init__(self, context: dg.OutputContext, dataset_id: str, total: int) -> None:
+        self.context, self.dataset_id, self.total = context, dataset_id, total
+        self.started = time.monotonic()
+        self.metadata_by_partition: dict[str, dict[str, dg.MetadataValue]] = {}
+
+    def committed(self, receipts: list[WriteReceipt]) -> None:
+        for receipt in receipts:
+            self.metadata_by_partition[receipt.period_key] = materialization_metadata(receipt)
+        done = len(self.metadata_by_partition)
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        eta = (self.total - done) / rate
+        self.context.log.info(
+            f"{self.dataset_id}: {done}/{self.total} periods committed "
+            f"(snapshot {receipts[-1].snapshot_id}, {rate:.1f} periods/s, ETA {eta:.0f} s)"
+        )
+
+
+def materialization_metadata(receipt: WriteReceipt) -> dict[str, dg.MetadataValue]:
+    """What Dagster shows for one written period (all of it read from its stored record)."""
+    record = receipt.record
     columns = ["variable", "units", "shape", "min", "mean", "max", "nan_fraction"]
     rows = [
         dg.TableRecord(
             {
                 "variable": name,
-                "units": batch.spec.variables_by_name[name].units,
-                "shape": "x".join(map(str, values.shape)),
-                "min": stats.minimum,
-                "mean": stats.mean,
-                "max": stats.maximum,
-                "nan_fraction": stats.nan_fraction,
+                "units": info["units"],
+                "shape": "x".join(map(str, info["shape"])),
+                "min": info["minimum"],
+                "mean": info["mean"],
+                "max": info["maximum"],
+                "nan_fraction": info["nan_fraction"],
             }
         )
-        for name, values in batch.variables.items()
-        for stats in [batch.stats[name]]
+        for name, info in record["variables"].items()
     ]
     return {
-        "period": dg.MetadataValue.text(batch.period.key),
+        "period": dg.MetadataValue.text(receipt.period_key),
         "time_index": dg.MetadataValue.int(receipt.time_index),
         "snapshot_id": dg.MetadataValue.text(receipt.snapshot_id),
-        "checksum": dg.MetadataValue.text(batch.checksum),
+        "checksum": dg.MetadataValue.text(record["checksum"]),
         "bytes_written": dg.MetadataValue.int(receipt.bytes_written),
         "variables": dg.MetadataValue.table(
             rows,
@@ -101,8 +152,7 @@ def materialization_metadata(
                 ]
             ),
         ),
-        "sources": dg.MetadataValue.int(len(batch.sources)),
+        "sources": dg.MetadataValue.int(len(record["sources"])),
         "commit_attempts": dg.MetadataValue.int(receipt.attempts),
-        "store": dg.MetadataValue.path(location),
-        "record": dg.MetadataValue.json(receipt.record),
+        "record": dg.MetadataValue.json(record),
     }

@@ -84,6 +84,24 @@ class StorageSpec(_Strict):
     )
 
 
+class RunSpec(_Strict):
+    """How runs covering many partitions behave (none of it changes stored values)."""
+
+    max_partitions_per_run: int | None = Field(
+        default=None,
+        gt=0,
+        description="split backfills into runs of at most this many partitions; unset: a "
+        "backfill is one run (which `dagster asset materialize --partition-range` requires)",
+    )
+    fetch_workers: int = Field(
+        default=2, gt=0, le=32, description="periods fetched at once within a run"
+    )
+    commit_every: int = Field(default=32, gt=0, description="periods per commit within a run")
+    commit_seconds: float = Field(
+        default=30.0, gt=0, description="commit at least this often within a run"
+    )
+
+
 class DatasetSpec(_Strict):
     """A dataset: what it is, where its periods come from and how the store lays it out."""
 
@@ -99,6 +117,7 @@ class DatasetSpec(_Strict):
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
     chunks: ChunkSpec = Field(default_factory=ChunkSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    runs: RunSpec = Field(default_factory=RunSpec)
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -153,9 +172,10 @@ class DatasetSpec(_Strict):
         return _digest(self.model_dump(mode="json"))
 
     def values_fingerprint(self) -> str:
-        """A short digest of the fields that shape stored values (not the title, description or
-        global attributes): the basis of the asset's code version."""
-        return _digest(self.model_dump(mode="json", exclude={"title", "description", "attributes"}))
+        """A short digest of the fields that shape stored values (not the title, description,
+        global attributes or run settings): the basis of the asset's code version."""
+        excluded = {"title", "description", "attributes", "runs"}
+        return _digest(self.model_dump(mode="json", exclude=excluded))
 
 
 def _digest(fields: dict) -> str:

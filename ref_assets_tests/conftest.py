@@ -66,16 +66,28 @@ def instance() -> Iterable[dg.DagsterInstance]:
 def materialize(
     settings: Settings, instance: dg.DagsterInstance
 ) -> Callable[..., dg.ExecuteInProcessResult]:
-    """Materialize one partition of a dataset asset, as a real Dagster run."""
+    """Materialize a partition, or a range of them, of a dataset asset as one real Dagster run."""
 
     def run(dataset_id: str, partition: str, *, raise_on_error: bool = True):
+        """``partition`` is a key, or ``FIRST...LAST`` for a range in one run."""
         defs = build_definitions(settings)
         job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(dataset_id)])
+        first, _, last = partition.partition("...")
+        selection = (
+            {"partition_key": first}
+            if not last
+            else {
+                "tags": {
+                    "dagster/asset_partition_range_start": first,
+                    "dagster/asset_partition_range_end": last,
+                }
+            }
+        )
         return job.execute_in_process(
-            partition_key=partition,
             asset_selection=[dg.AssetKey(dataset_id)],
             instance=instance,
             raise_on_error=raise_on_error,
+            **selection,
         )
 
     return run

@@ -59,7 +59,7 @@ def test_ref_assets_materialize_records_runs_in_the_instance(settings, write_spe
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "[3/3] test_t2m 2024-01-03: ok" in done.stdout
+    assert "test_t2m 2024-01-01..2024-01-03 (3 periods): ok" in done.stdout
     status = ref_assets.dataset_status("test_t2m", settings=settings)
     assert [p.key for p in status.present] == ["2024-01-01", "2024-01-02", "2024-01-03"]
     import dagster as dg
@@ -73,16 +73,24 @@ def test_dagster_asset_materialize_from_the_repository_root(settings, tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     Path(env["DAGSTER_HOME"]).mkdir()
     dagster = Path(sys.executable).with_name("dagster")
-    done = subprocess.run(
-        [
-            str(dagster), "asset", "materialize", "-m", "ref_assets.definitions",
-            "--select", "demo_air_temperature", "--partition", "2024-01-01",
-        ],
-        cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    command = [str(dagster), "asset", "materialize", "-m", "ref_assets.definitions"]
+    for selection in (
+        ["--partition", "2024-01-01"],
+        ["--partition-range", "2024-01-03...2024-01-05"],
+    ):
+        done = subprocess.run(
+            [*command, "--select", "demo_air_temperature", *selection],
+            cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "3/3 periods committed" in done.stderr  # the range ran as one run
     status = ref_assets.dataset_status("demo_air_temperature", settings=settings)
-    assert [p.key for p in status.present] == ["2024-01-01"]
+    assert [p.key for p in status.present] == [
+        "2024-01-01",
+        "2024-01-03",
+        "2024-01-04",
+        "2024-01-05",
+    ]
 
 
 def test_status_refuses_ranges_it_cannot_honour(settings, write_spec, materialize, capsys):
