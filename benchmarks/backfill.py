@@ -13,14 +13,16 @@ Scenarios:
   bulk            (b) one xarray to_zarr of all periods into Icechunk, one commit
   ref_range       (c) ref_assets: one Dagster run of all partitions (streamed, batched commits)
   ref_per_run     (d) ref_assets: one Dagster run per partition (a sample)
-  commit_cost     per-period commits into one store: cost of the first and last 100 commits,
-                  and the store's bytes
+  commit_cost     ref_assets per-period commits into one store: cost of the first and last 100
+                  commits, and the store's bytes
+  plain_commits   the same with a hand-written loop (the control: Icechunk's own growth)
   bulk_store      the same periods in one commit (the reference for storage amplification)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -106,18 +108,39 @@ def _plain_repo(path: Path, count: int, ny: int, nx: int):
     return repo
 
 
-def scenario_icechunk_loop(workdir: Path, count: int) -> dict:
+def _plain_loop(workdir: Path, count: int) -> tuple[float, list[float], int]:
+    """(a): one region write and one commit per period; returns total seconds, each
+    period's write+commit seconds, and the store's bytes."""
     import zarr
 
     provider, spec = provider_and_spec()
     ny, nx = provider.grid.shape
     start = time.perf_counter()
     repo = _plain_repo(workdir / "loop", count, ny, nx)
+    durations = []
     for index, key in enumerate(keys(count)):
+        period_values = values(provider, spec, key)
+        began = time.perf_counter()
         session = repo.writable_session("main")
-        zarr.open_array(session.store, path="t2m", mode="r+")[index] = values(provider, spec, key)
+        zarr.open_array(session.store, path="t2m", mode="r+")[index] = period_values
         session.commit(f"period {key}")
-    return {"seconds": time.perf_counter() - start, "periods": count}
+        durations.append(time.perf_counter() - began)
+    return time.perf_counter() - start, durations, directory_bytes(workdir / "loop")
+
+
+def scenario_icechunk_loop(workdir: Path, count: int) -> dict:
+    seconds, _, _ = _plain_loop(workdir, count)
+    return {"seconds": seconds, "periods": count}
+
+
+def scenario_plain_commits(workdir: Path, count: int) -> dict:
+    _, durations, size = _plain_loop(workdir, count)
+    return {
+        "periods": count,
+        "first_100_ms": 1000 * float(np.mean(durations[:100])),
+        "last_100_ms": 1000 * float(np.mean(durations[-100:])),
+        "bytes": size,
+    }
 
 
 def scenario_bulk(workdir: Path, count: int) -> dict:
@@ -150,16 +173,17 @@ def _dagster_job(workdir: Path, dataset_id: str):
 
     from ref_assets.definitions import build_definitions
 
-    job = build_definitions().resolve_implicit_job_def_def_for_assets([dg.AssetKey(dataset_id)])
-    return dg, job
+    key = dg.AssetKey(dataset_id)
+    job = build_definitions().resolve_implicit_job_def_def_for_assets([key])
+    return dg, functools.partial(job.execute_in_process, asset_selection=[key])
 
 
 def scenario_ref_range(workdir: Path, count: int) -> dict:
-    dg, job = _dagster_job(workdir, "bench_range")
+    dg, execute = _dagster_job(workdir, "bench_range")
     all_keys = keys(count)
     start = time.perf_counter()
     with dg.DagsterInstance.ephemeral() as instance:
-        result = job.execute_in_process(
+        result = execute(
             instance=instance,
             tags={
                 "dagster/asset_partition_range_start": all_keys[0],
@@ -172,11 +196,11 @@ def scenario_ref_range(workdir: Path, count: int) -> dict:
 
 
 def scenario_ref_per_run(workdir: Path, count: int) -> dict:
-    dg, job = _dagster_job(workdir, "bench_single")
+    dg, execute = _dagster_job(workdir, "bench_single")
     start = time.perf_counter()
     with dg.DagsterInstance.ephemeral() as instance:
         for key in keys(count):
-            result = job.execute_in_process(
+            result = execute(
                 instance=instance,
                 partition_key=key,
                 run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
@@ -277,6 +301,7 @@ def main() -> None:
         "d": run_child("ref_per_run", sample),
         "c_decade": run_child("ref_range", decade),
         "commits": run_child("commit_cost", decade),
+        "plain_commits": run_child("plain_commits", decade),
         "bulk_store": run_child("bulk_store", decade),
     }
     report = render(results, year, decade, sample)
@@ -313,7 +338,16 @@ def render(r: dict, year: int, decade: int, sample: int) -> str:
         f"{rate(res) / b:.2f} | {res['seconds']:.1f} | {res['peak_rss_mb']:.0f} |"
         for label, res in rows
     )
-    commits = r["commits"]
+    commits, plain = r["commits"], r["plain_commits"]
+    commit_rows = "\n".join(
+        f"| {label} | {res['first_100_ms']:.1f} ms | {res['last_100_ms']:.1f} ms | "
+        f"{res['last_100_ms'] / res['first_100_ms']:.2f} | {res['bytes'] / 1e6:.0f} | "
+        f"{res['peak_rss_mb']:.0f} |"
+        for label, res in (
+            ("ref_assets (`PeriodWriter`, one period per commit)", commits),
+            ("hand-written loop (control)", plain),
+        )
+    )
     amplification = commits["bytes"] / r["bulk_store"]["bytes"]
     growth = commits["last_100_ms"] / commits["first_100_ms"]
     memory = r["c_decade"]["peak_rss_mb"] / r["c"]["peak_rss_mb"]
@@ -337,9 +371,13 @@ producing its periods.
 {table}
 
 Per-period commits into one store of {decade} periods (region write + commit, measured per commit):
-first 100 commits {commits["first_100_ms"]:.1f} ms each, last 100 {commits["last_100_ms"]:.1f} ms
-each. Store bytes {commits["bytes"] / 1e6:.0f} MB against {r["bulk_store"]["bytes"] / 1e6:.0f} MB
-for the same periods written in one commit.
+
+| writer | first 100 commits | last 100 commits | last / first | store MB | peak RSS MB |
+| --- | --- | --- | --- | --- | --- |
+{commit_rows}
+
+The same {decade} periods in one commit: {r["bulk_store"]["bytes"] / 1e6:.0f} MB. What these numbers
+mean: `benchmarks/README.md`.
 
 ## Targets
 

@@ -11,7 +11,7 @@ from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
-from ref_assets_tests.workers import materialize_partitions, write_periods
+from ref_assets_tests.workers import materialize_range, write_periods
 
 
 def run_at_once(function, shares: list[list[str]], *args) -> list:
@@ -31,14 +31,21 @@ def days(count: int) -> list[str]:
     return [str(day) for day in np.datetime64("2024-01-01") + np.arange(count)]
 
 
-def test_dagster_runs_in_separate_processes_all_land(settings, write_spec):
-    # A small time block makes the runs grow the axis concurrently too.
-    spec = DatasetSpec.model_validate(write_spec(storage={"time_block": 4}))
-    keys = days(12)
-    shares = [keys[i::3] for i in range(3)]  # interleaved: all need the next block together
-    failures = run_at_once(materialize_partitions, shares, str(settings.configuration_dir), spec.id)
-    assert failures == [[], [], []]
+def test_eight_dagster_runs_in_separate_processes_all_land_exactly_once(settings, write_spec):
+    # Each process runs 3 consecutive partitions as one run, committing 2 at a time; the
+    # small time block makes them grow the axis concurrently too.
+    spec = DatasetSpec.model_validate(
+        write_spec(storage={"time_block": 4}, runs={"commit_every": 2, "fetch_workers": 1})
+    )
+    keys = days(24)
+    shares = [keys[i : i + 3] for i in range(0, 24, 3)]
+    succeeded = run_at_once(materialize_range, shares, str(settings.configuration_dir), spec.id)
+    assert succeeded == [True] * 8
     assert_all_landed(settings, spec, keys)
+    repo = DatasetStore(settings.storage_root, spec.id).open()
+    counts = [(s.metadata or {}).get("period_count", 0) for s in repo.ancestry(branch="main")]
+    assert sum(counts) == len(keys)  # all present, and committed once each
+    assert counts.count(2) == counts.count(1) == 8  # each run: a commit of 2, then of 1
 
 
 def test_commits_racing_from_many_processes_all_land(settings, write_spec):

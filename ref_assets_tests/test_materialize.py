@@ -259,7 +259,8 @@ def test_manifests_are_split_along_time_and_commits_name_the_period(
     assert [size for _, size in dims] == [4]
     [latest, *_] = repo.ancestry(branch="main")
     assert latest.message == f"test_t2m 2024-01-03 (run {result.run_id})"
-    assert latest.metadata["periods"] == ["2024-01-03"]
+    assert latest.metadata["first_period"] == latest.metadata["last_period"] == "2024-01-03"
+    assert latest.metadata["period_count"] == 1
 
 
 def test_a_spec_that_changes_the_store_structure_is_refused(settings, write_spec, materialize):

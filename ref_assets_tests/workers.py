@@ -5,30 +5,29 @@ from __future__ import annotations
 import os
 
 
-def materialize_partitions(
-    configuration_dir: str, dataset_id: str, keys: list[str], barrier
-) -> list[str]:
-    """Run each partition as its own Dagster run, after every worker reached the barrier."""
+def materialize_range(configuration_dir: str, dataset_id: str, keys: list[str], barrier) -> bool:
+    """Materialize ``keys`` (consecutive partitions) as one Dagster run, once every worker has
+    reached the barrier; return whether the run succeeded."""
     os.environ["REF_CONFIGURATION"] = configuration_dir
     import dagster as dg
 
     from ref_assets.definitions import build_definitions
 
-    job = build_definitions().resolve_implicit_job_def_def_for_assets([dg.AssetKey(dataset_id)])
+    key = dg.AssetKey(dataset_id)
+    job = build_definitions().resolve_implicit_job_def_def_for_assets([key])
     barrier.wait()
-    failed = []
     with dg.DagsterInstance.ephemeral() as instance:
-        for key in keys:
-            result = job.execute_in_process(
-                partition_key=key,
-                asset_selection=[dg.AssetKey(dataset_id)],
-                instance=instance,
-                raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-            )
-            if not result.success:
-                failed.append(key)
-    return failed
+        result = job.execute_in_process(
+            asset_selection=[key],
+            instance=instance,
+            raise_on_error=False,
+            tags={
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1],
+            },
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+    return result.success
 
 
 def write_periods(storage_root: str, spec_fields: dict, keys: list[str], barrier) -> None:

@@ -134,9 +134,13 @@ class PeriodWriter:
                 with self.store.lock():
                     snapshot_id = self._session.commit(
                         message,
+                        # A compact summary: Icechunk 2 keeps every commit's metadata in its
+                        # repository object, rewritten on each commit; the records hold the rest.
                         metadata={
                             "dataset": spec.id,
-                            "periods": [b.period.key for b in batches],
+                            "first_period": first,
+                            "last_period": last,
+                            "period_count": len(batches),
                             "run_id": self.run_id,
                         },
                         rebase_with=ic.ConflictDetector(),
