@@ -32,6 +32,12 @@ ic.set_logs_filter("warn,icechunk_arrow_object_store=error,icechunk_storage::rea
 
 LOCK_TIMEOUT_SECONDS = 600.0
 
+# Icechunk's default caches (500,000 snapshot nodes, 15 million chunk references) keep every
+# superseded snapshot and manifest shard of a long-lived writer: measured here over 3,650
+# per-period commits, resident memory grew to 1.7 GB and commit time from 20 to 49 ms. Bounded
+# caches keep both flat; they still hold the manifests of a store of decades of periods.
+CACHING = ic.CachingConfig(num_snapshot_nodes=1_000, num_chunk_refs=200_000)
+
 
 class StoreError(RuntimeError):
     """A store that cannot be opened or used; the message names the dataset and location."""
@@ -93,19 +99,23 @@ class DatasetStore:
                 f"{self.dataset_id}: no store at {self.location}; materialize a period of the "
                 "dataset first (or check REF_STORAGE_ROOT / [storage] root in ref.toml)"
             )
-        return ic.Repository.open(self._storage())
+        return self._open_existing()
 
     def open_or_create(self, manifest_split: int) -> ic.Repository:
         """Open the repository, creating it (with its persisted config) if it does not exist."""
         if self.exists():
-            return ic.Repository.open(self._storage())
+            return self._open_existing()
         with self.lock():
             if self.exists():  # another process created it while we waited
-                return ic.Repository.open(self._storage())
+                return self._open_existing()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            repo = ic.Repository.create(self._storage(), config=repository_config(manifest_split))
+            ic.Repository.create(self._storage(), config=repository_config(manifest_split))
             logger.info("%s: created repository at %s", self.dataset_id, self.location)
-            return repo
+            return self._open_existing()
+
+    def _open_existing(self) -> ic.Repository:
+        # The persisted config (manifest splitting) is kept; only the caches are bounded.
+        return ic.Repository.open(self._storage(), config=ic.RepositoryConfig(caching=CACHING))
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
