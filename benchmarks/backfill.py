@@ -179,16 +179,15 @@ def _dagster_job(workdir: Path, dataset_id: str):
 
 
 def scenario_ref_range(workdir: Path, count: int) -> dict:
+    from ref_assets.assets import range_run_tags
+
     dg, execute = _dagster_job(workdir, "bench_range")
     all_keys = keys(count)
     start = time.perf_counter()
     with dg.DagsterInstance.ephemeral() as instance:
         result = execute(
             instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": all_keys[0],
-                "dagster/asset_partition_range_end": all_keys[-1],
-            },
+            tags=range_run_tags(all_keys[0], all_keys[-1]),
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
         )
     assert result.success

@@ -28,6 +28,15 @@ def partitions_for(spec: DatasetSpec) -> dg.TimeWindowPartitionsDefinition:
     )
 
 
+def range_run_tags(first: str, last: str) -> dict[str, str]:
+    """Tags that make one run materialize the partitions ``first`` to ``last`` (inclusive),
+    as `dagster asset materialize --partition-range` does; for ``execute_in_process``."""
+    return {
+        "dagster/asset_partition_range_start": first,
+        "dagster/asset_partition_range_end": last,
+    }
+
+
 def code_version(spec: DatasetSpec, provider_version: str | None) -> str:
     """Changes when anything that shapes the stored values does: the resolved spec, the
     provider's version or the store layout."""

@@ -148,6 +148,7 @@ def _ranges(periods: list[Period]) -> str:
 def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from ref_assets.assets import range_run_tags
     from ref_assets.definitions import build_definitions
 
     spec = _catalog().get(args.dataset)
@@ -169,10 +170,7 @@ def _materialize(args: argparse.Namespace) -> int:
                 instance=instance,
                 raise_on_error=False,
                 # One run for the whole chunk, as a UI backfill with this policy would launch.
-                tags={
-                    "dagster/asset_partition_range_start": chunk[0].key,
-                    "dagster/asset_partition_range_end": chunk[-1].key,
-                },
+                tags=range_run_tags(chunk[0].key, chunk[-1].key),
                 # The instance records every event; the console gets progress and problems.
                 run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
             )

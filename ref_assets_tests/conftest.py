@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from ref_assets.assets import range_run_tags
 from ref_assets.config import Settings, load_settings
 from ref_assets.definitions import build_definitions
 
@@ -73,16 +74,7 @@ def materialize(
         defs = build_definitions(settings)
         job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(dataset_id)])
         first, _, last = partition.partition("...")
-        selection = (
-            {"partition_key": first}
-            if not last
-            else {
-                "tags": {
-                    "dagster/asset_partition_range_start": first,
-                    "dagster/asset_partition_range_end": last,
-                }
-            }
-        )
+        selection = {"partition_key": first} if not last else {"tags": range_run_tags(first, last)}
         return job.execute_in_process(
             asset_selection=[dg.AssetKey(dataset_id)],
             instance=instance,

@@ -11,6 +11,7 @@ def materialize_range(configuration_dir: str, dataset_id: str, keys: list[str], 
     os.environ["REF_CONFIGURATION"] = configuration_dir
     import dagster as dg
 
+    from ref_assets.assets import range_run_tags
     from ref_assets.definitions import build_definitions
 
     key = dg.AssetKey(dataset_id)
@@ -21,10 +22,7 @@ def materialize_range(configuration_dir: str, dataset_id: str, keys: list[str], 
             asset_selection=[key],
             instance=instance,
             raise_on_error=False,
-            tags={
-                "dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1],
-            },
+            tags=range_run_tags(keys[0], keys[-1]),
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
         )
     return result.success
