@@ -3,6 +3,8 @@
 ref-assets datasets                                  # the datasets and any broken specs
 ref-assets status DATASET [--start P] [--end P]      # present and missing periods
 ref-assets materialize DATASET --start P [--end P]   # run partitions with the Dagster instance
+ref-assets config show|validate|set KEY VALUE        # the effective configuration
+ref-assets providers list|prune [--dry-run]          # declared providers and their state
 """
 
 from __future__ import annotations
@@ -14,22 +16,15 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ref_assets import config_cli
+from ref_assets.catalog import load_catalog
 from ref_assets.config import ConfigError, load_settings
+from ref_assets.config_cli import CommandError
 from ref_assets.periods import Period, PeriodError
 from ref_assets.providers.protocol import periods_between
 from ref_assets.reader import dataset_status
-from ref_assets.specs import (
-    DatasetSpec,
-    SpecCatalog,
-    UnknownDatasetError,
-    load_specs,
-    packaged_spec_dir,
-)
+from ref_assets.specs import DatasetSpec, SpecCatalog, UnknownDatasetError
 from ref_assets.store.repository import DatasetStore, StoreError
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (CommandError, ConfigError, StoreError, PeriodError, UnknownDatasetError) as err:
+    except (
+        CommandError,
+        ConfigError,
+        StoreError,
+        PeriodError,
+        UnknownDatasetError,
+        OSError,
+    ) as err:
         print(f"ref-assets: error: {err}", file=sys.stderr)
         return 2
 
@@ -66,11 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     materialize.add_argument("--start", required=True, help="first period key")
     materialize.add_argument("--end", help="last period key (default: --start)")
     materialize.set_defaults(handler=_materialize)
+
+    config_cli.add_commands(commands)
     return parser
 
 
 def _catalog() -> SpecCatalog:
-    return load_specs([packaged_spec_dir(), load_settings().user_spec_dir])
+    return load_catalog(load_settings())
 
 
 def _period_range(spec: DatasetSpec, start: str, end: str | None) -> list[Period]:

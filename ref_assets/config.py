@@ -1,42 +1,121 @@
-"""Where ref_assets keeps its configuration and its stores.
+"""``ref.toml``: the settings every process reads (code location, daemon, run workers, CLI).
 
 ``REF_CONFIGURATION`` names the configuration directory (default: the platform's user config
 directory, ``~/.config/ref_assets`` on Linux). It holds ``ref.toml``, the operator's dataset specs
-in ``datasets/`` and, unless configured otherwise, the Icechunk stores in ``stores/``.
-
-``ref.toml`` (optional; a missing file means defaults)::
+in ``datasets/``, the packaged-file cache in ``cache/`` and, unless configured otherwise, the
+Icechunk stores in ``stores/``. A missing ``ref.toml`` means defaults, and nothing is written::
 
     [storage]
-    root = "/data/ref-stores"   # relative paths are taken from the configuration directory
+    root = "/data/ref-stores"     # relative paths are taken from the configuration directory
 
-``REF_STORAGE_ROOT`` overrides ``[storage] root``.
+    [paths]
+    variables_cv = "packaged:ref_assets/data/variables_cv.toml"   # or a file of your own
+
+    [[providers]]                 # providers beyond those installed as entry points
+    provider = "my_package.providers:MyProvider"
+    # name = "my_provider"        # default: the class's `name`
+
+Every scalar key can be overridden by ``REF_<SECTION>_<KEY>`` (``REF_STORAGE_ROOT``,
+``REF_PATHS_VARIABLES_CV``). Unknown keys are warned about and ignored; a value of the wrong type
+is an error naming the file, the key and the expected type. The file is read and written with
+tomlkit, so the operator's comments and order survive every write, and writes are atomic.
+
+A ``[paths]`` value that points into a Python environment (``.../site-packages/ref_assets/...``,
+saved by another interpreter or venv layout) is healed to its durable ``packaged:`` reference with
+a warning, in memory and in the file.
+
+>>> import tempfile
+>>> settings = load_settings({"REF_CONFIGURATION": tempfile.mkdtemp()})
+>>> settings.variables_cv
+'packaged:ref_assets/data/variables_cv.toml'
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import tomlkit
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import AoT, Comment, Table, Whitespace
+from tomlkit.toml_document import TOMLDocument
+
+from ref_assets.files import atomic_write_bytes
+from ref_assets.packaged import PackagedFileError, PackagedFiles, PackagedRef
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE_NAME = "ref.toml"
+DEFAULT_VARIABLES_CV = "packaged:ref_assets/data/variables_cv.toml"
+PROVIDER_REFERENCE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_]\w*)*$"
+)
+PROVIDER_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 class ConfigError(ValueError):
     """A configuration file or variable that cannot be used; the message says which and why."""
 
 
-class _StorageSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StorageSection(_Section):
     root: str | None = None
 
 
-class _RefToml(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    storage: _StorageSection = _StorageSection()
+class PathsSection(_Section):
+    """Files the configuration points at: a ``packaged:`` reference or a path."""
+
+    variables_cv: str | None = None
+
+
+class _RefToml(_Section):
+    storage: StorageSection = StorageSection()
+    paths: PathsSection = PathsSection()
+    providers: list[Any] = []  # checked entry by entry: a bad entry must not break the file
+
+
+_SECTIONS: dict[str, type[_Section]] = {"storage": StorageSection, "paths": PathsSection}
+# REF_<SECTION>_<KEY> for every scalar key.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    f"REF_{section}_{key}".upper(): (section, key)
+    for section, model in _SECTIONS.items()
+    for key in model.model_fields
+}
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """One ``[[providers]]`` table: a provider class named by ``package.module:attribute``."""
+
+    position: int  # 1-based, among the [[providers]] tables
+    reference: str
+    name: str | None = None
+    problem: str | None = None  # why the table itself cannot be used
+
+    @property
+    def origin(self) -> str:
+        return f"{CONFIG_FILE_NAME} [[providers]] #{self.position}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One effective value and where it came from (a variable, the file or the default)."""
+
+    key: str
+    value: str
+    origin: str
 
 
 @dataclass(frozen=True)
@@ -45,6 +124,10 @@ class Settings:
 
     configuration_dir: Path
     storage_root: str
+    variables_cv: str = DEFAULT_VARIABLES_CV  # a packaged reference or an absolute path
+    providers: tuple[ProviderEntry, ...] = ()
+    values: tuple[Setting, ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def user_spec_dir(self) -> Path:
@@ -52,40 +135,281 @@ class Settings:
 
     @property
     def config_file(self) -> Path:
-        return self.configuration_dir / "ref.toml"
+        return self.configuration_dir / CONFIG_FILE_NAME
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.configuration_dir / "cache"
+
+    def packaged_files(self) -> PackagedFiles:
+        return PackagedFiles(self.cache_dir)
+
+    def resolve_path(self, reference: str) -> Path:
+        """A readable file for a ``packaged:`` reference (through the cache) or a path
+        (relative to the configuration directory)."""
+        if reference.startswith("packaged:"):
+            try:
+                return self.packaged_files().path(reference)
+            except PackagedFileError as err:
+                raise ConfigError(str(err)) from None
+        return self.configuration_dir / Path(reference).expanduser()
 
 
 def default_configuration_dir() -> Path:
     return Path(platformdirs.user_config_dir("ref_assets", appauthor=False))
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read ``$REF_CONFIGURATION/ref.toml`` (if present) and apply environment overrides."""
-    env = os.environ if environ is None else environ
-    configuration_dir = (
-        Path(env.get("REF_CONFIGURATION") or default_configuration_dir()).expanduser().absolute()
+def configuration_dir_from(environ: Mapping[str, str]) -> Path:
+    return (
+        Path(environ.get("REF_CONFIGURATION") or default_configuration_dir())
+        .expanduser()
+        .absolute()
     )
-    file_config = _read_ref_toml(configuration_dir / "ref.toml")
-    root = env.get("REF_STORAGE_ROOT") or file_config.storage.root or "stores"
-    if "://" not in root:
-        root = str((configuration_dir / Path(root).expanduser()).absolute())
-    return Settings(configuration_dir=configuration_dir, storage_root=root)
 
 
-def _read_ref_toml(path: Path) -> _RefToml:
+def load_settings(environ: Mapping[str, str] | None = None, *, heal: bool = True) -> Settings:
+    """Read ``$REF_CONFIGURATION/ref.toml`` (if present) and apply environment overrides.
+
+    With ``heal`` (the default), ``[paths]`` values healed to ``packaged:`` references are also
+    saved back into the file, keeping its comments.
+    """
+    env = os.environ if environ is None else environ
+    configuration_dir = configuration_dir_from(env)
+    path = configuration_dir / CONFIG_FILE_NAME
+    settings, healed = _settings_from(_read_document(path), configuration_dir, env)
+    for message in settings.warnings:
+        _warn_once(message)
+    if heal and healed:
+        _save_healed(path, healed)
+    return settings
+
+
+def _read_document(path: Path) -> TOMLDocument | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return _RefToml()
-    except OSError as err:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from err
     try:
-        document = tomlkit.parse(text).unwrap()
+        return tomlkit.parse(text)
     except TOMLKitError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
+
+def _settings_from(
+    document: TOMLDocument | None, configuration_dir: Path, env: Mapping[str, str]
+) -> tuple[Settings, dict[tuple[str, str], tuple[str, str]]]:
+    """The settings, and the file values healed to durable references (key -> (old, new))."""
+    path = configuration_dir / CONFIG_FILE_NAME
+    raw = document.unwrap() if document is not None else {}
     try:
-        return _RefToml.model_validate(document)
+        parsed = _RefToml.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: [{key}] {first['msg']}") from None
+        raise ConfigError(_type_error(path, err)) from None
+    warnings = _unknown_keys(path, parsed)
+    providers = provider_entries(parsed.providers, warnings)
+
+    def effective(section: str, key: str, default: str) -> Setting:
+        variable = f"REF_{section}_{key}".upper()
+        if env.get(variable):
+            return Setting(f"{section}.{key}", env[variable], variable)
+        value = getattr(getattr(parsed, section), key)
+        if value is not None:
+            return Setting(f"{section}.{key}", value, CONFIG_FILE_NAME)
+        return Setting(f"{section}.{key}", default, "default")
+
+    root = effective("storage", "root", "stores")
+    storage_root = root.value
+    if "://" not in storage_root:
+        storage_root = str((configuration_dir / Path(storage_root).expanduser()).absolute())
+
+    packaged = PackagedFiles(configuration_dir / "cache")
+    healed: dict[tuple[str, str], tuple[str, str]] = {}
+    variables_cv = effective("paths", "variables_cv", DEFAULT_VARIABLES_CV)
+    durable, note = _durable_reference(variables_cv, configuration_dir, packaged)
+    if note:
+        warnings.append(note)
+        if variables_cv.origin == CONFIG_FILE_NAME:
+            healed[("paths", "variables_cv")] = (variables_cv.value, durable)
+    values = (
+        Setting(root.key, storage_root, root.origin),
+        Setting(variables_cv.key, durable, variables_cv.origin),
+    )
+    settings = Settings(
+        configuration_dir=configuration_dir,
+        storage_root=storage_root,
+        variables_cv=durable,
+        providers=providers,
+        values=values,
+        warnings=tuple(warnings),
+    )
+    return settings, healed
+
+
+def _durable_reference(
+    setting: Setting, configuration_dir: Path, packaged: PackagedFiles
+) -> tuple[str, str | None]:
+    """The durable form of a ``[paths]`` value, and a warning if it had to be healed."""
+    where = f"{setting.origin} ({setting.key})"
+    if setting.value.startswith("packaged:"):
+        try:
+            ref = PackagedRef.parse(setting.value)
+            packaged.packaged_bytes(ref)
+        except PackagedFileError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        return str(ref), None
+    path = (configuration_dir / Path(setting.value).expanduser()).absolute()
+    ref = packaged.packaged_ref_for(path)
+    if ref is not None:
+        if path.is_relative_to(packaged.cache_dir):
+            return str(ref), None  # our own cache: rebuilt from the package whenever needed
+        state = "no longer exists" if not path.exists() else "lies inside a Python environment"
+        return str(ref), (
+            f"{where}: {setting.value} {state}; it names the packaged file {ref}, used instead "
+            f"(a path into site-packages breaks on every Python or image upgrade)"
+        )
+    if not path.is_file():
+        default = DEFAULT_VARIABLES_CV if setting.key == "paths.variables_cv" else None
+        fallback = f", or remove the key to use the packaged default ({default})" if default else ""
+        raise ConfigError(
+            f"{where}: {path} does not exist. Restore the file, or point the setting at an "
+            f"existing file or a packaged reference (packaged:<package>/<file>){fallback}."
+        )
+    return str(path), None
+
+
+def _type_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for error in err.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        lines.append(f"{path}: {key} = {error['input']!r}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def _unknown_keys(path: Path, parsed: _RefToml) -> list[str]:
+    found = []
+    known_top = set(_RefToml.model_fields)
+    for key in parsed.model_extra or {}:
+        found.append(_unknown(path, key, known_top))
+    for section, model in _SECTIONS.items():
+        for key in getattr(parsed, section).model_extra or {}:
+            found.append(_unknown(path, f"{section}.{key}", set(model.model_fields), key))
+    return found
+
+
+def _unknown(path: Path, key: str, known: set[str], short: str | None = None) -> str:
+    close = difflib.get_close_matches(short or key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(known))})"
+    return f"{path}: unknown key {key!r} ignored{hint}"
+
+
+def provider_entries(tables: list[Any], warnings: list[str]) -> tuple[ProviderEntry, ...]:
+    """The ``[[providers]]`` tables, each checked on its own; unknown keys go to ``warnings``."""
+    return tuple(
+        _provider_entry(position, table, warnings) for position, table in enumerate(tables, 1)
+    )
+
+
+def _provider_entry(position: int, table: Any, warnings: list[str]) -> ProviderEntry:
+    if not isinstance(table, dict):
+        return ProviderEntry(position, repr(table), problem="not a table; write [[providers]]")
+    reference, name = table.get("provider"), table.get("name")
+    for key in set(table) - {"provider", "name"}:
+        warnings.append(
+            f"{CONFIG_FILE_NAME} [[providers]] #{position}: unknown key {key!r} ignored "
+            "(known: name, provider)"
+        )
+    if not isinstance(reference, str) or not PROVIDER_REFERENCE.match(reference):
+        return ProviderEntry(
+            position,
+            repr(reference),
+            problem="provider must be a string of the form 'package.module:attribute'",
+        )
+    if name is not None and (not isinstance(name, str) or not PROVIDER_NAME.match(name)):
+        return ProviderEntry(position, reference, problem=f"name {name!r} is not a valid name")
+    return ProviderEntry(position, reference, name)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Every process loads the settings many times; each warning is worth one log line."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def _save_healed(path: Path, healed: dict[tuple[str, str], tuple[str, str]]) -> None:
+    def replace(document: TOMLDocument) -> None:
+        for (section, key), (old, new) in healed.items():
+            table = document.get(section)
+            if table is not None and table.get(key) == old:  # unless changed meanwhile
+                table[key] = new
+
+    try:
+        edit_ref_toml(path.parent, replace)
+    except (OSError, ConfigError) as err:
+        _warn_once(f"{path}: healed values could not be saved ({err}); healed in memory instead")
+    else:
+        logger.info("%s: saved healed values for %s", path, ", ".join(".".join(k) for k in healed))
+
+
+def edit_ref_toml[T](configuration_dir: Path, edit: Callable[[TOMLDocument], T]) -> T:
+    """Apply ``edit`` to ``ref.toml`` (an empty document if there is none) and save the result
+    atomically, keeping comments and order. Edits from several processes are serialized by a
+    lock, and a result that would not load is refused before anything is written."""
+    path = configuration_dir / CONFIG_FILE_NAME
+    configuration_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(configuration_dir / f".{CONFIG_FILE_NAME}.lock", timeout=60):
+        document = _read_document(path)
+        if document is None:  # not `or`: a document holding only comments is falsy
+            document = tomlkit.document()
+        before = document.as_string()
+        result = edit(document)
+        text = document.as_string()
+        if text != before:
+            _settings_from(tomlkit.parse(text), configuration_dir, {})  # refuse a broken result
+            atomic_write_bytes(path, text.encode("utf-8"))
+    return result
+
+
+def remove_provider_tables(document: TOMLDocument, positions: set[int]) -> None:
+    """Remove the ``[[providers]]`` tables at these 1-based positions.
+
+    TOML comments above a table header belong, in tomlkit's model, to the end of the table
+    before it; they are moved along so that every remaining table keeps its own comments, and
+    the comments describing a removed table go with it.
+    """
+    providers = document.get("providers")
+    if not isinstance(providers, AoT):
+        return
+    for index in sorted((p - 1 for p in positions), reverse=True):
+        tables = providers.body
+        following_comments = _pop_trailing_trivia(tables[index])
+        previous = tables[index - 1] if index > 0 else _table_before(document, "providers")
+        if previous is not None:
+            _pop_trailing_trivia(previous)
+            for item in following_comments:
+                previous.value.append(None, item)
+        del providers[index]
+    if not providers.body:
+        del document["providers"]
+
+
+def _pop_trailing_trivia(table: Table) -> list[Whitespace | Comment]:
+    body = table.value.body
+    trailing: list[Whitespace | Comment] = []
+    while body and body[-1][0] is None and isinstance(body[-1][1], Whitespace | Comment):
+        trailing.insert(0, body.pop()[1])
+    return trailing
+
+
+def _table_before(document: TOMLDocument, key: str) -> Table | None:
+    previous = None
+    for item_key, item in document.body:
+        if item_key is not None and item_key.key == key:
+            return previous
+        previous = item if isinstance(item, Table) else None
+    return None

@@ -1,16 +1,24 @@
-"""Dagster resources: where stores live, and which providers are installed."""
+"""Dagster resources: where stores live, which providers are installed, and packaged files.
+
+Each resolves the configuration (``REF_CONFIGURATION``, ref.toml, ``REF_*``) in the process that
+uses it, so the code location, the daemon and run workers on other machines agree as long as they
+share the configuration directory.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 
 import dagster as dg
 
-from ref_assets.config import load_settings
+from ref_assets.config import ProviderEntry, load_settings
 from ref_assets.providers.protocol import Provider
 from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.specs import DatasetSpec
 from ref_assets.store.repository import DatasetStore
+from ref_assets.vocabulary import VariableVocabulary, load_vocabulary
 
 
 class IcechunkStorage(dg.ConfigurableResource):
@@ -30,13 +38,42 @@ class IcechunkStorage(dg.ConfigurableResource):
 
 
 @cache
-def installed_providers() -> ProviderRegistry:
-    """Providers found by entry point, discovered once per process."""
-    return ProviderRegistry.discover()
+def discover_providers(configured: tuple[ProviderEntry, ...]) -> ProviderRegistry:
+    """`ProviderRegistry.discover`, once per process and configuration."""
+    return ProviderRegistry.discover(configured)
+
+
+def installed_providers(configured: Iterable[ProviderEntry] | None = None) -> ProviderRegistry:
+    """Providers from entry points and ref.toml (default: the current settings' entries),
+    discovered once per process and configuration, so each broken one is logged once."""
+    entries = load_settings().providers if configured is None else configured
+    return discover_providers(tuple(entries))
 
 
 class ProviderRegistryResource(dg.ConfigurableResource):
-    """Builds the provider a dataset spec names (see `ProviderRegistry`)."""
+    """Builds the provider a dataset spec names (see `ProviderRegistry`).
+
+    >>> ProviderRegistryResource().registry().classes["synthetic"].name  # doctest: +SKIP
+    'synthetic'
+    """
+
+    def registry(self) -> ProviderRegistry:
+        return installed_providers()
 
     def create(self, spec: DatasetSpec) -> Provider:
-        return installed_providers().create(spec)
+        return self.registry().create(spec)
+
+
+class PackagedFilesResource(dg.ConfigurableResource):
+    """Packaged data files through the durable cache ``$REF_CONFIGURATION/cache``.
+
+    ``path("packaged:ref_assets/data/variables_cv.toml")`` returns the cached copy, written or
+    repaired first when needed; ``variables_cv()`` is the vocabulary ref.toml names.
+    """
+
+    def path(self, reference: str) -> Path:
+        return load_settings().resolve_path(reference)
+
+    def variables_cv(self) -> VariableVocabulary:
+        settings = load_settings()
+        return load_vocabulary(settings.variables_cv, settings.resolve_path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from importlib import resources
@@ -252,9 +252,14 @@ def packaged_spec_dir() -> Path:
     return Path(str(resources.files("ref_assets") / "datasets"))
 
 
-def load_specs(directories: Iterable[Path]) -> SpecCatalog:
+def load_specs(
+    directories: Iterable[Path],
+    check: Callable[[DatasetSpec], list[tuple[str, str]]] | None = None,
+) -> SpecCatalog:
     """Load every ``*.yaml`` spec in ``directories``, later directories replacing earlier ones.
 
+    ``check`` returns ``(field, message)`` for each problem a valid spec still has (for example
+    against the variable vocabulary); a spec with any is rejected like a malformed one.
     Broken files are logged and listed in ``SpecCatalog.errors``; they never stop the others.
     Two files with the same id in one directory are both rejected (which one is meant is unclear).
     """
@@ -269,6 +274,10 @@ def load_specs(directories: Iterable[Path]) -> SpecCatalog:
                 spec = load_spec_file(path)
             except SpecFileError as err:
                 catalog.errors.extend(err.errors)
+                continue
+            problems = check(spec) if check else []
+            if problems:
+                catalog.errors.extend(SpecError(path, key, message) for key, message in problems)
                 continue
             if spec.id in loaded:
                 clashing.add(spec.id)

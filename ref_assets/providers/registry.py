@@ -1,16 +1,24 @@
-"""Finding providers: entry points in the group ``ref_assets.providers``, loaded tolerantly.
+"""Finding providers: entry points in the group ``ref_assets.providers``, plus ``[[providers]]``
+tables in ref.toml (``provider = "package.module:attribute"``), all loaded tolerantly.
 
-A provider whose module no longer imports, or whose class does not satisfy the `Provider`
-contract, is logged once with the reason and skipped; the others register. Datasets that name a
-missing provider still load as assets and fail only when run, with an error saying what to do.
+A provider whose module no longer imports, whose attribute is missing, or whose class does not
+satisfy the `Provider` contract, is logged once with the reason and skipped; the others register.
+Datasets that name a missing provider still load as assets and fail only when run, with an error
+saying what to do. A ref.toml entry replaces an entry point of the same name.
+
+>>> registry = ProviderRegistry.discover()
+>>> registry.classes["synthetic"].name
+'synthetic'
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 
+from ref_assets.config import ProviderEntry
 from ref_assets.providers.protocol import Provider, ProviderError
 from ref_assets.specs import DatasetSpec
 
@@ -24,47 +32,125 @@ class ProviderUnavailableError(ProviderError):
     """The spec names a provider that is not installed or failed to load."""
 
 
+@dataclass(frozen=True)
+class ProviderSource:
+    """Where a provider was declared, and what came of loading it."""
+
+    name: str | None  # None: a ref.toml entry without a name that did not load
+    reference: str  # package.module:attribute
+    origin: str  # "entry point (dist 1.2)" or "ref.toml [[providers]] #2"
+    problem: str | None = None
+    version: str | None = None
+    entry: ProviderEntry | None = None  # the ref.toml table, if it came from one
+
+    @property
+    def loaded(self) -> bool:
+        return self.problem is None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.reference
+
+
 @dataclass
 class ProviderRegistry:
-    """Provider classes by name, plus the reason each unusable one was skipped."""
+    """Provider classes by name, and every declared provider with its state."""
 
     classes: dict[str, type[Provider]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
+    sources: list[ProviderSource] = field(default_factory=list)
 
     @classmethod
-    def discover(cls) -> ProviderRegistry:
+    def discover(cls, configured: Iterable[ProviderEntry] = ()) -> ProviderRegistry:
+        """Entry points first, then the ref.toml entries (which win on a shared name)."""
         registry = cls()
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
             registry.register_entry_point(entry_point)
+        for entry in configured:
+            registry.register_configured(entry)
         return registry
 
+    @property
+    def skipped(self) -> dict[str, str]:
+        """The reason each unusable provider was skipped, by name (or reference)."""
+        return {
+            s.label: s.problem for s in self.sources if s.problem and s.label not in self.classes
+        }
+
     def register_entry_point(self, entry_point: EntryPoint) -> None:
+        dist = entry_point.dist
+        origin = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
+        self._register(entry_point.name, entry_point, origin)
+
+    def register_configured(self, entry: ProviderEntry) -> None:
+        if entry.problem:
+            self._add(
+                ProviderSource(
+                    entry.name, entry.reference, entry.origin, entry.problem, entry=entry
+                )
+            )
+            return
+        entry_point = EntryPoint(entry.name or "", entry.reference, ENTRY_POINT_GROUP)
+        self._register(entry.name, entry_point, entry.origin, entry)
+
+    def _register(
+        self,
+        name: str | None,
+        entry_point: EntryPoint,
+        origin: str,
+        entry: ProviderEntry | None = None,
+    ) -> None:
         try:
             provider_class = entry_point.load()
         except Exception as err:  # any import-time failure of a third-party module
-            self._skip(entry_point.name, f"{entry_point.value} does not import: {err!r}")
+            problem = _load_problem(err)
+            self._add(ProviderSource(name, entry_point.value, origin, problem, entry=entry))
             return
         problem = _contract_problem(provider_class)
-        if problem:
-            self._skip(entry_point.name, f"{entry_point.value} {problem}")
-            return
-        self.classes[entry_point.name] = provider_class
+        name = name or getattr(provider_class, "name", None)
+        version = getattr(provider_class, "version", None)
+        source = ProviderSource(name, entry_point.value, origin, problem, version, entry)
+        self._add(source)
+        if problem is None:
+            if source.name in self.classes:
+                logger.info("provider %r from %s replaces an earlier one", source.name, origin)
+            self.classes[source.name] = provider_class
 
-    def _skip(self, name: str, reason: str) -> None:
-        self.skipped[name] = reason
-        logger.warning("provider %r skipped: %s", name, reason)
+    def _add(self, source: ProviderSource) -> None:
+        self.sources.append(source)
+        if source.problem:
+            named = (
+                f"{source.name!r} ({source.reference}" if source.name else f"{source.reference} ("
+            )
+            logger.warning("provider %s, %s) skipped: %s", named, source.origin, source.problem)
 
     def create(self, spec: DatasetSpec) -> Provider:
         """The provider for ``spec``, built from its params."""
         provider_class = self.classes.get(spec.provider)
         if provider_class is None:
-            reason = self.skipped.get(spec.provider, "it is not installed")
-            known = ", ".join(sorted(self.classes)) or "none"
-            raise ProviderUnavailableError(
-                f"{spec.id}: provider {spec.provider!r} is unavailable ({reason}). Install the "
-                f"package that provides it, or change the spec's provider (available: {known})."
-            )
+            raise ProviderUnavailableError(self.unavailable_reason(spec))
         return provider_class(spec)
+
+    def unavailable_reason(self, spec: DatasetSpec) -> str:
+        """Why ``spec``'s provider cannot be built, and what to do about it."""
+        known = ", ".join(sorted(self.classes)) or "none"
+        reason = self.skipped.get(spec.provider, "it is not installed")
+        unnamed = [s for s in self.sources if s.name is None and s.problem]
+        also = "".join(
+            f"; {s.origin} ({s.reference}) did not load either: {s.problem}" for s in unnamed
+        )
+        return (
+            f"{spec.id}: provider {spec.provider!r} is unavailable ({reason}{also}). Install the "
+            f"package that provides it, change the spec's provider (available: {known}), or "
+            "remove ref.toml entries that no longer load with `ref-assets providers prune`."
+        )
+
+
+def _load_problem(err: Exception) -> str:
+    if isinstance(err, ModuleNotFoundError):
+        return f"module {err.name!r} is not installed"
+    if isinstance(err, AttributeError):
+        return f"attribute missing: {err}"
+    return f"does not import: {err!r}"
 
 
 def _contract_problem(provider_class: object) -> str | None:
