@@ -43,31 +43,31 @@ class CommandError(Exception):
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """The ``config`` and ``providers`` commands, added to ref-assets' subcommands."""
     config = commands.add_parser("config", help="show, check or change ref.toml settings")
-    config_commands = config.add_subparsers(required=True, metavar="ACTION")
-    show = config_commands.add_parser("show", help="the effective settings (secrets masked)")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(handler=show)
-    validate = config_commands.add_parser(
+    actions = config.add_subparsers(required=True, metavar="ACTION")
+    parser = actions.add_parser("show", help="the effective settings (secrets masked)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=show)
+    parser = actions.add_parser(
         "validate", help="check ref.toml, the vocabulary, providers and dataset specs"
     )
-    validate.set_defaults(handler=validate)
-    set_value = config_commands.add_parser(
+    parser.set_defaults(handler=validate)
+    parser = actions.add_parser(
         "set", help="set one key in ref.toml, keeping its comments (paths become durable)"
     )
-    set_value.add_argument("key", choices=sorted(SETTABLE_KEYS))
-    set_value.add_argument("value")
-    set_value.set_defaults(handler=set_value)
+    parser.add_argument("key", choices=sorted(SETTABLE_KEYS))
+    parser.add_argument("value")
+    parser.set_defaults(handler=set_value)
 
     providers = commands.add_parser("providers", help="list or prune declared providers")
-    provider_commands = providers.add_subparsers(required=True, metavar="ACTION")
-    listing = provider_commands.add_parser("list", help="each provider, its origin and state")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(handler=list_providers)
-    prune = provider_commands.add_parser(
+    actions = providers.add_subparsers(required=True, metavar="ACTION")
+    parser = actions.add_parser("list", help="each provider, its origin and state")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=list_providers)
+    parser = actions.add_parser(
         "prune", help="remove [[providers]] entries of ref.toml that do not load"
     )
-    prune.add_argument("--dry-run", action="store_true", help="only show what would be removed")
-    prune.set_defaults(handler=prune_providers)
+    parser.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    parser.set_defaults(handler=prune_providers)
 
 
 def mask(key: str, value: str) -> str:
