@@ -52,25 +52,6 @@ def code_version(spec: DatasetSpec, provider_version: str | None) -> str:
 def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.AssetsDefinition:
     provider_class = registry.classes.get(spec.provider)
 
-    @dg.asset(
-        name=spec.id,
-        description=f"{spec.title}\n\n{spec.description}".strip(),
-        partitions_def=partitions_for(spec),
-        code_version=code_version(spec, provider_class.version if provider_class else None),
-        io_manager_key=IO_MANAGER_KEY,
-        backfill_policy=(
-            dg.BackfillPolicy.multi_run(spec.runs.max_partitions_per_run)
-            if spec.runs.max_partitions_per_run
-            else dg.BackfillPolicy.single_run()
-        ),
-        group_name="datasets",
-        kinds={"icechunk", "xarray"},
-        metadata={
-            "provider": dg.MetadataValue.text(spec.provider),
-            "period": dg.MetadataValue.text(spec.period.value),
-            "variables": dg.MetadataValue.json([v.model_dump(mode="json") for v in spec.variables]),
-        },
-    )
     def dataset_asset(
         context: dg.AssetExecutionContext, providers: ProviderRegistryResource
     ) -> dg.Output:  # a PeriodBatch (one partition) or a PeriodStream (a range)
@@ -88,4 +69,27 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
             warnings.simplefilter("ignore", dg.BetaWarning)
             return dg.Output(batch, data_version=dg.DataVersion(batch.checksum))
 
-    return dataset_asset
+    # backfill_policy is beta too; one warning per dataset per code-location load is only noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.asset(
+            name=spec.id,
+            description=f"{spec.title}\n\n{spec.description}".strip(),
+            partitions_def=partitions_for(spec),
+            code_version=code_version(spec, provider_class.version if provider_class else None),
+            io_manager_key=IO_MANAGER_KEY,
+            backfill_policy=(
+                dg.BackfillPolicy.multi_run(spec.runs.max_partitions_per_run)
+                if spec.runs.max_partitions_per_run
+                else dg.BackfillPolicy.single_run()
+            ),
+            group_name="datasets",
+            kinds={"icechunk", "xarray"},
+            metadata={
+                "provider": dg.MetadataValue.text(spec.provider),
+                "period": dg.MetadataValue.text(spec.period.value),
+                "variables": dg.MetadataValue.json(
+                    [v.model_dump(mode="json") for v in spec.variables]
+                ),
+            },
+        )(dataset_asset)
