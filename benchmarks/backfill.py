@@ -238,9 +238,10 @@ def scenario_bulk_store(workdir: Path, count: int) -> dict:
     import zarr
 
     from ref_assets.batch import fetch_batch
+    from ref_assets.provenance import build_record
     from ref_assets.store.layout import RECORDS_PATH
     from ref_assets.store.repository import DatasetStore
-    from ref_assets.store.writer import ensure_capacity, period_record
+    from ref_assets.store.writer import ensure_capacity
 
     provider, spec = provider_and_spec("bulk")
     store = DatasetStore(str(workdir / "stores"), spec.id)
@@ -253,7 +254,7 @@ def scenario_bulk_store(workdir: Path, count: int) -> dict:
     group = zarr.open_group(session.store, mode="r+")
     for batch in [first, *batches]:
         group["t2m"][batch.time_index] = batch.variables["t2m"]
-        group[RECORDS_PATH][batch.time_index] = json.dumps(period_record(batch, run_id="bulk"))
+        group[RECORDS_PATH][batch.time_index] = build_record(batch, run_id="bulk").to_json()
     session.commit("bulk")
     return {"periods": count, "bytes": directory_bytes(store.path)}
 

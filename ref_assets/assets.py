@@ -1,16 +1,15 @@
 """One time-partitioned asset per dataset spec: fetch a period, check it, hand it to the store."""
 
-import hashlib
 import warnings
 
 import dagster as dg
 
 from ref_assets.batch import PeriodStream, fetch_batch
 from ref_assets.periods import Period
+from ref_assets.provenance import code_version
 from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.resources import ProviderRegistryResource
 from ref_assets.specs import DatasetSpec
-from ref_assets.store.layout import LAYOUT_VERSION
 
 IO_MANAGER_KEY = "icechunk_io_manager"
 
@@ -35,18 +34,6 @@ def range_run_tags(first: str, last: str) -> dict[str, str]:
         "dagster/asset_partition_range_start": first,
         "dagster/asset_partition_range_end": last,
     }
-
-
-def code_version(spec: DatasetSpec, provider_version: str | None) -> str:
-    """Changes when anything that shapes the stored values does: the resolved spec, the
-    provider's version or the store layout."""
-    parts = [
-        spec.values_fingerprint(),
-        spec.provider,
-        provider_version or "unavailable",
-        str(LAYOUT_VERSION),
-    ]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.AssetsDefinition:

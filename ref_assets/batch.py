@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import xarray as xr
@@ -58,6 +59,7 @@ class PeriodBatch:
     provider_version: str
     checksum: str
     stats: dict[str, VariableStats]
+    fetched_at: datetime  # UTC, when the provider's data was in hand
 
     @property
     def time_index(self) -> int:
@@ -72,6 +74,7 @@ def prepare_batch(
     *,
     provider: str,
     provider_version: str,
+    fetched_at: datetime,
 ) -> PeriodBatch:
     """Check ``fetched`` against ``description`` and cast it for storage.
 
@@ -121,18 +124,21 @@ def prepare_batch(
         provider_version=provider_version,
         checksum=period_checksum(period.start, grid.y, grid.x, variables),
         stats={name: VariableStats.of(values) for name, values in variables.items()},
+        fetched_at=fetched_at,
     )
 
 
 def fetch_batch(spec: DatasetSpec, provider: Provider, period: Period) -> PeriodBatch:
     """Fetch ``period`` from ``provider`` and prepare it for the store (see `prepare_batch`)."""
+    fetched = provider.fetch(period)
     return prepare_batch(
         spec,
         provider.describe(),
         period,
-        provider.fetch(period),
+        fetched,
         provider=provider.name,
         provider_version=provider.version,
+        fetched_at=datetime.now(UTC),
     )
 
 

@@ -5,6 +5,9 @@ ref-assets status DATASET [--start P] [--end P]      # present and missing perio
 ref-assets materialize DATASET --start P [--end P]   # run partitions with the Dagster instance
 ref-assets config show|validate|set KEY VALUE        # the effective configuration
 ref-assets providers list|prune [--dry-run]          # declared providers and their state
+ref-assets provenance DATASET PERIOD | export DATASET DEST   # period records
+ref-assets verify DATASET | reproduce DATASET PERIOD  # stored data against its records
+ref-assets sync-instance [DATASET ...]               # report the stores to the Dagster instance
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ref_assets import config_cli
+from ref_assets import config_cli, provenance_cli
 from ref_assets.catalog import load_catalog
 from ref_assets.config import ConfigError, load_settings
 from ref_assets.config_cli import CommandError
 from ref_assets.periods import Period, PeriodError
-from ref_assets.providers.protocol import periods_between
+from ref_assets.provenance import ProvenanceNotFoundError
+from ref_assets.providers.protocol import ProviderError, periods_between
 from ref_assets.reader import dataset_status
 from ref_assets.specs import DatasetSpec, SpecCatalog, UnknownDatasetError
 from ref_assets.store.repository import DatasetStore, StoreError
@@ -39,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         StoreError,
         PeriodError,
         UnknownDatasetError,
+        ProvenanceNotFoundError,
+        ProviderError,
         OSError,
     ) as err:
         print(f"ref-assets: error: {err}", file=sys.stderr)
@@ -70,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     materialize.set_defaults(handler=_materialize)
 
     config_cli.add_commands(commands)
+    provenance_cli.add_commands(commands)
     return parser
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,11 +28,10 @@ from ref_assets.config import (
 )
 from ref_assets.packaged import PackagedFiles
 from ref_assets.providers.registry import ProviderRegistry, ProviderSource
+from ref_assets.secrets import redact
 from ref_assets.vocabulary import load_vocabulary
 
 SETTABLE_KEYS = {f"{section}.{key}": variable for variable, (section, key) in ENV_OVERRIDES.items()}
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|access_key|api_key", re.I)
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 class CommandError(Exception):
@@ -70,13 +68,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=prune_providers)
 
 
-def mask(key: str, value: str) -> str:
-    """Hide secrets: values of secret-looking keys, and credentials inside URLs."""
-    if _SECRET_KEY.search(key):
-        return "***"
-    return _URL_USERINFO.sub("***@", value)
-
-
 @contextmanager
 def _quiet_library_logs():
     """These commands print every problem themselves; the library's log lines would repeat them."""
@@ -107,7 +98,7 @@ def show(args: argparse.Namespace) -> int:
         section, key = setting.key.split(".")
         if section not in document:
             document.add(section, tomlkit.table())
-        document[section].add(key, mask(key, setting.value))
+        document[section].add(key, redact(setting.value, key))
         note = f"from {setting.origin}"
         if setting.key == "paths.variables_cv":
             note += f"; read from {cv_file}"
@@ -131,7 +122,7 @@ def _effective(settings: Settings, cv_file: Path) -> dict:
         "config_file": str(settings.config_file),
         "config_file_exists": settings.config_file.exists(),
         "settings": {
-            s.key: {"value": mask(s.key, s.value), "from": s.origin} for s in settings.values
+            s.key: {"value": redact(s.value, s.key), "from": s.origin} for s in settings.values
         },
         "variables_cv_file": str(cv_file),
         "providers": [

@@ -12,6 +12,7 @@ import xarray as xr
 
 from ref_assets.batch import PeriodBatch, PeriodFailure, PeriodStream
 from ref_assets.periods import Period
+from ref_assets.provenance import ProvenanceRecord
 from ref_assets.resources import IcechunkStorage
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import StoreError
@@ -120,39 +121,61 @@ class _Progress:
 
 
 def materialization_metadata(receipt: WriteReceipt) -> dict[str, dg.MetadataValue]:
-    """What Dagster shows for one written period (all of it read from its stored record)."""
-    record = receipt.record
-    columns = ["variable", "units", "shape", "min", "mean", "max", "nan_fraction"]
-    rows = [
+    """What Dagster shows for one period this run wrote."""
+    return {
+        **record_metadata(receipt.record),
+        "snapshot_id": dg.MetadataValue.text(receipt.snapshot_id),
+        "bytes_written": dg.MetadataValue.int(receipt.bytes_written),
+        "commit_attempts": dg.MetadataValue.int(receipt.attempts),
+    }
+
+
+def record_metadata(record: ProvenanceRecord) -> dict[str, dg.MetadataValue]:
+    """A period's provenance record as Dagster metadata: the whole record as JSON, and its
+    checksums, versions and statistics as readable fields."""
+    numeric = ("min", "mean", "max", "nan_fraction")
+    variables = [
         dg.TableRecord(
             {
                 "variable": name,
-                "units": info["units"],
-                "shape": "x".join(map(str, info["shape"])),
-                "min": info["minimum"],
-                "mean": info["mean"],
-                "max": info["maximum"],
-                "nan_fraction": info["nan_fraction"],
+                "units": info.units,
+                "shape": "x".join(map(str, info.shape)),
+                "min": info.minimum,
+                "mean": info.mean,
+                "max": info.maximum,
+                "nan_fraction": info.nan_fraction,
             }
         )
-        for name, info in record["variables"].items()
+        for name, info in record.variables.items()
+    ]
+    sources = [
+        dg.TableRecord({"uri": s.uri, "size": s.size, "sha256": s.sha256}) for s in record.sources
     ]
     return {
-        "period": dg.MetadataValue.text(receipt.period_key),
-        "time_index": dg.MetadataValue.int(receipt.time_index),
-        "snapshot_id": dg.MetadataValue.text(receipt.snapshot_id),
-        "checksum": dg.MetadataValue.text(record["checksum"]),
-        "bytes_written": dg.MetadataValue.int(receipt.bytes_written),
+        "period": dg.MetadataValue.text(record.period),
+        "time_index": dg.MetadataValue.int(record.time_index),
+        "checksum": dg.MetadataValue.text(record.checksum),
+        "provider": dg.MetadataValue.text(f"{record.provider} {record.provider_version}"),
+        "code_version": dg.MetadataValue.text(record.code_version or "unknown"),
+        "spec_fingerprint": dg.MetadataValue.text(record.spec_fingerprint),
         "variables": dg.MetadataValue.table(
-            rows,
+            variables,
             schema=dg.TableSchema(
                 columns=[
-                    dg.TableColumn(c, "string" if c in ("variable", "units", "shape") else "float")
-                    for c in columns
+                    dg.TableColumn(c, "float" if c in numeric else "string")
+                    for c in ("variable", "units", "shape", *numeric)
                 ]
             ),
         ),
-        "sources": dg.MetadataValue.int(len(record["sources"])),
-        "commit_attempts": dg.MetadataValue.int(receipt.attempts),
-        "record": dg.MetadataValue.json(record),
+        "sources": dg.MetadataValue.table(
+            sources,
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("uri", "string"),
+                    dg.TableColumn("size", "int"),
+                    dg.TableColumn("sha256", "string"),
+                ]
+            ),
+        ),
+        "record": dg.MetadataValue.json(record.model_dump(mode="json", exclude_none=True)),
     }

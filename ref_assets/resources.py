@@ -7,15 +7,13 @@ share the configuration directory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from functools import cache
 from pathlib import Path
 
 import dagster as dg
 
-from ref_assets.config import ProviderEntry, load_settings
+from ref_assets.config import load_settings
 from ref_assets.providers.protocol import Provider
-from ref_assets.providers.registry import ProviderRegistry
+from ref_assets.providers.registry import ProviderRegistry, installed_providers
 from ref_assets.specs import DatasetSpec
 from ref_assets.store.repository import DatasetStore
 from ref_assets.vocabulary import VariableVocabulary, load_vocabulary
@@ -35,19 +33,6 @@ class IcechunkStorage(dg.ConfigurableResource):
 
     def store(self, dataset_id: str) -> DatasetStore:
         return DatasetStore(self.resolved_root(), dataset_id)
-
-
-@cache
-def discover_providers(configured: tuple[ProviderEntry, ...]) -> ProviderRegistry:
-    """`ProviderRegistry.discover`, once per process and configuration."""
-    return ProviderRegistry.discover(configured)
-
-
-def installed_providers(configured: Iterable[ProviderEntry] | None = None) -> ProviderRegistry:
-    """Providers from entry points and ref.toml (default: the current settings' entries),
-    discovered once per process and configuration, so each broken one is logged once."""
-    entries = load_settings().providers if configured is None else configured
-    return discover_providers(tuple(entries))
 
 
 class ProviderRegistryResource(dg.ConfigurableResource):

@@ -1,3 +1,5 @@
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,13 @@ PERIOD = Period.from_key(PeriodType.DAILY, "2024-01-05")
 
 def prepare(fetched: FetchedPeriod):
     return prepare_batch(
-        SPEC, PROVIDER.describe(), PERIOD, fetched, provider="synthetic", provider_version="1"
+        SPEC,
+        PROVIDER.describe(),
+        PERIOD,
+        fetched,
+        provider="synthetic",
+        provider_version="1",
+        fetched_at=datetime(2024, 1, 6, tzinfo=UTC),
     )
 
 

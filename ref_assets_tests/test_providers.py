@@ -9,8 +9,12 @@ from ref_assets.cli import main
 from ref_assets.config import load_settings
 from ref_assets.definitions import build_definitions
 from ref_assets.providers import registry as registry_module
-from ref_assets.providers.registry import ProviderRegistry, ProviderUnavailableError
-from ref_assets.resources import discover_providers, installed_providers
+from ref_assets.providers.registry import (
+    ProviderRegistry,
+    ProviderUnavailableError,
+    discover_providers,
+    installed_providers,
+)
 from ref_assets.specs import DatasetSpec
 from ref_assets_tests.conftest import spec_dict
 

@@ -78,7 +78,7 @@ def test_code_location_loads_with_a_broken_spec(settings, write_spec):
 
 
 def test_code_version_follows_the_spec():
-    from ref_assets.assets import code_version
+    from ref_assets.provenance import code_version
 
     base = DatasetSpec.model_validate(spec_dict())
     changed = DatasetSpec.model_validate(spec_dict(params={"seed": 4}))

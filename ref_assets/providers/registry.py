@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
-from ref_assets.config import ProviderEntry
+from ref_assets.config import ProviderEntry, load_settings
 from ref_assets.providers.protocol import Provider, ProviderError
 from ref_assets.specs import DatasetSpec
 
@@ -143,6 +144,19 @@ class ProviderRegistry:
             f"package that provides it, change the spec's provider (available: {known}), or "
             "remove ref.toml entries that no longer load with `ref-assets providers prune`."
         )
+
+
+@cache
+def discover_providers(configured: tuple[ProviderEntry, ...]) -> ProviderRegistry:
+    """`ProviderRegistry.discover`, once per process and configuration."""
+    return ProviderRegistry.discover(configured)
+
+
+def installed_providers(configured: Iterable[ProviderEntry] | None = None) -> ProviderRegistry:
+    """Providers from entry points and ref.toml (default: the current settings' entries),
+    discovered once per process and configuration, so each broken one is logged once."""
+    entries = load_settings().providers if configured is None else configured
+    return discover_providers(tuple(entries))
 
 
 def _load_problem(err: Exception) -> str:

@@ -7,6 +7,7 @@ event log, which can be lost. Listing those chunks reads the manifest only, not 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -83,11 +84,18 @@ def open_store_dataset(session: ic.Session) -> xr.Dataset:
 
 def stored_period_checksum(session: ic.Session, axis: StoreAxis, index: int) -> str:
     """Recompute a period's output checksum from the values as stored."""
+    [(_, checksum)] = stored_checksums(session, axis, [index])
+    return checksum
+
+
+def stored_checksums(
+    session: ic.Session, axis: StoreAxis, indices: Iterable[int]
+) -> Iterator[tuple[int, str]]:
+    """Recompute the output checksum of each index from the values as stored, one period in
+    memory at a time."""
     group = open_laid_out_root(session.store)
     names = group.attrs["ref_assets"]["structure"]["variables"]
-    return period_checksum(
-        axis.period_at(index).start,
-        group["y"][:],
-        group["x"][:],
-        {name: group[name][index] for name in names},
-    )
+    y, x = group["y"][:], group["x"][:]
+    for index in indices:
+        values = {name: group[name][index] for name in names}
+        yield index, period_checksum(axis.period_at(index).start, y, x, values)

@@ -10,20 +10,18 @@ commits (see `CommitPolicy`).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
 import icechunk as ic
 import zarr
 from zarr.core.sync import sync
 
-from ref_assets import __version__
 from ref_assets.batch import PeriodBatch
+from ref_assets.provenance import ProvenanceRecord, build_record
 from ref_assets.store.layout import (
     RECORDS_PATH,
     axis_length,
@@ -51,7 +49,7 @@ class WriteReceipt:
     snapshot_id: str
     time_index: int
     bytes_written: int
-    record: dict
+    record: ProvenanceRecord
     attempts: int
 
 
@@ -93,7 +91,7 @@ class PeriodWriter:
         self._repo: ic.Repository | None = None
         self._capacity = 0
         self._session: ic.Session | None = None
-        self._pending: list[tuple[PeriodBatch, dict, int]] = []
+        self._pending: list[tuple[PeriodBatch, ProvenanceRecord, int]] = []
         self._oldest_pending = 0.0
 
     def add(self, batch: PeriodBatch) -> list[WriteReceipt]:
@@ -105,7 +103,7 @@ class PeriodWriter:
             # Growing the axis is its own commit; uncommitted writes would conflict with it.
             receipts += self.flush()
             self._capacity = ensure_capacity(self.store, self._repo, batch)
-        record = period_record(batch, run_id=self.run_id)
+        record = build_record(batch, run_id=self.run_id)
         bytes_written = self._write(batch, record)
         if not self._pending:
             self._oldest_pending = time.monotonic()
@@ -166,14 +164,14 @@ class PeriodWriter:
             "written; run the partitions again."
         )
 
-    def _write(self, batch: PeriodBatch, record: dict) -> int:
+    def _write(self, batch: PeriodBatch, record: ProvenanceRecord) -> int:
         """Write one period into the open session; return its stored bytes."""
         if self._session is None:
             self._session = self._repo.writable_session("main")
         group = zarr.open_group(self._session.store, mode="r+")
         for name, values in batch.variables.items():
             group[name][batch.time_index] = values
-        group[RECORDS_PATH][batch.time_index] = json.dumps(record, sort_keys=True)
+        group[RECORDS_PATH][batch.time_index] = record.to_json()
         return _stored_bytes(self._session, batch)
 
 
@@ -231,35 +229,6 @@ def _capacity(session: ic.Session, batch: PeriodBatch) -> int:
         return 0
     check_structure(group, batch.spec, batch.description)
     return axis_length(group)
-
-
-def period_record(batch: PeriodBatch, *, run_id: str) -> dict:
-    """The JSON-serializable record stored with the period."""
-    return {
-        "format": "ref-assets/record-v1",
-        "dataset": batch.spec.id,
-        "period": batch.period.key,
-        "period_start": batch.period.start.isoformat(),
-        "period_end": batch.period.end.isoformat(),
-        "time_index": batch.time_index,
-        "checksum": batch.checksum,
-        "provider": batch.provider,
-        "provider_version": batch.provider_version,
-        "sources": [asdict(s) for s in batch.sources],
-        "variables": {
-            name: {
-                "units": batch.spec.variables_by_name[name].units,
-                "dtype": str(values.dtype),
-                "shape": list(values.shape),
-                **asdict(batch.stats[name]),
-            }
-            for name, values in batch.variables.items()
-        },
-        "spec_fingerprint": batch.spec.fingerprint(),
-        "ref_assets_version": __version__,
-        "run_id": run_id,
-        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 def _stored_bytes(session: ic.Session, batch: PeriodBatch) -> int:

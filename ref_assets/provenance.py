@@ -1,0 +1,220 @@
+"""Provenance: the record stored with every period, in the same commit as its data.
+
+A record says which source items (with the SHA-256 of the bytes read) produced the period, with
+which provider, spec, code and package versions, in which Dagster run and when, and what was
+written (the output checksum, see `ref_assets.checksum`). Records live in the store itself, in
+``ref/records`` along the time axis (one chunk per period): a commit costs O(1) in the number of
+periods, and a record is current data, so it survives snapshot expiry and garbage collection and
+outlives any Dagster instance.
+
+>>> record = read_provenance("demo_air_temperature", "2024-01-01")  # doctest: +SKIP
+>>> record.checksum, [s.sha256 for s in record.sources]  # doctest: +SKIP
+('sha256:...', ['9f86d0...'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from dataclasses import asdict
+from datetime import UTC, datetime
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ref_assets.config import Settings, load_settings
+from ref_assets.files import atomic_write_bytes
+from ref_assets.periods import Period
+from ref_assets.secrets import redact
+from ref_assets.specs import DatasetSpec
+from ref_assets.store import reader as store_reader
+from ref_assets.store.layout import LAYOUT_VERSION
+from ref_assets.store.repository import DatasetStore, StoreError
+
+if TYPE_CHECKING:
+    from ref_assets.batch import PeriodBatch
+
+RECORD_FORMAT = "ref-assets/record-v2"
+# The distributions whose versions shape a period's values or its storage.
+RECORDED_PACKAGES = ("ref-assets", "dagster", "icechunk", "zarr", "xarray", "numpy")
+
+
+class ProvenanceNotFoundError(LookupError):
+    """The store holds no record for the period (it was never written)."""
+
+
+class SourceRecord(BaseModel):
+    """One input: where it came from, its size and the SHA-256 of the bytes read."""
+
+    model_config = ConfigDict(frozen=True)
+    uri: str
+    size: int
+    sha256: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class VariableRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    units: str
+    dtype: str
+    shape: list[int]
+    minimum: float | None
+    mean: float | None
+    maximum: float | None
+    nan_fraction: float
+
+
+class ProvenanceRecord(BaseModel):
+    """The record of one period. Fields added after format v1 are optional, so records written
+    by earlier versions still read; unknown fields (from later versions) are kept."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    format: str
+    dataset: str
+    period: str
+    partition_key: str | None = None
+    period_start: datetime
+    period_end: datetime
+    time_index: int
+    provider: str
+    provider_version: str
+    spec: dict[str, Any] | None = Field(default=None, description="resolved spec, secrets masked")
+    spec_fingerprint: str
+    code_version: str | None = None
+    sources: list[SourceRecord]
+    checksum: str = Field(description="output checksum: ref_assets.checksum, format period-v1")
+    variables: dict[str, VariableRecord]
+    versions: dict[str, str] | None = None
+    run_id: str
+    fetched_at: datetime | None = None
+    written_at: datetime
+
+    def to_json(self) -> str:
+        """Compact JSON, as stored."""
+        return self.model_dump_json(exclude_none=True)
+
+
+def code_version(spec: DatasetSpec, provider_version: str | None) -> str:
+    """Changes when anything that shapes the stored values does: the resolved spec, the
+    provider's version or the store layout (the Dagster asset's code version)."""
+    parts = [
+        spec.values_fingerprint(),
+        spec.provider,
+        provider_version or "unavailable",
+        str(LAYOUT_VERSION),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@cache
+def package_versions() -> dict[str, str]:
+    """Versions of the recorded packages (and Python) in this process."""
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_record(batch: PeriodBatch, *, run_id: str) -> ProvenanceRecord:
+    """The record of a prepared period, written by whoever commits it."""
+    spec = batch.spec
+    return ProvenanceRecord(
+        format=RECORD_FORMAT,
+        dataset=spec.id,
+        period=batch.period.key,
+        partition_key=batch.period.key,
+        period_start=batch.period.start,
+        period_end=batch.period.end,
+        time_index=batch.time_index,
+        provider=batch.provider,
+        provider_version=batch.provider_version,
+        spec=redact(spec.model_dump(mode="json")),
+        spec_fingerprint=spec.fingerprint(),
+        code_version=code_version(spec, batch.provider_version),
+        sources=[SourceRecord(**redact(asdict(source))) for source in batch.sources],
+        checksum=batch.checksum,
+        variables={
+            name: VariableRecord(
+                units=spec.variables_by_name[name].units,
+                dtype=str(values.dtype),
+                shape=list(values.shape),
+                **asdict(batch.stats[name]),
+            )
+            for name, values in batch.variables.items()
+        },
+        versions=package_versions(),
+        run_id=run_id,
+        fetched_at=batch.fetched_at,
+        written_at=datetime.now(UTC),
+    )
+
+
+def stored_records(
+    store: DatasetStore, snapshot: str | None = None
+) -> list[tuple[Period, ProvenanceRecord]]:
+    """Every period the store holds with its record, in time order."""
+    session = store_reader.session_for(store, snapshot)
+    axis = store_reader.store_axis(session)
+    if axis is None:
+        return []
+    indices = store_reader.written_indices(session)
+    stored = store_reader.read_records(session, indices)
+    return [(axis.period_at(i), ProvenanceRecord.model_validate(stored[i])) for i in indices]
+
+
+def read_provenance(
+    dataset_id: str,
+    period: str | Period,
+    *,
+    snapshot: str | None = None,
+    settings: Settings | None = None,
+) -> ProvenanceRecord:
+    """The record of one period (a partition key or a `Period`), read from the store."""
+    store = DatasetStore((settings or load_settings()).storage_root, dataset_id)
+    session = store_reader.session_for(store, snapshot)
+    axis = store_reader.store_axis(session)
+    if axis is None:
+        raise ProvenanceNotFoundError(f"{dataset_id}: the store at {store.location} is empty")
+    if isinstance(period, str):
+        period = Period.from_key(axis.period, period)
+    index = axis.index_of(period)
+    stored = store_reader.read_records(session, [index]) if index >= 0 else {}
+    if index not in stored:
+        raise ProvenanceNotFoundError(
+            f"{dataset_id}: period {period.key} is not in the store at {store.location}, so it "
+            f"has no record (see `ref-assets status {dataset_id}`)"
+        )
+    return ProvenanceRecord.model_validate(stored[index])
+
+
+def export_records(dataset_id: str, destination: str, *, settings: Settings | None = None) -> int:
+    """Write ``<period>.record.json`` for every stored period into ``destination``: a local
+    directory (each file written atomically) or an fsspec URL such as ``s3://bucket/prefix``
+    (each file one PUT, which object stores apply atomically). Returns the number written."""
+    store = DatasetStore((settings or load_settings()).storage_root, dataset_id)
+    records = stored_records(store)
+    if "://" in destination and not destination.startswith("file://"):
+        import fsspec  # only for object-store destinations
+
+        filesystem, root = fsspec.core.url_to_fs(destination)
+        for period, record in records:
+            filesystem.pipe_file(f"{root.rstrip('/')}/{period.key}.record.json", _bytes(record))
+    else:
+        directory = Path(destination.removeprefix("file://")).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise StoreError(f"{dataset_id}: export destination {directory} is not a directory")
+        for period, record in records:
+            atomic_write_bytes(directory / f"{period.key}.record.json", _bytes(record))
+    return len(records)
+
+
+def _bytes(record: ProvenanceRecord) -> bytes:
+    return (record.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
