@@ -13,6 +13,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 from ref_assets.periods import Period, PeriodType
+from ref_assets.provenance import ProvenanceRecord, read_provenance
 from ref_assets.reader import dataset_status, open_dataset
 from ref_assets.specs import DatasetSpec
 
@@ -20,7 +21,9 @@ __all__ = [
     "DatasetSpec",
     "Period",
     "PeriodType",
+    "ProvenanceRecord",
     "__version__",
     "dataset_status",
     "open_dataset",
+    "read_provenance",
 ]

@@ -46,11 +46,12 @@ import tomlkit
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import AoT, Comment, Table, Whitespace
+from tomlkit.items import AoT
 from tomlkit.toml_document import TOMLDocument
 
 from ref_assets.files import atomic_write_bytes
 from ref_assets.packaged import PackagedFileError, PackagedFiles, PackagedRef
+from ref_assets.secrets import redact
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     for section, model in _SECTIONS.items()
     for key in model.model_fields
 }
+ENV_VARIABLES = {setting: variable for variable, setting in ENV_OVERRIDES.items()}
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,24 @@ class Settings:
 
     def resolve_path(self, reference: str) -> Path:
         """A readable file for a ``packaged:`` reference (through the cache) or a path
-        (relative to the configuration directory)."""
-        if reference.startswith("packaged:"):
-            try:
-                return self.packaged_files().path(reference)
-            except PackagedFileError as err:
-                raise ConfigError(str(err)) from None
-        return self.configuration_dir / Path(reference).expanduser()
+        (relative to the configuration directory). A path into a Python environment that names
+        a packaged file (say, in a vocabulary's ``extends``) is read through the cache too."""
+        files = self.packaged_files()
+        try:
+            if reference.startswith("packaged:"):
+                return files.path(reference)
+            path = _local_path(self.configuration_dir, reference)
+            ref = files.packaged_ref_for(path)
+            if ref is None:
+                return path
+            if not path.is_relative_to(self.cache_dir):
+                _warn_once(
+                    f"{reference} names the packaged file {ref}, which is read instead; write "
+                    f"{ref} where this path is written, so it survives upgrades"
+                )
+            return files.path(ref)
+        except PackagedFileError as err:
+            raise ConfigError(str(err)) from None
 
 
 def default_configuration_dir() -> Path:
@@ -185,12 +198,20 @@ def load_settings(environ: Mapping[str, str] | None = None, *, heal: bool = True
 
 
 def _read_document(path: Path) -> TOMLDocument | None:
+    text = _read_text(path)
+    return None if text is None else _parse(text, path)
+
+
+def _read_text(path: Path) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from err
+
+
+def _parse(text: str, path: Path) -> TOMLDocument:
     try:
         return tomlkit.parse(text)
     except TOMLKitError as err:
@@ -211,7 +232,7 @@ def _settings_from(
     providers = provider_entries(parsed.providers, warnings)
 
     def effective(section: str, key: str, default: str) -> Setting:
-        variable = f"REF_{section}_{key}".upper()
+        variable = ENV_VARIABLES[(section, key)]
         if env.get(variable):
             return Setting(f"{section}.{key}", env[variable], variable)
         value = getattr(getattr(parsed, section), key)
@@ -251,19 +272,21 @@ def _durable_reference(
     setting: Setting, configuration_dir: Path, packaged: PackagedFiles
 ) -> tuple[str, str | None]:
     """The durable form of a ``[paths]`` value, and a warning if it had to be healed."""
-    where = f"{setting.origin} ({setting.key})"
-    if setting.value.startswith("packaged:"):
-        try:
+    origin = configuration_dir / CONFIG_FILE_NAME if setting.origin == CONFIG_FILE_NAME else None
+    where = f"{origin or setting.origin} ({setting.key})"
+    path = _local_path(configuration_dir, setting.value)
+    try:
+        if setting.value.startswith("packaged:"):
             ref = PackagedRef.parse(setting.value)
-            packaged.packaged_bytes(ref)
-        except PackagedFileError as err:
-            raise ConfigError(f"{where}: {err}") from None
-        return str(ref), None
-    path = (configuration_dir / Path(setting.value).expanduser()).absolute()
-    ref = packaged.packaged_ref_for(path)
+        else:
+            ref = packaged.packaged_ref_for(path)
+        if ref is not None:
+            packaged.packaged_bytes(ref)  # the installed package must have it
+    except PackagedFileError as err:
+        raise ConfigError(f"{where}: {err}") from None
     if ref is not None:
-        if path.is_relative_to(packaged.cache_dir):
-            return str(ref), None  # our own cache: rebuilt from the package whenever needed
+        if setting.value.startswith("packaged:") or path.is_relative_to(packaged.cache_dir):
+            return str(ref), None  # our own cache is rebuilt from the package whenever needed
         state = "no longer exists" if not path.exists() else "lies inside a Python environment"
         return str(ref), (
             f"{where}: {setting.value} {state}; it names the packaged file {ref}, used instead "
@@ -279,11 +302,17 @@ def _durable_reference(
     return str(path), None
 
 
+def _local_path(configuration_dir: Path, value: str) -> Path:
+    """A path setting as an absolute, normalized path (relative to the configuration dir)."""
+    return Path(os.path.normpath(configuration_dir / Path(value).expanduser()))
+
+
 def _type_error(path: Path, err: ValidationError) -> str:
     lines = []
     for error in err.errors():
         key = ".".join(str(part) for part in error["loc"])
-        lines.append(f"{path}: {key} = {error['input']!r}: {error['msg']}")
+        shown = redact(error["input"], key.rsplit(".", 1)[-1])
+        lines.append(f"{path}: {key} = {shown!r}: {error['msg']}")
     return "; ".join(lines)
 
 
@@ -358,58 +387,80 @@ def _save_healed(path: Path, healed: dict[tuple[str, str], tuple[str, str]]) -> 
 
 def edit_ref_toml[T](configuration_dir: Path, edit: Callable[[TOMLDocument], T]) -> T:
     """Apply ``edit`` to ``ref.toml`` (an empty document if there is none) and save the result
-    atomically, keeping comments and order. Edits from several processes are serialized by a
-    lock, and a result that would not load is refused before anything is written."""
+    atomically, keeping comments and order (see `rewrite_ref_toml`)."""
+    path = configuration_dir / CONFIG_FILE_NAME
+
+    def rewrite(text: str) -> tuple[str, T]:
+        document = _parse(text, path)
+        result = edit(document)
+        return document.as_string(), result
+
+    return rewrite_ref_toml(configuration_dir, rewrite)
+
+
+def rewrite_ref_toml[T](configuration_dir: Path, rewrite: Callable[[str], tuple[str, T]]) -> T:
+    """Replace the text of ``ref.toml`` by ``rewrite(text)`` and save it atomically. Edits from
+    several processes are serialized by a lock, and a result that would not load is refused
+    before anything is written."""
     path = configuration_dir / CONFIG_FILE_NAME
     configuration_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(configuration_dir / f".{CONFIG_FILE_NAME}.lock", timeout=60):
-        document = _read_document(path)
-        if document is None:  # not `or`: a document holding only comments is falsy
-            document = tomlkit.document()
-        before = document.as_string()
-        result = edit(document)
-        text = document.as_string()
+        before = _read_text(path) or ""
+        text, result = rewrite(before)
         if text != before:
-            _settings_from(tomlkit.parse(text), configuration_dir, {})  # refuse a broken result
+            _settings_from(_parse(text, path), configuration_dir, {})  # refuse a broken result
             atomic_write_bytes(path, text.encode("utf-8"))
     return result
 
 
-def remove_provider_tables(document: TOMLDocument, positions: set[int]) -> None:
-    """Remove the ``[[providers]]`` tables at these 1-based positions.
+_TABLE_HEADER = re.compile(r"^\s*\[")
+_COMMENT = re.compile(r"^\s*#")
 
-    TOML comments above a table header belong, in tomlkit's model, to the end of the table
-    before it; they are moved along so that every remaining table keeps its own comments, and
-    the comments describing a removed table go with it.
+
+def remove_provider_tables(text: str, positions: set[int]) -> str:
+    """``text`` without the ``[[providers]]`` tables (or inline-array entries) at these 1-based
+    positions, every comment of what remains kept in place.
+
+    A removed table takes its lines and the comment block directly above its header (no blank
+    line between); the comment block above the next header stays with that header. The result
+    is checked to hold exactly the same values less the removed entries; if the text is unusual
+    (say, a multi-line string that looks like a header), tomlkit removes the entries instead.
     """
+    document = tomlkit.parse(text)
     providers = document.get("providers")
-    if not isinstance(providers, AoT):
-        return
+    if not positions or providers is None:
+        return text
+    expected = document.unwrap()
+    expected["providers"] = [
+        entry for i, entry in enumerate(expected["providers"], 1) if i not in positions
+    ]
+    if not expected["providers"]:
+        del expected["providers"]
+    if isinstance(providers, AoT):
+        edited = _remove_table_lines(text, positions)
+        if tomlkit.parse(edited).unwrap() == expected:
+            return edited
     for index in sorted((p - 1 for p in positions), reverse=True):
-        tables = providers.body
-        following_comments = _pop_trailing_trivia(tables[index])
-        previous = tables[index - 1] if index > 0 else _table_before(document, "providers")
-        if previous is not None:
-            _pop_trailing_trivia(previous)
-            for item in following_comments:
-                previous.value.append(None, item)
         del providers[index]
-    if not providers.body:
+    if not providers:
         del document["providers"]
+    return document.as_string()
 
 
-def _pop_trailing_trivia(table: Table) -> list[Whitespace | Comment]:
-    body = table.value.body
-    trailing: list[Whitespace | Comment] = []
-    while body and body[-1][0] is None and isinstance(body[-1][1], Whitespace | Comment):
-        trailing.insert(0, body.pop()[1])
-    return trailing
-
-
-def _table_before(document: TOMLDocument, key: str) -> Table | None:
-    previous = None
-    for item_key, item in document.body:
-        if item_key is not None and item_key.key == key:
-            return previous
-        previous = item if isinstance(item, Table) else None
-    return None
+def _remove_table_lines(text: str, positions: set[int]) -> str:
+    lines = text.splitlines(keepends=True)
+    headers = [i for i, line in enumerate(lines) if _TABLE_HEADER.match(line)]
+    provider_headers = [i for i in headers if re.match(r"^\s*\[\[\s*providers\s*\]\]", lines[i])]
+    removed: set[int] = set()
+    for position in positions:
+        header = provider_headers[position - 1]
+        following = [i for i in headers if i > header]
+        end = following[0] if following else len(lines)
+        # The comment block right above the next header belongs to it.
+        while end > header + 1 and _COMMENT.match(lines[end - 1]):
+            end -= 1
+        start = header
+        while start > 0 and _COMMENT.match(lines[start - 1]):
+            start -= 1
+        removed.update(range(start, end))
+    return "".join(line for i, line in enumerate(lines) if i not in removed)

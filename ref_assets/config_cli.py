@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import tomlkit
+from tomlkit.exceptions import TOMLKitError
 from tomlkit.toml_document import TOMLDocument
 
 from ref_assets.catalog import load_catalog
@@ -21,10 +23,12 @@ from ref_assets.config import (
     ENV_OVERRIDES,
     ConfigError,
     Settings,
+    configuration_dir_from,
     edit_ref_toml,
     load_settings,
     provider_entries,
     remove_provider_tables,
+    rewrite_ref_toml,
 )
 from ref_assets.packaged import PackagedFiles
 from ref_assets.providers.registry import ProviderRegistry, ProviderSource
@@ -176,13 +180,14 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def set_value(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    # Not load_settings(): this is how an operator repairs a file that does not load.
+    configuration_dir = configuration_dir_from(os.environ)
     section, key = args.key.split(".")
     value = args.value
     if section == "paths" and not value.startswith("packaged:"):
         # A file inside a Python environment is stored as its durable packaged reference.
-        path = (settings.configuration_dir / Path(value).expanduser()).absolute()
-        ref = PackagedFiles(settings.cache_dir).packaged_ref_for(path)
+        path = (configuration_dir / Path(value).expanduser()).absolute()
+        ref = PackagedFiles(configuration_dir / "cache").packaged_ref_for(path)
         if ref is not None:
             print(f"{value} is the packaged file {ref}; storing the durable reference")
             value = str(ref)
@@ -192,10 +197,10 @@ def set_value(args: argparse.Namespace) -> int:
             document.add(section, tomlkit.table())
         document[section][key] = value
 
-    edit_ref_toml(settings.configuration_dir, assign)
-    print(f"{settings.config_file}: {args.key} = {value!r}")
+    edit_ref_toml(configuration_dir, assign)
+    print(f"{configuration_dir / CONFIG_FILE_NAME}: {args.key} = {value!r}")
     variable = SETTABLE_KEYS[args.key]
-    if any(s.key == args.key and s.origin == variable for s in settings.values):
+    if os.environ.get(variable):
         print(f"note: {variable} is set in the environment and overrides this value")
     return 0
 
@@ -242,23 +247,29 @@ def _state(source: ProviderSource, registry: ProviderRegistry) -> str:
 
 
 def prune_providers(args: argparse.Namespace) -> int:
-    with _quiet_library_logs():
-        settings = load_settings()
+    path = configuration_dir_from(os.environ) / CONFIG_FILE_NAME
 
-    def prune(document: TOMLDocument) -> list[ProviderSource]:
-        # Decided on the document read under the edit lock, so positions cannot shift under us.
-        entries = provider_entries(document.unwrap().get("providers", []), [])
-        registry = ProviderRegistry.discover(entries)
-        broken = [s for s in registry.sources if s.entry is not None and s.problem]
-        if not args.dry_run:
-            remove_provider_tables(document, {s.entry.position for s in broken})
-        return broken
+    def prune(text: str) -> tuple[str, list[ProviderSource]]:
+        # Decided on the text read under the edit lock, so positions cannot shift under us.
+        try:
+            raw = tomlkit.parse(text).unwrap().get("providers", [])
+        except TOMLKitError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        entries = provider_entries(raw if isinstance(raw, list) else [], [])
+        broken = [
+            source
+            for source in ProviderRegistry.discover(entries).sources
+            if source.entry is not None and source.problem
+        ]
+        if args.dry_run or not broken:
+            return text, broken
+        return remove_provider_tables(text, {s.entry.position for s in broken}), broken
 
     with _quiet_library_logs():
-        broken = edit_ref_toml(settings.configuration_dir, prune)
+        broken = rewrite_ref_toml(path.parent, prune)
     verb = "would remove" if args.dry_run else "removed"
     for source in broken:
         print(f"{verb} {source.origin}: {source.reference} ({source.problem})")
     if not broken:
-        print(f"nothing to prune: every [[providers]] entry of {CONFIG_FILE_NAME} loads")
+        print(f"nothing to prune: every [[providers]] entry of {path} loads")
     return 0

@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory (so the final
-    rename is atomic), fsynced before the rename; on any failure no temporary file is left."""
+    rename is atomic), fsynced before the rename; on any failure no temporary file is left.
+
+    The file keeps the permissions it had (a new one gets 0o666 less the umask, as any new file,
+    not the private mode of a temporary file), and a symlink is followed, not replaced."""
+    path = path.resolve() if path.is_symlink() else path
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
+    try:
+        existing_mode: int | None = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        existing_mode = None
+    temporary = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
+            if existing_mode is not None:
+                os.fchmod(handle.fileno(), existing_mode)
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:

@@ -17,12 +17,15 @@ deleted or corrupted), so the cache heals itself on the next read.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
+import os
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ref_assets.files import atomic_write_bytes
 
@@ -47,17 +50,22 @@ class PackagedRef:
 
     @classmethod
     def parse(cls, text: str) -> PackagedRef:
-        """``packaged:<package>/<file>`` -> PackagedRef; refuses absolute paths and ``..``."""
+        """``packaged:<package>/<file>`` -> PackagedRef; refuses absolute paths, empty parts and
+        ``..``."""
         if not text.startswith(PACKAGED_SCHEME):
             raise PackagedFileError(f"{text!r} is not of the form packaged:<package>/<file>")
         package, _, file = text.removeprefix(PACKAGED_SCHEME).partition("/")
-        parts = PurePosixPath(file).parts
-        if not _PACKAGE_NAME.match(package) or not parts or ".." in parts or "\\" in file:
+        parts = file.split("/")
+        if (
+            not _PACKAGE_NAME.match(package)
+            or "\\" in file
+            or any(part in ("", ".", "..") for part in parts)
+        ):
             raise PackagedFileError(
                 f"{text!r} is not of the form packaged:<package>/<file> (a Python package name, "
-                "then a relative path inside it without '..')"
+                "then a relative path inside it without '..' or empty parts)"
             )
-        return cls(package, "/".join(parts))
+        return cls(package, file)
 
     def __str__(self) -> str:
         return f"{PACKAGED_SCHEME}{self.package}/{self.file}"
@@ -75,23 +83,37 @@ class PackagedFiles:
         self.known_packages = tuple(known_packages)
 
     def path(self, reference: PackagedRef | str) -> Path:
-        """The cached copy of a packaged file, written or refreshed first if it is missing or
-        differs from the packaged bytes."""
+        """The cached copy of a packaged file, written or refreshed first if it is missing,
+        unreadable or differs from the packaged bytes. If the cache cannot be written (a
+        read-only configuration directory), the installed package's own file is returned."""
         ref = PackagedRef.parse(reference) if isinstance(reference, str) else reference
         packaged = self.packaged_bytes(ref)
         target = self.cache_path(ref)
         try:
             cached = target.read_bytes()
-        except FileNotFoundError:
-            cached = None
-        except OSError as err:
-            raise PackagedFileError(f"{ref}: cannot read the cached copy {target}: {err}") from err
-        if cached is not None and _sha256(cached) == _sha256(packaged):
-            return target
-        state = "missing" if cached is None else "out of date or corrupt"
+        except OSError as err:  # missing, or something else in the way
+            cached, state = None, "missing" if isinstance(err, FileNotFoundError) else str(err)
+        else:
+            if _sha256(cached) == _sha256(packaged):
+                return target
+            state = "out of date or corrupt"
         try:
+            if target.is_dir():
+                shutil.rmtree(target)
             atomic_write_bytes(target, packaged)
         except OSError as err:
+            installed = resources.files(ref.package).joinpath(*ref.file.split("/"))
+            if isinstance(installed, Path):
+                logger.warning(
+                    "%s: the cache copy %s is %s and cannot be written (%s); reading the "
+                    "installed package's file %s instead",
+                    ref,
+                    target,
+                    state,
+                    err,
+                    installed,
+                )
+                return installed
             raise PackagedFileError(
                 f"{ref}: the cached copy {target} is {state} and cannot be written ({err}); make "
                 f"{self.cache_dir} writable, or set REF_CONFIGURATION to a writable directory"
@@ -102,9 +124,14 @@ class PackagedFiles:
     def packaged_bytes(self, ref: PackagedRef) -> bytes:
         """The file's bytes as the installed package ships them."""
         try:
-            root = resources.files(ref.package)
-        except ModuleNotFoundError:
-            raise PackagedFileError(f"{ref}: package {ref.package!r} is not installed") from None
+            spec = importlib.util.find_spec(ref.package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise PackagedFileError(f"{ref}: package {ref.package!r} is not installed")
+        if spec.submodule_search_locations is None:  # a module: importing it could run anything
+            raise PackagedFileError(f"{ref}: {ref.package!r} is a module, not a package")
+        root = resources.files(ref.package)
         resource = root.joinpath(*ref.file.split("/"))
         if not resource.is_file():
             raise PackagedFileError(f"{ref}: package {ref.package!r} has no file {ref.file!r}")
@@ -121,19 +148,25 @@ class PackagedFiles:
         return self.cache_dir.joinpath(ref.package, *ref.file.split("/"))
 
     def packaged_ref_for(self, path: Path) -> PackagedRef | None:
-        """The packaged file that ``path`` stands for, if it stands for one that still exists:
+        """The packaged file that ``path`` stands for, if any:
 
-        - a path in this cache (``<cache>/<package>/<file>``);
-        - a path inside a ``site-packages`` or ``dist-packages`` directory, or one that no longer
-          exists, ending in ``<known package>/<file>``: a path saved by another interpreter or
-          venv layout, which would vanish (or has vanished) on an upgrade.
+        - a path in this cache, ``<cache>/<package>/<file>``;
+        - a path inside a ``site-packages`` or ``dist-packages`` directory ending in
+          ``<known package>/<file>`` that the installed package has: a path saved by this or
+          another interpreter or venv layout, which breaks (or broke) on an upgrade.
+
+        Anything else is the operator's own file, whether or not it exists.
         """
+        path = Path(os.path.normpath(path.absolute()))
         if path.is_relative_to(self.cache_dir):
-            package, *file = path.relative_to(self.cache_dir).parts
-            return PackagedRef(package, "/".join(file)) if file else None
+            package, _, file = path.relative_to(self.cache_dir).as_posix().partition("/")
+            try:
+                return PackagedRef.parse(f"{PACKAGED_SCHEME}{package}/{file}")
+            except PackagedFileError:
+                return None
         parts = path.parts
-        if path.exists() and not _INSTALL_DIRS.intersection(parts):
-            return None  # an operator's own file
+        if not _INSTALL_DIRS.intersection(parts):
+            return None
         # The last occurrence of a known package name is the package directory itself.
         for index in range(len(parts) - 2, -1, -1):
             if parts[index] in self.known_packages:

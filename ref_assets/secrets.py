@@ -1,7 +1,7 @@
 """Keeping secrets out of what ref_assets shows and stores (ref.toml output, records, metadata).
 
->>> redact({"api_key": "abc", "url": "https://user:pw@host/x", "bbox": [1, 2]})
-{'api_key': '***', 'url': 'https://***@host/x', 'bbox': [1, 2]}
+>>> redact({"api_key": "abc", "url": "https://user:pw@host/x?X-Amz-Signature=f00&a=1"})
+{'api_key': '***', 'url': 'https://***@host/x?X-Amz-Signature=***&a=1'}
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ _SECRET_KEY = re.compile(
     r"secret|password|passwd|token|credential|access_key|api_?key|authorization", re.IGNORECASE
 )
 _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(
+    r"([?&][^=&#\s]*(?:token|secret|key|signature|password|credential)[^=&#\s]*=)[^&#\s]*",
+    re.IGNORECASE,
+)
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -25,5 +29,5 @@ def redact(value: Any, key: str = "") -> Any:
     if key and _SECRET_KEY.search(key):
         return "***"
     if isinstance(value, str):
-        return _URL_USERINFO.sub("***@", value)
+        return _SECRET_QUERY.sub(r"\1***", _URL_USERINFO.sub("***@", value))
     return value

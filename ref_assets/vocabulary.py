@@ -119,7 +119,10 @@ def load_vocabulary(
         extends = document.extends
         if not extends.startswith("packaged:"):
             extends = str(path.parent / Path(extends).expanduser())
-        base = load_vocabulary(extends, resolve, _seen=(*_seen, reference))
+        try:
+            base = load_vocabulary(extends, resolve, _seen=(*_seen, reference))
+        except ConfigError as err:
+            raise VocabularyError(f"{err} (named by `extends` in {path})") from None
         variables.update(base.variables)
         sources += base.sources
     variables.update(document.variables)

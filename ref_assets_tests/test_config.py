@@ -248,3 +248,79 @@ def test_cache_path_in_ref_toml_is_repaired_when_the_cache_is_deleted(settings, 
     assert "after_wipe" in load_catalog(reloaded).specs
     assert cached.is_file()
     assert str(cached) in settings.config_file.read_text()  # the operator's value is left alone
+
+
+def test_only_paths_into_a_python_environment_are_healed(tmp_path):
+    # A configuration directory that happens to be called ref_assets (the platform default is
+    # ~/.config/ref_assets): a missing file of the operator's own is an error, never swapped.
+    configuration = tmp_path / "ref_assets"
+    configuration.mkdir()
+    (configuration / "ref.toml").write_text('[paths]\nvariables_cv = "data/variables_cv.toml"\n')
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings({"REF_CONFIGURATION": str(configuration)})
+    assert "data/variables_cv.toml" in (configuration / "ref.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("cache/../my_vocabulary.toml", "my_vocabulary.toml does not exist"),
+        ("cache/not_installed_package_xyz/cv.toml", "'not_installed_package_xyz' is not installed"),
+        ("packaged:ref_assets//data/variables_cv.toml", "empty parts"),
+        ("packaged:this/data.toml", "'this' is a module, not a package"),
+    ],
+)
+def test_path_tricks_are_errors_naming_the_key(settings, value, message):
+    settings.config_file.write_text(f'[paths]\nvariables_cv = "{value}"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert f"{settings.config_file} (paths.variables_cv)" in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_config_set_repairs_a_file_that_does_not_load(settings, capsys):
+    settings.config_file.write_text('# mine\n[paths]\nvariables_cv = "/srv/gone.toml"\n')
+    with pytest.raises(ConfigError):
+        load_settings()
+    assert main(["config", "set", "paths.variables_cv", DEFAULT_VARIABLES_CV]) == 0
+    assert load_settings().variables_cv == DEFAULT_VARIABLES_CV
+    assert settings.config_file.read_text().startswith("# mine\n")
+
+
+def test_writes_keep_permissions_and_follow_symlinks(settings, tmp_path):
+    shared = tmp_path / "shared" / "ref.toml"
+    shared.parent.mkdir()
+    shared.write_text('[storage]\nroot = "a"\n')
+    shared.chmod(0o644)
+    settings.config_file.symlink_to(shared)
+    assert main(["config", "set", "storage.root", "b"]) == 0
+    assert settings.config_file.is_symlink()
+    assert shared.read_text() == '[storage]\nroot = "b"\n'
+    assert shared.stat().st_mode & 0o777 == 0o644
+
+
+def test_secrets_do_not_leak_through_type_errors(settings):
+    settings.config_file.write_text('[storage]\nroot = ["https://reader:hunter2@host/x"]\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "hunter2" not in str(raised.value)
+    assert "https://***@host/x" in str(raised.value)
+
+
+def test_a_stale_venv_path_in_extends_is_read_through_the_cache(settings, write_spec, caplog):
+    stale = _venv_path(Path("/gone/venv"), PACKAGED_CV)
+    (settings.configuration_dir / "vocabulary.toml").write_text(
+        f'format = "ref-assets/variables-cv-v1"\nextends = "{stale}"\n'
+        '[variables.ndvi]\nunits = ["1"]\n'
+    )
+    settings.config_file.write_text('[paths]\nvariables_cv = "vocabulary.toml"\n')
+    write_spec("vegetation", variables=[{"name": "ndvi", "units": "1"}])
+    catalog = load_catalog(load_settings())
+    assert {"vegetation", "demo_air_temperature"} <= set(catalog.specs)
+    assert f"names the packaged file {DEFAULT_VARIABLES_CV}" in caplog.text
+
+    (settings.configuration_dir / "vocabulary.toml").write_text(
+        'format = "ref-assets/variables-cv-v1"\nextends = "base.toml"\n'
+    )
+    with pytest.raises(ConfigError, match=r"named by `extends` in .*vocabulary\.toml"):
+        load_catalog(load_settings())

@@ -1,9 +1,11 @@
 import hashlib
+import os
 import shutil
 import sys
 
 import pytest
 
+from ref_assets import packaged as packaged_module
 from ref_assets.packaged import PackagedFileError, PackagedFiles, PackagedRef
 from ref_assets.resources import PackagedFilesResource
 
@@ -101,3 +103,28 @@ def test_packaged_files_resource_serves_from_the_configured_cache(settings):
     vocabulary = resource.variables_cv()
     assert vocabulary.variables["t2m"].units == ["degC", "K"]
     assert vocabulary.sources == (CV,)
+
+
+def test_a_directory_in_place_of_the_cached_file_is_replaced(tmp_path):
+    files = PackagedFiles(tmp_path / "cache")
+    in_the_way = files.cache_path(PackagedRef.parse(CV))
+    (in_the_way / "junk").mkdir(parents=True)
+    assert files.path(CV).read_bytes() == files.packaged_bytes(PackagedRef.parse(CV))
+
+
+def test_an_unwritable_cache_falls_back_to_the_installed_file(tmp_path, monkeypatch, caplog):
+    def read_only(path, data):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(packaged_module, "atomic_write_bytes", read_only)
+    path = PackagedFiles(tmp_path / "cache").path(CV)
+    assert path.read_bytes() == PackagedFiles(tmp_path).packaged_bytes(PackagedRef.parse(CV))
+    assert not path.is_relative_to(tmp_path)
+    assert "cannot be written" in caplog.text
+
+
+def test_new_cache_files_get_the_mode_of_any_new_file_not_0600(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = PackagedFiles(tmp_path / "cache").path(CV)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

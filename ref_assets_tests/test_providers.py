@@ -190,3 +190,43 @@ def test_malformed_provider_entries_are_skipped_and_prunable(settings, capsys, f
         '[[providers]]\nname = "in_house"\n'
         'provider = "ref_assets_tests.example_providers:InHouseProvider"\n'
     )
+
+
+GONE = 'provider = "retired_company.providers:Gridded"\n'
+KEPT = 'provider = "ref_assets.providers.synthetic:SyntheticProvider"\n'
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        pytest.param(
+            f"# providers, by hand\n\n# the retired one\n[[providers]]\n{GONE}\n"
+            f"# ours\n[[providers]]\n{KEPT}",
+            f"# providers, by hand\n\n# ours\n[[providers]]\n{KEPT}",
+            id="first-in-file",
+        ),
+        pytest.param(
+            f'[[providers]]\n{KEPT}# name = "copy"   (commented out)\n\n# the retired one\n'
+            f'[[providers]]\n{GONE}\n# storage: the big disk\n[storage]\nroot = "x"\n',
+            f'[[providers]]\n{KEPT}# name = "copy"   (commented out)\n\n'
+            '# storage: the big disk\n[storage]\nroot = "x"\n',
+            id="last-before-a-section",
+        ),
+        pytest.param(
+            f"[[other]]\na = 1\n\n# the retired one\n[[providers]]\n{GONE}\n# about storage\n"
+            '[storage]\nroot = "x"\n',
+            '[[other]]\na = 1\n\n# about storage\n[storage]\nroot = "x"\n',
+            id="after-another-array-of-tables",
+        ),
+        pytest.param(
+            f"providers = [{{{GONE.strip()}}}, {{{KEPT.strip()}}}]  # inline\n",
+            f"providers = [{{{KEPT.strip()}}}]  # inline\n",
+            id="inline-array",
+        ),
+    ],
+)
+def test_prune_keeps_every_comment_of_what_remains(settings, capsys, fresh_registry, before, after):
+    settings.config_file.write_text(before)
+    assert main(["providers", "prune"]) == 0
+    assert ": retired_company.providers:Gridded (module" in capsys.readouterr().out
+    assert settings.config_file.read_text() == after
