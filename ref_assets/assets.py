@@ -9,6 +9,7 @@ from ref_assets.periods import Period
 from ref_assets.provenance import code_version
 from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.resources import ProviderRegistryResource
+from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 
 IO_MANAGER_KEY = "icechunk_io_manager"
@@ -51,7 +52,12 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
             context.log.info(f"{spec.id}: {len(periods)} periods from provider {provider.name}")
             return dg.Output(PeriodStream(spec, provider, periods, spec.runs.fetch_workers))
         context.log.info(f"{spec.id} {periods[0].key}: fetching from provider {provider.name}")
-        batch = fetch_batch(spec, provider, periods[0])
+        try:
+            batch = fetch_batch(spec, provider, periods[0])
+        except Exception as err:  # reported without the original, whose text may hold secrets
+            raise dg.Failure(
+                description=redact(f"{spec.id} {periods[0].key}: {type(err).__name__}: {err}")
+            ) from None
         with warnings.catch_warnings():  # data_version is beta, and exactly what we want
             warnings.simplefilter("ignore", dg.BetaWarning)
             return dg.Output(batch, data_version=dg.DataVersion(batch.checksum))

@@ -19,6 +19,7 @@ import xarray as xr
 from ref_assets.checksum import period_checksum
 from ref_assets.periods import Period
 from ref_assets.providers.protocol import Description, FetchedPeriod, Provider, SourceItem
+from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 
 
@@ -185,7 +186,7 @@ class PeriodStream:
                     try:
                         yield future.result()
                     except Exception as err:  # any provider failure is this period's alone
-                        yield PeriodFailure(period, f"{type(err).__name__}: {err}")
+                        yield PeriodFailure(period, redact(f"{type(err).__name__}: {err}"))
             finally:
                 for _, future in in_flight:
                     future.cancel()

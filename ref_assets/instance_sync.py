@@ -18,25 +18,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster._core.definitions.data_version import (
-    CODE_VERSION_TAG,
-    DATA_VERSION_IS_USER_PROVIDED_TAG,
-    DATA_VERSION_TAG,
-)
-from dagster._core.events import DagsterEventType
 
 from ref_assets.config import Settings, load_settings
-from ref_assets.io_manager import record_metadata
-from ref_assets.provenance import stored_records
+from ref_assets.io_manager import data_version_tags, record_metadata
+from ref_assets.provenance import iter_stored_records
 from ref_assets.store.repository import DatasetStore
 
-_FETCH_PAGE = 500
+_FETCH_PAGE = 1000
 
 
 @dataclass(frozen=True)
 class SyncReport:
     present: int  # periods in the store
     reported: int  # materializations reported to the instance
+    store_exists: bool = True
 
 
 def sync_instance(
@@ -45,21 +40,22 @@ def sync_instance(
     *,
     settings: Settings | None = None,
 ) -> dict[str, SyncReport]:
-    """Report every stored period the instance does not know, or knows with another checksum."""
+    """Report every stored period the instance does not know, or knows with another checksum.
+    Datasets without a store yet are reported as such and skipped."""
     root = (settings or load_settings()).storage_root
     reports = {}
     for dataset_id in dataset_ids:
         store = DatasetStore(root, dataset_id)
-        records = stored_records(store)
+        if not store.exists():
+            reports[dataset_id] = SyncReport(present=0, reported=0, store_exists=False)
+            continue
         asset_key = dg.AssetKey(dataset_id)
-        known = _known_checksums(instance, asset_key, {period.key for period, _ in records})
-        reported = 0
-        for period, record in records:
+        known = _latest_checksums(instance, asset_key)
+        present = reported = 0
+        for period, record in iter_stored_records(store):
+            present += 1
             if known.get(period.key) == record.checksum:
                 continue
-            tags = {DATA_VERSION_TAG: record.checksum, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
-            if record.code_version:
-                tags[CODE_VERSION_TAG] = record.code_version
             instance.report_runless_asset_event(
                 dg.AssetMaterialization(
                     asset_key,
@@ -68,30 +64,32 @@ def sync_instance(
                         **record_metadata(record),
                         "synced_from_store": dg.MetadataValue.path(store.location),
                     },
-                    tags=tags,
+                    tags=data_version_tags(record),
                 )
             )
             reported += 1
-        reports[dataset_id] = SyncReport(present=len(records), reported=reported)
+        reports[dataset_id] = SyncReport(present=present, reported=reported)
     return reports
 
 
-def _known_checksums(
-    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: set[str]
-) -> dict[str, str | None]:
-    """The checksum of each partition's latest materialization in the instance."""
-    latest = instance.get_latest_storage_id_by_partition(
-        asset_key, DagsterEventType.ASSET_MATERIALIZATION, partitions
-    )
-    storage_ids = sorted(latest.values())
-    known: dict[str, str | None] = {}
-    for start in range(0, len(storage_ids), _FETCH_PAGE):
-        page = storage_ids[start : start + _FETCH_PAGE]
+def _latest_checksums(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dict[str, str]:
+    """The checksum in each partition's latest materialization the instance holds (newest
+    first, so the first event seen per partition is its latest)."""
+    latest: dict[str, str] = {}
+    seen: set[str] = set()
+    cursor = None
+    while True:
         result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=page), limit=len(page)
+            dg.AssetRecordsFilter(asset_key=asset_key), limit=_FETCH_PAGE, cursor=cursor
         )
         for event_record in result.records:
             materialization = event_record.asset_materialization
+            if materialization.partition in seen:
+                continue
+            seen.add(materialization.partition)
             checksum = materialization.metadata.get("checksum")
-            known[materialization.partition] = checksum.value if checksum else None
-    return known
+            if checksum is not None:
+                latest[materialization.partition] = checksum.value
+        if not result.has_more:
+            return latest
+        cursor = result.cursor

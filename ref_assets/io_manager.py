@@ -65,7 +65,12 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
             # committed ones ourselves, so the UI agrees with the store.
             for key, metadata in progress.metadata_by_partition.items():
                 context.step_context.instance.report_runless_asset_event(
-                    dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata)
+                    dg.AssetMaterialization(
+                        context.asset_key,
+                        partition=key,
+                        metadata=metadata,
+                        tags=data_version_tags(progress.records[key]),
+                    )
                 )
             raise dg.Failure(
                 description=(
@@ -107,10 +112,12 @@ class _Progress:
         self.context, self.dataset_id, self.total = context, dataset_id, total
         self.started = time.monotonic()
         self.metadata_by_partition: dict[str, dict[str, dg.MetadataValue]] = {}
+        self.records: dict[str, ProvenanceRecord] = {}
 
     def committed(self, receipts: list[WriteReceipt]) -> None:
         for receipt in receipts:
             self.metadata_by_partition[receipt.period_key] = materialization_metadata(receipt)
+            self.records[receipt.period_key] = receipt.record
         done = len(self.metadata_by_partition)
         rate = done / max(time.monotonic() - self.started, 1e-9)
         eta = (self.total - done) / rate
@@ -128,6 +135,22 @@ def materialization_metadata(receipt: WriteReceipt) -> dict[str, dg.MetadataValu
         "bytes_written": dg.MetadataValue.int(receipt.bytes_written),
         "commit_attempts": dg.MetadataValue.int(receipt.attempts),
     }
+
+
+# Dagster's tags for a materialization's data version (dagster/_core/definitions/data_version.py
+# has no public constants for them; a test pins these against it).
+DATA_VERSION_TAG = "dagster/data_version"
+DATA_VERSION_IS_USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
+CODE_VERSION_TAG = "dagster/code_version"
+
+
+def data_version_tags(record: ProvenanceRecord) -> dict[str, str]:
+    """Tags that give a materialization reported outside a run (``report_runless_asset_event``)
+    the record's checksum as data version, as a run's materialization of one partition has."""
+    tags = {DATA_VERSION_TAG: record.checksum, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
+    if record.code_version:
+        tags[CODE_VERSION_TAG] = record.code_version
+    return tags
 
 
 def record_metadata(record: ProvenanceRecord) -> dict[str, dg.MetadataValue]:

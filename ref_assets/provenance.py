@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import cache
@@ -23,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ref_assets.config import Settings, load_settings
 from ref_assets.files import atomic_write_bytes
@@ -94,6 +95,14 @@ class ProvenanceRecord(BaseModel):
     fetched_at: datetime | None = None
     written_at: datetime
 
+    @model_validator(mode="after")
+    def _versions_of_format_v1(self) -> ProvenanceRecord:
+        # Format v1 recorded only ref_assets' own version.
+        v1_version = (self.model_extra or {}).get("ref_assets_version")
+        if self.versions is None and v1_version:
+            object.__setattr__(self, "versions", {"ref-assets": v1_version})
+        return self
+
     def to_json(self) -> str:
         """Compact JSON, as stored."""
         return self.model_dump_json(exclude_none=True)
@@ -136,7 +145,7 @@ def build_record(batch: PeriodBatch, *, run_id: str) -> ProvenanceRecord:
         time_index=batch.time_index,
         provider=batch.provider,
         provider_version=batch.provider_version,
-        spec=redact(spec.model_dump(mode="json")),
+        spec=spec.public_dump(),
         spec_fingerprint=spec.fingerprint(),
         code_version=code_version(spec, batch.provider_version),
         sources=[SourceRecord(**redact(asdict(source))) for source in batch.sources],
@@ -157,17 +166,17 @@ def build_record(batch: PeriodBatch, *, run_id: str) -> ProvenanceRecord:
     )
 
 
-def stored_records(
+def iter_stored_records(
     store: DatasetStore, snapshot: str | None = None
-) -> list[tuple[Period, ProvenanceRecord]]:
-    """Every period the store holds with its record, in time order."""
+) -> Iterator[tuple[Period, ProvenanceRecord]]:
+    """Every period the store holds with its record, in time order, read in blocks."""
     session = store_reader.session_for(store, snapshot)
     axis = store_reader.store_axis(session)
     if axis is None:
-        return []
+        return
     indices = store_reader.written_indices(session)
-    stored = store_reader.read_records(session, indices)
-    return [(axis.period_at(i), ProvenanceRecord.model_validate(stored[i])) for i in indices]
+    for index, raw in store_reader.iter_records(session, indices):
+        yield axis.period_at(index), ProvenanceRecord.model_validate(raw)
 
 
 def read_provenance(
@@ -198,23 +207,28 @@ def read_provenance(
 def export_records(dataset_id: str, destination: str, *, settings: Settings | None = None) -> int:
     """Write ``<period>.record.json`` for every stored period into ``destination``: a local
     directory (each file written atomically) or an fsspec URL such as ``s3://bucket/prefix``
-    (each file one PUT, which object stores apply atomically). Returns the number written."""
+    (each file one PUT, which object stores apply atomically). File names are the partition
+    keys without ``:`` (hourly keys hold one), so they are valid everywhere. Returns the number
+    of records written."""
     store = DatasetStore((settings or load_settings()).storage_root, dataset_id)
-    records = stored_records(store)
     if "://" in destination and not destination.startswith("file://"):
         import fsspec  # only for object-store destinations
 
         filesystem, root = fsspec.core.url_to_fs(destination)
-        for period, record in records:
-            filesystem.pipe_file(f"{root.rstrip('/')}/{period.key}.record.json", _bytes(record))
+
+        def write(name: str, data: bytes) -> None:
+            filesystem.pipe_file(f"{root.rstrip('/')}/{name}", data)
     else:
         directory = Path(destination.removeprefix("file://")).expanduser()
         if directory.exists() and not directory.is_dir():
             raise StoreError(f"{dataset_id}: export destination {directory} is not a directory")
-        for period, record in records:
-            atomic_write_bytes(directory / f"{period.key}.record.json", _bytes(record))
-    return len(records)
 
+        def write(name: str, data: bytes) -> None:
+            atomic_write_bytes(directory / name, data)
 
-def _bytes(record: ProvenanceRecord) -> bytes:
-    return (record.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
+    count = 0
+    for period, record in iter_stored_records(store):
+        data = (record.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
+        write(f"{period.key.replace(':', '')}.record.json", data)
+        count += 1
+    return count

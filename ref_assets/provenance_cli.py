@@ -149,6 +149,9 @@ def sync_instance(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         reports = sync(instance, dataset_ids, settings=settings)
     for dataset_id, report in reports.items():
+        if not report.store_exists:
+            print(f"{dataset_id}: no store yet, nothing to report")
+            continue
         print(
             f"{dataset_id}: {report.present} periods in the store, {report.reported} "
             "materializations reported"

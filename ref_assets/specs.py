@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ref_assets.periods import Period, PeriodError, PeriodType
+from ref_assets.secrets import redact
 
 logger = logging.getLogger(__name__)
 
@@ -168,14 +169,27 @@ class DatasetSpec(_Strict):
         return self.period.index(period.start, origin=self.start)
 
     def fingerprint(self) -> str:
-        """A short digest of the resolved spec: changes whenever any field does."""
-        return _digest(self.model_dump(mode="json"))
+        """A short digest of the resolved spec: changes whenever any field does (secret values
+        are masked first, so rotating a credential changes nothing)."""
+        return _digest(self.public_dump())
 
     def values_fingerprint(self) -> str:
         """A short digest of the fields that shape stored values (not the title, description,
         global attributes or run settings): the basis of the asset's code version."""
-        excluded = {"title", "description", "attributes", "runs"}
-        return _digest(self.model_dump(mode="json", exclude=excluded))
+        return values_fingerprint_of(self.public_dump())
+
+    def public_dump(self) -> dict[str, Any]:
+        """The resolved spec as JSON-ready data, with secret values masked."""
+        return redact(self.model_dump(mode="json"))
+
+
+# Fields that never change a stored value.
+_NOT_SHAPING_VALUES = frozenset({"title", "description", "attributes", "runs"})
+
+
+def values_fingerprint_of(public_dump: dict[str, Any]) -> str:
+    """`DatasetSpec.values_fingerprint` of a spec's `public_dump` (as a record stores it)."""
+    return _digest({k: v for k, v in public_dump.items() if k not in _NOT_SHAPING_VALUES})
 
 
 def _digest(fields: dict) -> str:

@@ -16,9 +16,16 @@ from dataclasses import dataclass, field
 from ref_assets.batch import fetch_batch
 from ref_assets.config import Settings, load_settings
 from ref_assets.periods import Period
-from ref_assets.provenance import ProvenanceRecord, code_version, read_provenance
+from ref_assets.provenance import (
+    ProvenanceRecord,
+    code_version,
+    package_versions,
+    read_provenance,
+)
+from ref_assets.providers.protocol import Provider
 from ref_assets.providers.registry import ProviderRegistry
-from ref_assets.specs import DatasetSpec
+from ref_assets.secrets import redact
+from ref_assets.specs import DatasetSpec, values_fingerprint_of
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
 
@@ -121,7 +128,7 @@ def reproduce_period(
     provider = registry.create(spec)
     batch = fetch_batch(spec, provider, period)
     before = {s.uri: s.sha256 for s in recorded.sources}
-    now = {s.uri: s.sha256 for s in batch.sources}
+    now = {redact(s.uri): s.sha256 for s in batch.sources}  # recorded URIs were masked too
     changed = [
         f"{uri}: sha256 {before[uri][:12]}... now {now[uri][:12]}..."
         for uri in sorted(before.keys() & now.keys())
@@ -129,15 +136,33 @@ def reproduce_period(
     ]
     changed += [f"{uri}: read before, not now" for uri in sorted(before.keys() - now.keys())]
     changed += [f"{uri}: read now, not before" for uri in sorted(now.keys() - before.keys())]
+    return Reproduction(
+        spec.id,
+        period.key,
+        recorded,
+        batch.checksum,
+        changed,
+        _differences(recorded, spec, provider),
+    )
+
+
+def _differences(recorded: ProvenanceRecord, spec: DatasetSpec, provider: Provider) -> list[str]:
+    """What changed since the record was written, among what can change an output."""
     notes = []
-    if recorded.spec_fingerprint != spec.fingerprint():
-        notes.append(
-            f"the spec changed since (fingerprint {recorded.spec_fingerprint} -> "
-            f"{spec.fingerprint()})"
-        )
+    if recorded.spec is not None:
+        before = values_fingerprint_of(recorded.spec)
+        if before != spec.values_fingerprint():
+            notes.append(
+                f"the spec's value-shaping fields changed since (fingerprint {before} -> "
+                f"{spec.values_fingerprint()})"
+            )
     current_code = code_version(spec, provider.version)
     if recorded.code_version and recorded.code_version != current_code:
         notes.append(f"code version {recorded.code_version} -> {current_code}")
     if recorded.provider_version != provider.version:
         notes.append(f"provider version {recorded.provider_version} -> {provider.version}")
-    return Reproduction(spec.id, period.key, recorded, batch.checksum, changed, notes)
+    current = package_versions()
+    for name, version in sorted((recorded.versions or {}).items()):
+        if current.get(name) != version:
+            notes.append(f"{name} {version} -> {current.get(name)}")
+    return notes

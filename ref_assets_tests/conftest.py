@@ -13,6 +13,7 @@ import yaml
 from ref_assets.assets import range_run_tags
 from ref_assets.config import Settings, load_settings
 from ref_assets.definitions import build_definitions
+from ref_assets.store import reader as store_reader
 
 
 def spec_dict(dataset_id: str = "test_t2m", **overrides) -> dict:
@@ -83,3 +84,9 @@ def materialize(
         )
 
     return run
+
+
+def stored_checksum(session, axis, index: int) -> str:
+    """The output checksum of one stored period, recomputed from the store."""
+    [(_, checksum)] = store_reader.stored_checksums(session, axis, [index])
+    return checksum

@@ -11,6 +11,7 @@ from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
+from ref_assets_tests.conftest import stored_checksum
 from ref_assets_tests.workers import materialize_range, write_periods
 
 
@@ -97,7 +98,7 @@ def test_processes_rewriting_the_same_periods_leave_one_whole_version_of_each(se
     versions = [DatasetSpec.model_validate(v) for v in variants]
     for key in keys:
         index = spec.time_index(spec.period_for_key(key))
-        stored = store_reader.stored_period_checksum(session, axis, index)
+        stored = stored_checksum(session, axis, index)
         assert records[index]["checksum"] == stored, f"{key}: data and record disagree"
         whole_versions = {checksum_of(version, key) for version in versions}
         assert len(whole_versions) == 2

@@ -16,6 +16,7 @@ from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
 from ref_assets.store.writer import write_period
+from ref_assets_tests.conftest import stored_checksum
 
 TRIALS = 20
 
@@ -52,7 +53,7 @@ def check_whole_or_absent(settings, spec: DatasetSpec, expected: dict[str, np.nd
         index = spec.time_index(spec.period_for_key(key))
         if index in records:
             assert records[index]["period"] == key
-            stored = store_reader.stored_period_checksum(session, axis, index)
+            stored = stored_checksum(session, axis, index)
             assert stored == records[index]["checksum"], key
             np.testing.assert_array_equal(data.t2m.isel(time=index).values, values)
             present.add(key)

@@ -13,6 +13,7 @@ from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
+from ref_assets_tests.conftest import stored_checksum
 
 KEYS = ["2024-01-01", "2024-01-02", "2024-01-04", "2024-01-09", "2024-01-10", "2024-01-12"]
 
@@ -121,7 +122,7 @@ def test_metadata_checksum_matches_the_store_and_is_the_data_version(
     assert metadata["period"] == "2024-01-09"
     assert metadata["time_index"] == 8
     assert metadata["snapshot_id"] == session.snapshot_id
-    assert metadata["checksum"] == store_reader.stored_period_checksum(session, axis, 8)
+    assert metadata["checksum"] == stored_checksum(session, axis, 8)
     assert metadata["bytes_written"] > 0
     [row] = metadata["variables"].records
     assert row.data["variable"] == "t2m" and row.data["shape"] == "8x12"
@@ -141,7 +142,7 @@ def test_checksum_does_not_depend_on_chunking(settings, write_spec, materialize)
     for dataset_id in ("small_chunks", "whole_grid"):
         session = store_reader.session_for(store_of(settings, dataset_id))
         axis = store_reader.store_axis(session)
-        checksums.add(store_reader.stored_period_checksum(session, axis, 1))
+        checksums.add(stored_checksum(session, axis, 1))
         [record] = store_reader.read_records(session, [1]).values()
         checksums.add(record["checksum"])
     assert len(checksums) == 1

@@ -16,11 +16,18 @@ from ref_assets.catalog import load_catalog
 from ref_assets.cli import main
 from ref_assets.definitions import build_definitions
 from ref_assets.instance_sync import SyncReport, sync_instance
-from ref_assets.provenance import export_records, read_provenance, stored_records
+from ref_assets.io_manager import data_version_tags
+from ref_assets.provenance import (
+    ProvenanceRecord,
+    export_records,
+    iter_stored_records,
+    read_provenance,
+)
 from ref_assets.providers.registry import discover_providers
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.verification import verify_dataset
+from ref_assets_tests.conftest import stored_checksum
 
 DATASET = "archive_t2m"
 SECRET = "s3cr3t-token-value"
@@ -56,7 +63,7 @@ def _store(settings) -> DatasetStore:
 
 def _stored_checksum(settings, index: int) -> str:
     session = store_reader.session_for(_store(settings))
-    return store_reader.stored_period_checksum(session, store_reader.store_axis(session), index)
+    return stored_checksum(session, store_reader.store_axis(session), index)
 
 
 def _sha256(path) -> str:
@@ -113,7 +120,7 @@ def test_record_fields_and_source_checksums_of_the_bytes_read(
 
 def test_a_range_run_writes_a_distinct_correct_record_per_period(settings, archive, materialize):
     result = materialize(DATASET, "2024-01-01...2024-01-06")
-    records = stored_records(_store(settings))
+    records = list(iter_stored_records(_store(settings)))
     assert [period.key for period, _ in records] == [f"2024-01-0{d}" for d in range(1, 7)]
     for index, (period, record) in enumerate(records):
         assert (record.period, record.time_index, record.run_id) == (
@@ -157,7 +164,7 @@ def test_records_survive_snapshot_expiry_and_garbage_collection(settings, archiv
     materialize(DATASET, "2024-01-02")
     materialize(DATASET, "2024-01-03...2024-01-05")
     store = _store(settings)
-    before = {period.key: record for period, record in stored_records(store)}
+    before = {period.key: record for period, record in iter_stored_records(store)}
     repo = store.open()
     history = [snapshot.id for snapshot in repo.ancestry(branch="main")]
     cutoff = datetime.now(UTC)
@@ -167,7 +174,7 @@ def test_records_survive_snapshot_expiry_and_garbage_collection(settings, archiv
     with pytest.raises(StoreError, match="cannot open snapshot"):
         store_reader.session_for(store, history[1])
 
-    after = {period.key: record for period, record in stored_records(_store(settings))}
+    after = {period.key: record for period, record in iter_stored_records(_store(settings))}
     assert after == before and len(after) == 5
     assert all(check.ok for check in verify_dataset(DATASET))
     assert read_provenance(DATASET, "2024-01-04") == before["2024-01-04"]
@@ -186,10 +193,10 @@ def test_a_wiped_instance_is_resynced_from_the_stores(
     wiped_home = tmp_path / "dagster_home_after_wipe"
     wiped_home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(wiped_home))
-    assert main(["sync-instance", DATASET]) == 0
-    assert f"{DATASET}: 4 periods in the store, 4 materializations reported" in (
-        capsys.readouterr().out
-    )
+    assert main(["sync-instance"]) == 0  # every dataset, including ones never materialized
+    out = capsys.readouterr().out
+    assert f"{DATASET}: 4 periods in the store, 4 materializations reported" in out
+    assert "demo_air_temperature: no store yet, nothing to report" in out
     with dg.DagsterInstance.get() as wiped:
         assert wiped.get_materialized_partitions(KEY) == materialized
         event = wiped.get_latest_materialization_event(KEY)
@@ -227,7 +234,7 @@ def test_reproduce_tells_a_changed_source_from_a_changed_result(
     assert main(["reproduce", DATASET, "2024-01-02"]) == 1
     out = capsys.readouterr().out
     assert "same inputs, different output" in out
-    assert "note: the spec changed since" in out
+    assert "note: the spec's value-shaping fields changed since" in out
 
 
 def test_export_writes_one_record_file_per_period(settings, archive, materialize, tmp_path, capsys):
@@ -245,3 +252,87 @@ def test_export_writes_one_record_file_per_period(settings, archive, materialize
     memory = fsspec.filesystem("memory")
     text = memory.cat_file("/exports/archive/2024-01-02.record.json")
     assert json.loads(text) == exported
+
+
+def test_sync_reports_a_period_the_instance_knows_with_another_checksum(
+    settings, archive, materialize, instance
+):
+    materialize(DATASET, "2024-01-01...2024-01-02")
+    np.save(archive / "2024-01-02.npy", np.full((4, 6), 3.0, dtype="float32"))
+    with dg.instance_for_test() as elsewhere:  # another deployment rewrote the period
+        job = build_definitions().resolve_implicit_job_def_def_for_assets([KEY])
+        job.execute_in_process(instance=elsewhere, partition_key="2024-01-02")
+    assert sync_instance(instance, [DATASET]) == {DATASET: SyncReport(present=2, reported=1)}
+    event = instance.get_latest_materialization_event(KEY)
+    assert event.asset_materialization.partition == "2024-01-02"
+    assert event.asset_materialization.metadata["checksum"].value == (
+        read_provenance(DATASET, "2024-01-02").checksum
+    )
+
+
+def test_verify_catches_an_altered_time_coordinate(settings, archive, materialize):
+    materialize(DATASET, "2024-01-01...2024-01-03")
+    session = _store(settings).open().writable_session("main")
+    time = zarr.open_group(session.store, mode="r+")["time"]
+    time[1] = time[1] + 366 * 86400
+    session.commit("shift one period by a year")
+    assert [c.period for c in verify_dataset(DATASET) if not c.ok] == ["2024-01-02"]
+
+
+def test_records_of_format_v1_still_read(settings, archive, materialize):
+    materialize(DATASET, "2024-01-01")
+    v2 = read_provenance(DATASET, "2024-01-01").model_dump(mode="json", exclude_none=True)
+    v1 = {k: v2[k] for k in V1_FIELDS} | {"format": "ref-assets/record-v1"}
+    v1["ref_assets_version"] = "0.0.9"
+    record = ProvenanceRecord.model_validate(v1)
+    assert record.versions == {"ref-assets": "0.0.9"}
+    assert record.checksum == v2["checksum"] and record.code_version is None
+
+
+V1_FIELDS = [
+    "dataset",
+    "period",
+    "period_start",
+    "period_end",
+    "time_index",
+    "checksum",
+    "provider",
+    "provider_version",
+    "sources",
+    "variables",
+    "spec_fingerprint",
+    "run_id",
+    "written_at",
+]
+
+
+def test_dagster_data_version_tags_match_dagsters_own():
+    from dagster._core.definitions import data_version
+
+    assert data_version_tags(read_record_stub()) == {
+        data_version.DATA_VERSION_TAG: "sha256:00",
+        data_version.DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
+        data_version.CODE_VERSION_TAG: "abc",
+    }
+
+
+def read_record_stub() -> ProvenanceRecord:
+    return ProvenanceRecord.model_validate(
+        {
+            "format": "ref-assets/record-v2",
+            "dataset": "d",
+            "period": "2024-01-01",
+            "period_start": "2024-01-01T00:00:00",
+            "period_end": "2024-01-02T00:00:00",
+            "time_index": 0,
+            "provider": "p",
+            "provider_version": "1",
+            "spec_fingerprint": "f",
+            "code_version": "abc",
+            "sources": [],
+            "checksum": "sha256:00",
+            "variables": {},
+            "run_id": "r",
+            "written_at": "2024-01-02T00:00:00+00:00",
+        }
+    )

@@ -11,6 +11,7 @@ from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
+from ref_assets_tests.conftest import stored_checksum
 
 
 def materializations(result, dataset_id: str) -> dict[str, dict]:
@@ -37,7 +38,7 @@ def test_a_range_is_one_run_with_batched_commits_and_its_own_metadata_per_partit
     for index, key in enumerate(keys):
         metadata = by_partition[key]
         assert metadata["period"] == key and metadata["time_index"] == index
-        assert metadata["checksum"] == store_reader.stored_period_checksum(session, axis, index)
+        assert metadata["checksum"] == stored_checksum(session, axis, index)
         assert metadata["record"]["period"] == key
         expected = provider.fetch(spec.period_for_key(key)).data.t2m.values
         np.testing.assert_array_equal(data.t2m.isel(time=index).values, expected)

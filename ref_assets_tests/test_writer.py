@@ -11,7 +11,7 @@ from ref_assets.store import reader as store_reader
 from ref_assets.store.layout import RECORDS_PATH
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import MAX_COMMIT_ATTEMPTS, write_period
-from ref_assets_tests.conftest import spec_dict
+from ref_assets_tests.conftest import spec_dict, stored_checksum
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_a_conflicting_commit_is_retried_and_the_later_writer_wins(setup, monkey
     [record] = store_reader.read_records(session, [batch.time_index]).values()
     assert record["run_id"] == "ours"
     axis = store_reader.store_axis(session)
-    assert store_reader.stored_period_checksum(session, axis, batch.time_index) == batch.checksum
+    assert stored_checksum(session, axis, batch.time_index) == batch.checksum
 
 
 def test_endless_conflicts_give_up_with_nothing_of_ours_written(setup, monkeypatch):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import icechunk as ic
 import xarray as xr
@@ -66,12 +66,34 @@ def written_indices(session: ic.Session) -> list[int]:
 
 def read_records(session: ic.Session, indices: list[int]) -> dict[int, dict]:
     """The stored record of each index (indices without a period are left out)."""
+    return dict(iter_records(session, indices))
+
+
+def iter_records(session: ic.Session, indices: Iterable[int]) -> Iterator[tuple[int, dict]]:
+    """``(index, record)`` for each index that holds a period, in index order, read in blocks
+    (one read per block of ``READ_BLOCK`` positions, not one per period) so that decades of
+    hourly records stream in bounded memory."""
     records = zarr.open_array(session.store, path=RECORDS_PATH, mode="r")
-    found = {}
+    for block in _blocks(sorted(i for i in indices if 0 <= i < records.shape[0])):
+        texts = records[block[0] : block[-1] + 1]
+        for index in block:
+            if text := texts[index - block[0]]:
+                yield index, json.loads(str(text))
+
+
+READ_BLOCK = 1024
+
+
+def _blocks(indices: list[int]) -> Iterator[list[int]]:
+    """Sorted indices grouped so that each group spans fewer than ``READ_BLOCK`` positions."""
+    block: list[int] = []
     for index in indices:
-        if index < records.shape[0] and (text := records[index]):
-            found[index] = json.loads(str(text))
-    return found
+        if block and index - block[0] >= READ_BLOCK:
+            yield block
+            block = []
+        block.append(index)
+    if block:
+        yield block
 
 
 def open_store_dataset(session: ic.Session) -> xr.Dataset:
@@ -82,20 +104,16 @@ def open_store_dataset(session: ic.Session) -> xr.Dataset:
     return data.isel(time=slice(0, indices[-1] + 1 if indices else 0))
 
 
-def stored_period_checksum(session: ic.Session, axis: StoreAxis, index: int) -> str:
-    """Recompute a period's output checksum from the values as stored."""
-    [(_, checksum)] = stored_checksums(session, axis, [index])
-    return checksum
-
-
 def stored_checksums(
     session: ic.Session, axis: StoreAxis, indices: Iterable[int]
 ) -> Iterator[tuple[int, str]]:
-    """Recompute the output checksum of each index from the values as stored, one period in
-    memory at a time."""
+    """Recompute the output checksum of each index from what is stored: the values and the
+    stored time coordinate (so an altered time is caught too), one period in memory at a time."""
     group = open_laid_out_root(session.store)
     names = group.attrs["ref_assets"]["structure"]["variables"]
-    y, x = group["y"][:], group["x"][:]
+    arrays = {name: group[name] for name in names}
+    times, y, x = group["time"], group["y"][:], group["x"][:]
     for index in indices:
-        values = {name: group[name][index] for name in names}
-        yield index, period_checksum(axis.period_at(index).start, y, x, values)
+        start = datetime.fromtimestamp(int(times[index]), UTC).replace(tzinfo=None)
+        values = {name: array[index] for name, array in arrays.items()}
+        yield index, period_checksum(start, y, x, values)
