@@ -1,0 +1,83 @@
+"""Turning the shapes real files come in into the one providers deliver: dimensions ``time``,
+``y``, ``x``; longitudes in -180..180 ascending; latitudes descending (north up, as `Grid`).
+
+>>> ds = to_standard_grid(raw)  # doctest: +SKIP  (valid_time/latitude/longitude, 0..360, south up)
+>>> ds = select_bbox(ds, (28.0, -12.0, 52.0, 15.0), pad_cells=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from ref_assets.providers.protocol import Grid
+
+# Names real files use for each axis, most common first.
+AXIS_NAMES = {
+    "time": ("time", "valid_time", "t", "date", "datetime", "forecast_time"),
+    "y": ("y", "lat", "latitude", "nav_lat", "rlat"),
+    "x": ("x", "lon", "longitude", "nav_lon", "rlon"),
+}
+
+
+class GridShapeError(ValueError):
+    """Data whose axes cannot be recognized or made regular; the message names the axes seen."""
+
+
+def standard_names(data: xr.Dataset) -> xr.Dataset:
+    """Rename the recognized time/latitude/longitude axes to ``time``/``y``/``x``."""
+    renames = {}
+    for standard, candidates in AXIS_NAMES.items():
+        if standard in data.variables:
+            continue
+        found = [name for name in candidates if name in data.variables]
+        if not found:
+            if standard == "time":
+                continue  # a file may hold one period without a time axis
+            seen = sorted(map(str, data.dims))
+            raise GridShapeError(f"no {standard} axis among {seen} (expected one of {candidates})")
+        renames[found[0]] = standard
+    return data.rename(renames)
+
+
+def to_standard_grid(data: xr.Dataset) -> xr.Dataset:
+    """Standard axis names, longitudes wrapped into -180..180 and ascending, latitudes
+    descending."""
+    data = standard_names(data)
+    x = data["x"].values
+    if x.size and np.nanmax(x) > 180.0:
+        data = data.assign_coords(x=((x + 180.0) % 360.0) - 180.0)
+    data = data.sortby("x")
+    if data["y"].size > 1 and data["y"].values[0] < data["y"].values[-1]:
+        data = data.isel(y=slice(None, None, -1))
+    return data
+
+
+def select_bbox(
+    data: xr.Dataset, bbox: tuple[float, float, float, float], *, pad_cells: int = 0
+) -> xr.Dataset:
+    """Cells whose centres lie in ``bbox`` (west, south, east, north), widened by
+    ``pad_cells`` on every side. Expects `to_standard_grid` output."""
+    west, south, east, north = bbox
+    dx, dy = _spacing(data["x"].values), _spacing(data["y"].values)
+    x = data["x"].values
+    y = data["y"].values
+    keep_x = (x >= west - pad_cells * dx - 1e-9) & (x <= east + pad_cells * dx + 1e-9)
+    keep_y = (y >= south - pad_cells * dy - 1e-9) & (y <= north + pad_cells * dy + 1e-9)
+    if not keep_x.any() or not keep_y.any():
+        raise GridShapeError(
+            f"bbox {bbox} holds no cell of the data (x {x.min():g}..{x.max():g}, "
+            f"y {y.min():g}..{y.max():g})"
+        )
+    return data.isel(x=np.flatnonzero(keep_x), y=np.flatnonzero(keep_y))
+
+
+def grid_of(data: xr.Dataset) -> Grid:
+    """The grid of standardized data (its ``y``/``x`` cell centres)."""
+    return Grid(
+        y=np.asarray(data["y"].values, "float64"), x=np.asarray(data["x"].values, "float64")
+    )
+
+
+def _spacing(values: np.ndarray) -> float:
+    return float(np.abs(np.diff(values)).min()) if values.size > 1 else 0.0
