@@ -1,6 +1,7 @@
 """``ref-assets``: the command line.
 
 ref-assets datasets                                  # the datasets and any broken specs
+ref-assets template [NAME]                           # example specs to start a dataset from
 ref-assets status DATASET [--start P] [--end P]      # present and missing periods
 ref-assets materialize DATASET --start P [--end P]   # run partitions with the Dagster instance
 ref-assets config show|validate|set KEY VALUE        # the effective configuration
@@ -18,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib import resources
 
 from ref_assets import config_cli, provenance_cli
 from ref_assets.catalog import load_catalog
@@ -57,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser("datasets", help="list the datasets and any broken specs")
     datasets.set_defaults(handler=_datasets)
+
+    template = commands.add_parser(
+        "template",
+        help="list the packaged example specs, or print one to start a dataset from",
+    )
+    template.add_argument("name", nargs="?", help="a template (one per provider)")
+    template.set_defaults(handler=_template)
 
     status = commands.add_parser("status", help="list present and missing periods of a dataset")
     status.add_argument("dataset")
@@ -103,6 +112,26 @@ def _datasets(args: argparse.Namespace) -> int:
     for error in catalog.errors:
         print(f"broken spec: {error}", file=sys.stderr)
     return 1 if catalog.errors else 0
+
+
+def _template(args: argparse.Namespace) -> int:
+    templates = resources.files("ref_assets").joinpath("data", "templates")
+    names = sorted(
+        p.name.removesuffix(".yaml") for p in templates.iterdir() if p.name.endswith(".yaml")
+    )
+    if args.name is None:
+        print("\n".join(names))
+        return 0
+    if args.name not in names:
+        raise CommandError(f"no template {args.name!r} (templates: {', '.join(names)})")
+    settings = load_settings()
+    path = settings.resolve_path(f"packaged:ref_assets/data/templates/{args.name}.yaml")
+    print(path.read_text(encoding="utf-8"), end="")
+    print(
+        f"# save as {settings.user_spec_dir}/<id>.yaml, then edit id, title and params",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -204,7 +204,7 @@ def _read_document(path: Path) -> TOMLDocument | None:
 
 def _read_text(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a BOM (some Windows editors) is not TOML
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as err:
