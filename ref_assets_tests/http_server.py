@@ -90,6 +90,9 @@ class FileServer:
             handler.send_error(404)
             return
         data = file.read_bytes()
+        etag = f'"{hashlib.md5(data).hexdigest()}"'
+        if handler.headers.get("If-Range") not in (None, etag):
+            asked = None  # the file changed since the client's HEAD: answer it whole
         status, payload = 200, data
         if asked is not None:
             start, end = asked[0], min(asked[1], len(data) - 1)
@@ -102,7 +105,7 @@ class FileServer:
         handler.send_response(status)
         handler.send_header("Content-Length", str(len(payload)))
         handler.send_header("Accept-Ranges", "bytes")
-        handler.send_header("ETag", f'"{hashlib.md5(data).hexdigest()}"')
+        handler.send_header("ETag", etag)
         handler.send_header(
             "Last-Modified", email.utils.formatdate(file.stat().st_mtime, usegmt=True)
         )

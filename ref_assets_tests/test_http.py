@@ -60,3 +60,13 @@ def test_connection_refused_is_retried_then_reported(server):
     with pytest.raises(SourceUnavailableError, match="ConnectionError"):
         http.get(closed)
     assert len(slept) == 1
+
+
+def test_a_file_replaced_since_its_head_is_refused_not_mixed(server, tmp_path):
+    http, _ = client()
+    url = server.url("/data/file.bin")
+    head = http.head(url)
+    assert http.get_range(url, 0, 3, if_range=head.etag) == bytes([0, 1, 2, 3])
+    (tmp_path / "data" / "file.bin").write_bytes(b"a new version of the file")
+    with pytest.raises(SourceUnavailableError, match="file changed since it was opened"):
+        http.get_range(url, 0, 3, if_range=head.etag)

@@ -88,14 +88,20 @@ class HttpClient:
     def get(self, url: str) -> bytes:
         return self._request("GET", url).content
 
-    def get_range(self, url: str, start: int, end: int) -> bytes:
-        """Bytes ``start`` to ``end`` inclusive; a server that ignores ``Range`` is an error
-        (the whole file would be downloaded where a window was meant)."""
-        response = self._request("GET", url, headers={"Range": f"bytes={start}-{end}"})
+    def get_range(self, url: str, start: int, end: int, *, if_range: str | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` inclusive. With ``if_range`` (the ETag a HEAD gave), a file
+        replaced since then answers whole (200) and is refused, so ranges of two versions never
+        mix. A server that ignores ``Range`` is an error too (the whole file would be
+        downloaded where a window was meant)."""
+        headers = {"Range": f"bytes={start}-{end}"}
+        if if_range:
+            headers["If-Range"] = if_range
+        response = self._request("GET", url, headers=headers)
         if response.status_code != 206:
             raise SourceUnavailableError(
-                f"{redact(url)}: the server ignored a range request (HTTP "
-                f"{response.status_code}); ranged reads need a server that supports them"
+                f"{redact(url)}: a range request was answered whole (HTTP "
+                f"{response.status_code}): the file changed since it was opened, or the server "
+                "does not support ranges"
             )
         return response.content
 
