@@ -141,7 +141,7 @@ class HttpClient:
         retry_after = response.headers.get("Retry-After") if response is not None else None
         if retry_after and retry_after.isdigit():
             return min(float(retry_after), self.max_backoff)
-        return min(self.backoff * 2 ** (attempt - 1), self.max_backoff) * random.uniform(0.5, 1)
+        return backoff_delay(attempt, self.backoff, self.max_backoff)
 
     def _slot(self, url: str) -> threading.BoundedSemaphore:
         host = urlsplit(url).netloc
@@ -149,6 +149,12 @@ class HttpClient:
             if host not in self._slots:
                 self._slots[host] = threading.BoundedSemaphore(self.per_host)
             return self._slots[host]
+
+
+def backoff_delay(attempt: int, backoff: float, max_backoff: float) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped, and
+    jittered so that clients failing together do not retry together."""
+    return min(backoff * 2 ** (attempt - 1), max_backoff) * random.uniform(0.5, 1)
 
 
 def _iso(http_date: str | None) -> str | None:
