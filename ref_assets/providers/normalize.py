@@ -28,9 +28,10 @@ def standard_names(data: xr.Dataset) -> xr.Dataset:
     """Rename the recognized time/latitude/longitude axes to ``time``/``y``/``x``."""
     renames = {}
     for standard, candidates in AXIS_NAMES.items():
-        if standard in data.variables:
+        if standard in data.dims or standard in data.coords:
             continue
-        found = [name for name in candidates if name in data.variables]
+        # Only axes: a data variable named like an axis (ERA5's temperature "t") is not one.
+        found = [name for name in candidates if name in data.dims or name in data.coords]
         if not found:
             if standard == "time":
                 continue  # a file may hold one period without a time axis
