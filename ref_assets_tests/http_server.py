@@ -33,6 +33,7 @@ class FileServer:
         self.root = root
         self.requests: list[LoggedRequest] = []
         self._failures: dict[str, deque[int]] = defaultdict(deque)
+        self._cut_short: dict[str, deque[int]] = defaultdict(deque)
         self._lock = threading.Lock()
         server = self
 
@@ -68,6 +69,12 @@ class FileServer:
         """The next requests of ``path`` answer these statuses, in order."""
         with self._lock:
             self._failures[path].extend(statuses)
+
+    def cut_short(self, path: str, *byte_counts: int) -> None:
+        """The next answers of ``path`` announce the full length but send only this many bytes
+        of the body, then drop the connection."""
+        with self._lock:
+            self._cut_short[path].extend(byte_counts)
 
     def requests_for(self, path: str, method: str = "GET") -> list[LoggedRequest]:
         with self._lock:
@@ -112,8 +119,12 @@ class FileServer:
         if status == 206:
             handler.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         handler.end_headers()
+        with self._lock:
+            cut = self._cut_short[path].popleft() if self._cut_short[path] else None
         if body:
-            handler.wfile.write(payload)
+            handler.wfile.write(payload if cut is None else payload[:cut])
+        if cut is not None:
+            handler.close_connection = True
 
     def _log(self, handler, path: str, asked, status: int) -> None:
         with self._lock:

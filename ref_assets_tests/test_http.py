@@ -70,3 +70,22 @@ def test_a_file_replaced_since_its_head_is_refused_not_mixed(server, tmp_path):
     (tmp_path / "data" / "file.bin").write_bytes(b"a new version of the file")
     with pytest.raises(SourceUnavailableError, match="file changed since it was opened"):
         http.get_range(url, 0, 3, if_range=head.etag)
+
+
+def test_a_retried_range_request_is_still_a_range_request(server):
+    http, _ = client()
+    url = server.url("/data/file.bin")
+    etag = http.head(url).etag
+    server.fail("/data/file.bin", 503)
+    assert http.get_range(url, 10, 13, if_range=etag) == bytes([10, 11, 12, 13])
+    assert [(r.range, r.status) for r in server.requests_for("/data/file.bin")] == [
+        ((10, 13), 503),
+        ((10, 13), 206),
+    ]
+
+
+def test_a_body_cut_off_mid_way_is_retried(server):
+    http, slept = client()
+    server.cut_short("/data/file.bin", 100)
+    assert len(http.get(server.url("/data/file.bin"))) == 1024
+    assert len(slept) == 1

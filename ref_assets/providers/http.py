@@ -27,6 +27,13 @@ from ref_assets.providers.protocol import ProviderError
 from ref_assets.secrets import redact
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Failures worth another try: no answer in time, no connection, or a body cut off mid-way.
+_TRANSIENT_ERRORS = (
+    requests.Timeout,
+    requests.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
 class SourceUnavailableError(ProviderError):
@@ -94,7 +101,7 @@ class HttpClient:
         mix. A server that ignores ``Range`` is an error too (the whole file would be
         downloaded where a window was meant)."""
         headers = {"Range": f"bytes={start}-{end}"}
-        if if_range:
+        if if_range and not if_range.startswith("W/"):  # a weak ETag never matches If-Range
             headers["If-Range"] = if_range
         response = self._request("GET", url, headers=headers)
         if response.status_code != 206:
@@ -105,20 +112,19 @@ class HttpClient:
             )
         return response.content
 
-    def _request(self, method: str, url: str, **kwargs) -> requests.Response:
+    def _request(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, **kwargs
+    ) -> requests.Response:
         shown = redact(url)
+        headers = {"User-Agent": self.user_agent, **(headers or {})}  # the same on every attempt
         problem = ""
         for attempt in range(1, self.max_attempts + 1):
             with self._slot(url):
                 try:
                     response = self._session.request(
-                        method,
-                        url,
-                        timeout=self.timeout,
-                        headers={"User-Agent": self.user_agent, **kwargs.pop("headers", {})},
-                        **kwargs,
+                        method, url, timeout=self.timeout, headers=headers, **kwargs
                     )
-                except (requests.Timeout, requests.ConnectionError) as err:
+                except _TRANSIENT_ERRORS as err:
                     response, problem = None, f"{type(err).__name__}: {redact(str(err))}"
             if response is not None:
                 if response.status_code in (404, 410):
