@@ -402,3 +402,33 @@ def test_a_truncated_year_fails_the_run_and_nothing_is_committed(
     status = ref_assets.dataset_status("pop_ken", end=year(2030).start)
     assert [p.key for p in status.present] == ["2020"]
     assert "2021" in [p.key for p in status.missing]
+
+
+def test_a_header_longer_than_the_probe_falls_back_to_the_whole_file(tmp_path):
+    """A large striped GeoTIFF's strip offsets fill the first 64 KiB: GDAL opens the cut-off
+    header without its georeferencing, which must not be taken for the grid."""
+    from rasterio.transform import from_origin
+
+    path = tmp_path / served_path("global2", "KEN", 2015).lstrip("/")
+    path.parent.mkdir(parents=True)
+    rows, cols = 12000, 40
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=rows,
+        width=cols,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=from_origin(33.9, 5.0, 0.001, 0.001),
+        nodata=-99999.0,
+        compress="LZW",
+        blockysize=1,
+    ) as raster:
+        raster.write(np.ones((rows, cols), "float32"), 1)
+    with FileServer(tmp_path) as server:
+        spec = DatasetSpec.model_validate(worldpop_spec(server.url("")))
+        grid = WorldPopProvider(spec, http=HttpClient(sleep=lambda _: None)).describe().grid
+    assert grid.shape == (rows, cols)
+    assert grid.x[0] == pytest.approx(33.9005) and grid.y[0] == pytest.approx(4.9995)

@@ -138,6 +138,10 @@ class _Raster:
         epsg = raster.crs.to_epsg() if raster.crs else None
         return cls(raster.width, raster.height, raster.transform, epsg)
 
+    @property
+    def georeferenced(self) -> bool:
+        return self.epsg is not None and not self.transform.is_identity
+
     def matches(self, other: _Raster) -> bool:
         # A thousandth of a cell, the tolerance batch.py allows on coordinates.
         precision = 1e-3 * abs(other.transform.a)
@@ -276,6 +280,10 @@ class WorldPopProvider:
                 raster = None
                 if head.accepts_ranges and head.size is not None and head.size > HEADER_BYTES:
                     raster = _georeference(self.http.get_range(url, 0, HEADER_BYTES - 1))
+                    if raster is not None and not raster.georeferenced:
+                        # GDAL opened the cut-off header but lost tags stored past it (a large
+                        # striped file's offsets can fill the first 64 KiB).
+                        raster = None
                 if raster is None:  # a small file, no ranges, or a header beyond 64 KiB
                     raster = _georeference(self.http.get(url))
             except ProviderError as err:
