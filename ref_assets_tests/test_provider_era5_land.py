@@ -160,11 +160,11 @@ def chunk_bytes_read(store: Store, name: str, time_index: int) -> bytes:
 def test_the_template_builds_the_provider_without_touching_the_network():
     text = resources.files("ref_assets").joinpath("data/templates/era5_land.yaml").read_text()
     spec = DatasetSpec.model_validate(yaml.safe_load(text))
-    opened = era5_land._open_remote.cache_info().currsize
+    opened = dict(era5_land._OPENED)
     provider = Era5LandProvider(spec)
     assert provider.params.url == era5_land.DEFAULT_URL
     assert provider.params.variables["t2m"].transform == "K_to_degC"
-    assert era5_land._open_remote.cache_info().currsize == opened  # nothing opened yet
+    assert opened == era5_land._OPENED  # nothing opened yet
 
 
 @pytest.mark.parametrize(
@@ -279,8 +279,11 @@ def test_hours_come_from_the_store_axis_within_the_spec_hours(store):
         bounded.fetch(hour(MISSING_HOUR))
 
 
-def test_the_store_is_opened_once_per_process_for_many_fetches(store):
-    misses = era5_land._open_remote.cache_info().misses
+def test_the_store_is_opened_once_per_process_for_many_fetches(store, monkeypatch):
+    opens = []
+    real_open = era5_land._open_remote
+    monkeypatch.setattr(era5_land, "_open_remote", lambda *a: opens.append(a) or real_open(*a))
+    era5_land._OPENED.clear()
     providers = [Era5LandProvider(make_spec(store.url)) for _ in range(3)]
     assert not store.requests()  # construction reads nothing
     keys = [f"2024-01-01-{h:02d}:00" for h in range(12)]
@@ -290,7 +293,7 @@ def test_the_store_is_opened_once_per_process_for_many_fetches(store):
                 lambda pair: pair[0].fetch(hour(pair[1])), zip(providers * 4, keys, strict=True)
             )
         )
-    assert era5_land._open_remote.cache_info().misses == misses + 1
+    assert len(opens) == 1
     assert len(store.server.requests_for(store.metadata_path())) == 1
     assert (
         len(
@@ -431,3 +434,16 @@ def test_the_store_must_hold_each_array_in_the_units_its_transform_expects(
     )
     with pytest.raises(ProviderError, match=f"^era5_land_test: {message}"):
         provider.describe()
+
+
+def test_a_long_lived_process_reopens_the_store_to_see_new_hours(store, monkeypatch):
+    opens = []
+    real_open = era5_land._open_remote
+    monkeypatch.setattr(era5_land, "_open_remote", lambda *a: opens.append(a) or real_open(*a))
+    era5_land._OPENED.clear()
+    Era5LandProvider(make_spec(store.url)).latest_available()
+    Era5LandProvider(make_spec(store.url)).latest_available()
+    assert len(opens) == 1
+    monkeypatch.setattr(era5_land, "STORE_REFRESH_SECONDS", 0.0)
+    Era5LandProvider(make_spec(store.url)).latest_available()
+    assert len(opens) == 2

@@ -34,10 +34,10 @@ connections (the policy of `ref_assets.providers.http`); what still fails is a
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -241,17 +241,33 @@ class RemoteZarr:
 
 
 _OPEN_LOCK = threading.Lock()
+# Opened stores, by URL and options: (when opened, the store). A run opens a store once; a
+# long-lived process (code server, sensors) re-opens it after this long, so new hours appear.
+_OPENED: dict[tuple[str, str], tuple[float, RemoteZarr]] = {}
+STORE_REFRESH_SECONDS = 600.0
+_MAX_OPEN_STORES = 8
+# aiohttp's default is 300 s per request (times every retry): far too long for one chunk.
+HTTP_TIMEOUT_SECONDS = 60.0
 
 
 def open_remote(url: str, storage_options: dict[str, Any] | None = None) -> RemoteZarr:
-    """The store at ``url``, opened on first use and then shared by the whole process."""
+    """The store at ``url``, opened on first use and then shared by the whole process
+    (re-opened after ``STORE_REFRESH_SECONDS``, so a long-lived process sees new hours)."""
+    key = (url, json.dumps(storage_options or {}, sort_keys=True))
     with _OPEN_LOCK:  # two fetch threads must not both open it
-        return _open_remote(url, json.dumps(storage_options or {}, sort_keys=True))
+        opened = _OPENED.get(key)
+        if opened is None or time.monotonic() - opened[0] > STORE_REFRESH_SECONDS:
+            if len(_OPENED) >= _MAX_OPEN_STORES:
+                del _OPENED[min(_OPENED, key=lambda k: _OPENED[k][0])]
+            _OPENED[key] = (time.monotonic(), _open_remote(url, storage_options or {}))
+        return _OPENED[key][1]
 
 
-@functools.cache
-def _open_remote(url: str, storage_options_json: str) -> RemoteZarr:
-    base = FsspecStore.from_url(url, storage_options=json.loads(storage_options_json) or None)
+def _open_remote(url: str, storage_options: dict[str, Any]) -> RemoteZarr:
+    if url.startswith(("http://", "https://")) and "client_kwargs" not in storage_options:
+        timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS)
+        storage_options = {**storage_options, "client_kwargs": {"timeout": timeout}}
+    base = FsspecStore.from_url(url, storage_options=storage_options or None)
     store = _RemoteStore(base, url)
     group = zarr.open_group(store, mode="r")  # consolidated metadata when the store has it
     fill_value_masks = group.metadata.zarr_format == 2  # as xarray.open_zarr decides
@@ -345,12 +361,12 @@ class Era5LandProvider:
             try:
                 raw = self._read(remote, reads, declared.source, layout, index)
             except ProviderError as err:
-                raise type(err)(f"{where}: {err}") from err
+                raise type(err)(f"{where}: {err}") from None
             except Exception as err:  # codecs raise assorted types on bytes that do not decode
                 raise ProviderError(
                     f"{where}: {uri}: stored chunks could not be decoded (corrupt or "
-                    f"truncated?): {type(err).__name__}: {err}"
-                ) from err
+                    f"truncated?): {type(err).__name__}: {redact(str(err))}"
+                ) from None
             values = TRANSFORMS[declared.transform].apply(raw.astype("float64"))
             units = self.spec.variables_by_name[name].units
             variables[name] = (
@@ -392,19 +408,22 @@ class Era5LandProvider:
     def _remote(self) -> RemoteZarr:
         try:
             return open_remote(self.params.url, self.params.storage_options)
+        # Messages are redacted and the originals dropped: their text may hold the URL's token.
         except ProviderError as err:
-            raise type(err)(f"{self.spec.id}: {err}") from err
+            raise type(err)(f"{self.spec.id}: {err}") from None
         except FileNotFoundError as err:
             raise SourceNotFoundError(
-                f"{self.spec.id}: no Zarr store at {redact(self.params.url)} ({err})"
-            ) from err
+                f"{self.spec.id}: no Zarr store at {redact(self.params.url)} ({redact(str(err))})"
+            ) from None
         except ImportError as err:
-            raise ProviderError(f"{self.spec.id}: {redact(self.params.url)}: {err}") from err
+            raise ProviderError(
+                f"{self.spec.id}: {redact(self.params.url)}: {redact(str(err))}"
+            ) from None
         except (ValueError, KeyError, TypeError) as err:
             raise ProviderError(
                 f"{self.spec.id}: {redact(self.params.url)} is not a readable Zarr store: "
-                f"{type(err).__name__}: {err}"
-            ) from err
+                f"{type(err).__name__}: {redact(str(err))}"
+            ) from None
 
     def _layout(self) -> _Layout:
         with self._layout_lock:

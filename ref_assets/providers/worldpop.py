@@ -38,6 +38,7 @@ Parameters (``params`` in the spec)::
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -327,12 +328,14 @@ def _georeference(payload: bytes) -> _Raster | None:
     """The size and georeferencing in a GeoTIFF's bytes (its header suffices), or None when
     they cannot be read from them."""
     # rasterio is imported where it is used: it is slow to load and most runs never need it.
-    from rasterio.errors import RasterioError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.io import MemoryFile
 
     try:
-        with MemoryFile(payload) as memory, memory.open() as raster:
-            return _Raster.of(raster)
+        with warnings.catch_warnings():  # a cut-off header: reported as not georeferenced
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with MemoryFile(payload) as memory, memory.open() as raster:
+                return _Raster.of(raster)
     except RasterioError:
         return None
 
