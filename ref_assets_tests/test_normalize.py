@@ -47,3 +47,9 @@ def test_a_variable_named_like_an_axis_is_not_taken_for_one():
     one_period = era5_like().isel(valid_time=0, drop=True)  # no time axis at all
     data = to_standard_grid(one_period)
     assert "t" in data.data_vars and "time" not in data.variables
+
+
+def test_a_cyclic_longitude_column_is_kept_once():
+    cyclic = era5_like().reindex(longitude=np.arange(0.0, 361.0, 45.0), method="nearest")
+    data = to_standard_grid(cyclic)
+    assert data["x"].values.tolist() == [-180, -135, -90, -45, 0, 45, 90, 135]

@@ -516,3 +516,17 @@ def test_a_dagster_range_commits_every_period_but_a_truncated_file(
     [item] = ref_assets.read_provenance("local_t2m", "2024-01-04", settings=settings).sources
     assert (item.uri, item.size) == (source_file.as_uri(), source_file.stat().st_size)
     assert item.sha256 == sha256(source_file)
+
+
+def test_float_time_values_that_decode_a_hair_early_land_in_their_period():
+    from ref_assets.providers.local_files_formats import period_steps
+
+    hours = xr.DataArray(
+        (np.arange(24) / 24).astype("float32"),  # 5/24 days decodes to 04:59:59.99
+        dims="time",
+        name="time",
+        attrs={"units": "days since 2024-01-01", "calendar": "standard"},
+    )
+    steps = period_steps(hours, PeriodType.HOURLY)
+    assert sorted(steps, key=lambda p: p.start)[5].key == "2024-01-01-05:00"
+    assert len(steps) == 24 and steps[Period.from_key(PeriodType.HOURLY, "2024-01-01-05:00")] == 5

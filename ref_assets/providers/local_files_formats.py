@@ -13,7 +13,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import cftime
 import netCDF4
@@ -192,7 +192,7 @@ def period_steps(time: xr.DataArray, period_type: PeriodType) -> dict[Period, in
     steps: dict[Period, int] = {}
     for position, stamp in enumerate(stamps):
         try:
-            period = Period(period_type, period_start(stamp, period_type))
+            period = Period(period_type, period_start(_nearest_minute(stamp), period_type))
         except ValueError:
             raise SourceFileError(
                 f"time step {stamp.isoformat()} (calendar {calendar!r}) is not a real date, so "
@@ -205,6 +205,13 @@ def period_steps(time: xr.DataArray, period_type: PeriodType) -> dict[Period, in
             )
         steps[period] = position
     return steps
+
+
+def _nearest_minute(stamp: cftime.datetime) -> cftime.datetime:
+    """Float time values decode a hair early (5/24 days as float32 is 04:59:59.99): round to
+    the minute, finer than any period, before asking which period a step is in."""
+    seconds = stamp.second + stamp.microsecond / 1e6
+    return stamp + timedelta(seconds=(60 if seconds >= 30 else 0) - seconds)
 
 
 def period_start(stamp: cftime.datetime | datetime, period_type: PeriodType) -> datetime:

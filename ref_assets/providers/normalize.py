@@ -49,6 +49,10 @@ def to_standard_grid(data: xr.Dataset) -> xr.Dataset:
     if x.size and np.nanmax(x) > 180.0:
         data = data.assign_coords(x=((x + 180.0) % 360.0) - 180.0)
     data = data.sortby("x")
+    # A cyclic grid (0..360 inclusive) repeats its first column after wrapping: keep one.
+    _, first_of_each = np.unique(data["x"].values, return_index=True)
+    if first_of_each.size < data["x"].size:
+        data = data.isel(x=first_of_each)
     if data["y"].size > 1 and data["y"].values[0] < data["y"].values[-1]:
         data = data.isel(y=slice(None, None, -1))
     return data
