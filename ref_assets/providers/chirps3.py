@@ -39,7 +39,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rasterio.crs import CRS
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
@@ -53,6 +53,7 @@ from ref_assets.providers.protocol import (
     Grid,
     ProviderError,
     last_complete_period,
+    parse_params,
     periods_between,
 )
 from ref_assets.secrets import redact
@@ -115,14 +116,7 @@ class Chirps3Provider:
     version: ClassVar[str] = "1"
 
     def __init__(self, spec: DatasetSpec, client: HttpClient | None = None) -> None:
-        try:
-            self.params = Chirps3Params.model_validate(spec.params)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(map(str, first["loc"]))
-            raise ProviderError(
-                f"{spec.id}: params{'.' + where if where else ''}: {first['msg']}"
-            ) from None
+        self.params = parse_params(Chirps3Params, spec)
         if spec.period is not PeriodType.DAILY:
             raise ProviderError(f"{spec.id}: CHIRPS v3 is read as daily periods, not {spec.period}")
         if len(spec.variables) != 1 or spec.variables[0].units != UNITS:

@@ -46,7 +46,7 @@ import aiohttp
 import numpy as np
 import xarray as xr
 import zarr
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, StorePath, WrapperStore
@@ -65,6 +65,7 @@ from ref_assets.providers.protocol import (
     Grid,
     ProviderError,
     SourceItem,
+    parse_params,
 )
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
@@ -298,13 +299,7 @@ class Era5LandProvider:
     version: ClassVar[str] = "1"
 
     def __init__(self, spec: DatasetSpec) -> None:
-        try:
-            self.params = Era5LandParams.model_validate(spec.params)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ProviderError(
-                f"{spec.id}: params.{'.'.join(map(str, first['loc']))}: {first['msg']}"
-            ) from None
+        self.params = parse_params(Era5LandParams, spec)
         if spec.period is not PeriodType.HOURLY:
             raise ProviderError(f"{spec.id}: era5_land periods are hourly, not {spec.period}")
         self.spec = spec

@@ -37,7 +37,7 @@ import fsspec
 import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ref_assets.periods import Period
 from ref_assets.providers.http import SourceNotFoundError, SourceUnavailableError
@@ -56,6 +56,7 @@ from ref_assets.providers.protocol import (
     Grid,
     ProviderError,
     SourceItem,
+    parse_params,
     periods_between,
 )
 from ref_assets.secrets import redact
@@ -102,13 +103,7 @@ class LocalFilesProvider:
     version: ClassVar[str] = "1"
 
     def __init__(self, spec: DatasetSpec) -> None:
-        try:
-            self.params = LocalFilesParams.model_validate(spec.params)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ProviderError(
-                f"{spec.id}: params.{'.'.join(map(str, first['loc']))}: {first['msg']}"
-            ) from None
+        self.params = parse_params(LocalFilesParams, spec)
         self.spec = spec
         self.pattern = FileNamePattern.parse(self.params.pattern)
         declared = sorted(v.name for v in spec.variables)

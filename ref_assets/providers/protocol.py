@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import xarray as xr
+from pydantic import BaseModel, ValidationError
 
 from ref_assets.periods import Period, PeriodType
 
@@ -180,6 +181,17 @@ class Provider(Protocol):
     def fetch(self, period: Period) -> FetchedPeriod:
         """Read one period; raise ProviderError naming the period and source on failure."""
         ...
+
+
+def parse_params[Params: BaseModel](model: type[Params], spec: DatasetSpec) -> Params:
+    """``spec.params`` validated by a provider's params model; a `ProviderError` naming the
+    dataset and the first bad field otherwise."""
+    try:
+        return model.model_validate(spec.params)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, ("params", *first["loc"])))
+        raise ProviderError(f"{spec.id}: {where}: {first['msg']}") from None
 
 
 def periods_between(first: Period, last: Period) -> list[Period]:

@@ -30,7 +30,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ref_assets.periods import Period, PeriodType
 from ref_assets.providers.protocol import (
@@ -40,6 +40,7 @@ from ref_assets.providers.protocol import (
     ProviderError,
     SourceItem,
     last_complete_period,
+    parse_params,
     periods_between,
 )
 from ref_assets.specs import DatasetSpec
@@ -66,13 +67,7 @@ class SyntheticProvider:
     version: ClassVar[str] = "1"
 
     def __init__(self, spec: DatasetSpec) -> None:
-        try:
-            self.params = SyntheticParams.model_validate(spec.params)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ProviderError(
-                f"{spec.id}: params.{'.'.join(map(str, first['loc']))}: {first['msg']}"
-            ) from None
+        self.params = parse_params(SyntheticParams, spec)
         self.spec = spec
         self.fields: dict[str, Literal["air_temperature", "precipitation_flux"]] = {}
         for variable in spec.variables:

@@ -48,7 +48,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -61,6 +60,7 @@ from ref_assets.providers.protocol import (
     Grid,
     ProviderError,
     SourceItem,
+    parse_params,
     periods_between,
 )
 from ref_assets.secrets import redact
@@ -174,12 +174,7 @@ class WorldPopProvider:
     version: ClassVar[str] = "1"
 
     def __init__(self, spec: DatasetSpec, *, http: HttpClient | None = None) -> None:
-        try:
-            self.params = WorldPopParams.model_validate(spec.params)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(map(str, ("params", *first["loc"])))
-            raise ProviderError(f"{spec.id}: {where}: {first['msg']}") from None
+        self.params = parse_params(WorldPopParams, spec)
         if spec.period is not PeriodType.YEARLY:
             raise ProviderError(
                 f"{spec.id}: period is {spec.period.value!r}; WorldPop publishes yearly files "
