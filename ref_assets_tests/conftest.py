@@ -13,6 +13,7 @@ import yaml
 from ref_assets.assets import range_run_tags
 from ref_assets.config import Settings, load_settings
 from ref_assets.definitions import build_definitions
+from ref_assets.providers.registry import discover_providers
 from ref_assets.store import reader as store_reader
 
 
@@ -90,3 +91,18 @@ def stored_checksum(session, axis, index: int) -> str:
     """The output checksum of one stored period, recomputed from the store."""
     [(_, checksum)] = store_reader.stored_checksums(session, axis, [index])
     return checksum
+
+
+@pytest.fixture
+def register_providers(settings: Settings, request: pytest.FixtureRequest) -> Callable[..., None]:
+    """List providers in ref.toml as ``[[providers]]`` tables (``package.module:Class``) and
+    start the per-process provider registry afresh, as a new code location would."""
+
+    def register(*references: str) -> None:
+        settings.config_file.write_text(
+            "".join(f'[[providers]]\nprovider = "{reference}"\n' for reference in references)
+        )
+        discover_providers.cache_clear()
+
+    request.addfinalizer(discover_providers.cache_clear)
+    return register

@@ -23,7 +23,6 @@ from ref_assets.provenance import (
     iter_stored_records,
     read_provenance,
 )
-from ref_assets.providers.registry import discover_providers
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.verification import verify_dataset
@@ -35,7 +34,7 @@ KEY = dg.AssetKey(DATASET)
 
 
 @pytest.fixture
-def archive(settings, write_spec, tmp_path, request):
+def archive(write_spec, register_providers, tmp_path):
     """Six daily .npy source files, read by a provider listed in ref.toml."""
     directory = tmp_path / "archive"
     directory.mkdir()
@@ -43,11 +42,7 @@ def archive(settings, write_spec, tmp_path, request):
     for day in range(1, 7):
         values = rng.normal(15.0, 5.0, (4, 6)).astype("float32")
         np.save(directory / f"2024-01-0{day}.npy", values)
-    settings.config_file.write_text(
-        '[[providers]]\nprovider = "ref_assets_tests.example_providers:NpyArchiveProvider"\n'
-    )
-    discover_providers.cache_clear()
-    request.addfinalizer(discover_providers.cache_clear)
+    register_providers("ref_assets_tests.example_providers:NpyArchiveProvider")
     write_spec(
         DATASET,
         provider="npy_archive",

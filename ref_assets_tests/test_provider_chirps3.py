@@ -22,7 +22,6 @@ from ref_assets.periods import Period, PeriodType
 from ref_assets.providers.chirps3 import Chirps3Provider
 from ref_assets.providers.http import HttpClient, SourceNotFoundError, SourceUnavailableError
 from ref_assets.providers.protocol import ProviderError
-from ref_assets.providers.registry import discover_providers
 from ref_assets.specs import DatasetSpec
 from ref_assets_tests.conftest import spec_dict
 from ref_assets_tests.http_server import FileServer
@@ -339,12 +338,8 @@ def test_a_file_off_the_product_grid_is_refused(archive):
 
 
 @pytest.fixture
-def registered(settings, request):
-    settings.config_file.write_text(
-        '[[providers]]\nprovider = "ref_assets.providers.chirps3:Chirps3Provider"\n'
-    )
-    discover_providers.cache_clear()
-    request.addfinalizer(discover_providers.cache_clear)
+def registered(register_providers):
+    register_providers("ref_assets.providers.chirps3:Chirps3Provider")
 
 
 def write_chirps_spec(settings, base_url: str) -> None:

@@ -27,7 +27,6 @@ from ref_assets.providers import era5_land
 from ref_assets.providers.era5_land import Era5LandProvider, RetryPolicy
 from ref_assets.providers.http import SourceNotFoundError, SourceUnavailableError
 from ref_assets.providers.protocol import ProviderError
-from ref_assets.providers.registry import discover_providers
 from ref_assets.specs import DatasetSpec
 from ref_assets_tests.http_server import FileServer
 
@@ -323,12 +322,8 @@ def test_a_503_on_the_metadata_is_retried_then_fails_clearly(store, fast_retries
 
 
 @pytest.fixture
-def registered(settings, request):
-    settings.config_file.write_text(
-        '[[providers]]\nprovider = "ref_assets.providers.era5_land:Era5LandProvider"\n'
-    )
-    discover_providers.cache_clear()
-    request.addfinalizer(discover_providers.cache_clear)
+def registered(register_providers):
+    register_providers("ref_assets.providers.era5_land:Era5LandProvider")
 
 
 def write_dataset(write_spec, url: str) -> str:

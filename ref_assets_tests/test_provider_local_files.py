@@ -25,7 +25,6 @@ from ref_assets.providers import local_files
 from ref_assets.providers.http import SourceNotFoundError
 from ref_assets.providers.local_files import LocalFilesProvider
 from ref_assets.providers.protocol import ProviderError
-from ref_assets.providers.registry import discover_providers
 from ref_assets.specs import DatasetSpec
 from ref_assets_tests.conftest import spec_dict
 
@@ -476,16 +475,12 @@ def test_a_truncated_or_corrupt_file_is_an_error_naming_it(tmp_path, suffix, fmt
 
 
 @pytest.fixture
-def archive_dataset(settings, write_spec, tmp_path, request):
+def archive_dataset(write_spec, register_providers, tmp_path):
     """Four daily NetCDF files in year folders, read by local_files registered in ref.toml."""
     archive = tmp_path / "archive"
     for d in (1, 2, 3, 4):
         write_netcdf(archive / "2024" / f"t2m_2024010{d}.nc", f"2024-01-0{d}", seed=d)
-    settings.config_file.write_text(
-        '[[providers]]\nprovider = "ref_assets.providers.local_files:LocalFilesProvider"\n'
-    )
-    discover_providers.cache_clear()
-    request.addfinalizer(discover_providers.cache_clear)
+    register_providers("ref_assets.providers.local_files:LocalFilesProvider")
     fields = spec_fields(archive, "{year}/t2m_{year}{month}{day}.nc", bbox=[-60.0, -3.0, 60.0, 3.0])
     write_spec("local_t2m", chunks={"y": 6, "x": 5}, **fields)
     return archive

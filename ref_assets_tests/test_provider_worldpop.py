@@ -19,7 +19,6 @@ from ref_assets.periods import Period, PeriodType
 from ref_assets.provenance import read_provenance
 from ref_assets.providers.http import HttpClient, SourceNotFoundError, SourceUnavailableError
 from ref_assets.providers.protocol import ProviderError
-from ref_assets.providers.registry import discover_providers
 from ref_assets.providers.worldpop import HEADER_BYTES, WorldPopProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets_tests.http_server import FileServer
@@ -354,12 +353,8 @@ def test_the_template_is_a_valid_spec_that_builds_the_provider_offline(settings)
 
 
 @pytest.fixture
-def registered(settings, request):
-    settings.config_file.write_text(
-        '[[providers]]\nprovider = "ref_assets.providers.worldpop:WorldPopProvider"\n'
-    )
-    discover_providers.cache_clear()
-    request.addfinalizer(discover_providers.cache_clear)
+def registered(register_providers):
+    register_providers("ref_assets.providers.worldpop:WorldPopProvider")
 
 
 def test_dagster_materializes_two_years_with_records_of_the_served_bytes(
