@@ -442,3 +442,15 @@ def test_a_long_lived_process_reopens_the_store_to_see_new_hours(store, monkeypa
     monkeypatch.setattr(era5_land, "STORE_REFRESH_SECONDS", 0.0)
     Era5LandProvider(make_spec(store.url)).latest_available()
     assert len(opens) == 2
+
+
+def test_hours_sharing_a_time_chunk_download_it_once_and_still_record_its_bytes(store):
+    assert 13 // CHUNKS[0] == 14 // CHUNKS[0]  # both hours live in the same chunks
+    provider = Era5LandProvider(make_spec(store.url))
+    provider.fetch(hour("2024-01-01-13:00"))
+    before = len(store.requests())
+    fetched = provider.fetch(hour("2024-01-01-14:00"))
+    assert len(store.requests()) == before  # served from the chunk cache
+    for item, name in zip(fetched.sources, ("t2m", "tp"), strict=True):
+        assert item.sha256 == hashlib.sha256(chunk_bytes_read(store, name, 14)).hexdigest()
+        assert item.uri.endswith(f"#{name}[time=14]")

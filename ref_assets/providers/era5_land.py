@@ -38,6 +38,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -147,24 +148,62 @@ class Era5LandParams(BaseModel):
         return bbox
 
 
+class _ChunkCache:
+    """The stored bytes read lately, up to ``max_bytes``, least recently used out first. Stores
+    chunked along time hold many hours in one chunk: a run of consecutive hours downloads each
+    chunk once instead of once an hour."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, ByteRequest | None], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, ByteRequest | None]) -> bytes | None:
+        with self._lock:
+            payload = self._entries.get(key)
+            if payload is not None:
+                self._entries.move_to_end(key)
+            return payload
+
+    def put(self, key: tuple[str, ByteRequest | None], payload: bytes) -> None:
+        if len(payload) > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = payload
+            self._size += len(payload)
+            while self._size > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._size -= len(dropped)
+
+
+CHUNK_CACHE_BYTES = 256 * 2**20
+
+
 class _RemoteStore(WrapperStore[Store]):
-    """The remote store as the provider reads it: every read retried on transient failures and,
-    for a fetch, recorded (so its checksum covers exactly the stored bytes read)."""
+    """The remote store as the provider reads it: every read retried on transient failures,
+    served from the chunk cache when it can be and, for a fetch, recorded (so its checksum
+    covers exactly the stored bytes read, from the network or the cache)."""
 
     # No synchronous shortcuts: every read goes through `get`, where it is retried and recorded.
     _supports_sync_io = False
 
-    def __init__(self, store: Store, url: str, reads: dict | None = None) -> None:
+    def __init__(
+        self, store: Store, url: str, cache: _ChunkCache, reads: dict | None = None
+    ) -> None:
         super().__init__(store)
         self.url = url
+        self.cache = cache
         self.reads = reads
 
     def _with_store(self, store: Store) -> _RemoteStore:
-        return type(self)(store, self.url, self.reads)
+        return type(self)(store, self.url, self.cache, self.reads)
 
     def recording(self) -> _RemoteStore:
         """The same store, recording what is read through it from now on."""
-        return type(self)(self._store, self.url, {})
+        return type(self)(self._store, self.url, self.cache, {})
 
     def digest(self) -> tuple[str, int]:
         """sha256 and size of the bytes read, in key order, then offset order."""
@@ -177,6 +216,11 @@ class _RemoteStore(WrapperStore[Store]):
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
+        cached = self.cache.get((key, byte_range))
+        if cached is not None:
+            if self.reads is not None:
+                self.reads[(key, _position(byte_range))] = cached
+            return prototype.buffer.from_bytes(cached)
         problem = ""
         for attempt in range(1, RETRY.attempts + 1):
             try:
@@ -190,8 +234,11 @@ class _RemoteStore(WrapperStore[Store]):
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
                 problem = f"{type(err).__name__}: {redact(str(err))}"
             else:
-                if value is not None and self.reads is not None:
-                    self.reads[(key, _position(byte_range))] = value.to_bytes()
+                if value is not None:
+                    payload = value.to_bytes()
+                    self.cache.put((key, byte_range), payload)
+                    if self.reads is not None:
+                        self.reads[(key, _position(byte_range))] = payload
                 return value
             if attempt < RETRY.attempts:
                 await asyncio.sleep(RETRY.delay(attempt))
@@ -269,7 +316,7 @@ def _open_remote(url: str, storage_options: dict[str, Any]) -> RemoteZarr:
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS)
         storage_options = {**storage_options, "client_kwargs": {"timeout": timeout}}
     base = FsspecStore.from_url(url, storage_options=storage_options or None)
-    store = _RemoteStore(base, url)
+    store = _RemoteStore(base, url, _ChunkCache(CHUNK_CACHE_BYTES))
     group = zarr.open_group(store, mode="r")  # consolidated metadata when the store has it
     fill_value_masks = group.metadata.zarr_format == 2  # as xarray.open_zarr decides
     view = xr.backends.ZarrStore(group, mode="r", use_zarr_fill_value_as_mask=fill_value_masks)
