@@ -74,15 +74,7 @@ class HttpClient:
     _slots_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def head(self, url: str) -> HeadResult:
-        response = self._request("HEAD", url, allow_redirects=True)
-        length = response.headers.get("Content-Length")
-        return HeadResult(
-            url=response.url or url,
-            size=int(length) if length is not None else None,
-            etag=response.headers.get("ETag"),
-            last_modified=_iso(response.headers.get("Last-Modified")),
-            accepts_ranges=response.headers.get("Accept-Ranges", "").lower() == "bytes",
-        )
+        return _described(self._request("HEAD", url, allow_redirects=True), url)
 
     def exists(self, url: str) -> bool:
         """Whether ``url`` is published (HEAD 2xx), False on 404/410; other failures raise."""
@@ -94,6 +86,12 @@ class HttpClient:
 
     def get(self, url: str) -> bytes:
         return self._request("GET", url).content
+
+    def download(self, url: str) -> tuple[bytes, HeadResult]:
+        """The whole file and what its GET response says of it (size, ETag, Last-Modified of
+        exactly these bytes, unlike a separate HEAD that a replaced file could answer)."""
+        response = self._request("GET", url)
+        return response.content, _described(response, url)
 
     def get_range(self, url: str, start: int, end: int, *, if_range: str | None = None) -> bytes:
         """Bytes ``start`` to ``end`` inclusive. With ``if_range`` (the ETag a HEAD gave), a file
@@ -155,6 +153,17 @@ class HttpClient:
             if host not in self._slots:
                 self._slots[host] = threading.BoundedSemaphore(self.per_host)
             return self._slots[host]
+
+
+def _described(response: requests.Response, url: str) -> HeadResult:
+    length = response.headers.get("Content-Length")
+    return HeadResult(
+        url=response.url or url,
+        size=int(length) if length is not None else None,
+        etag=response.headers.get("ETag"),
+        last_modified=_iso(response.headers.get("Last-Modified")),
+        accepts_ranges=response.headers.get("Accept-Ranges", "").lower() == "bytes",
+    )
 
 
 def backoff_delay(attempt: int, backoff: float, max_backoff: float) -> float:

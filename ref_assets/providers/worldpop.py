@@ -228,8 +228,7 @@ class WorldPopProvider:
             )
         layout = self._probe_layout()
         try:
-            head = self.http.head(url)
-            payload = self.http.get(url)
+            payload, head = self.http.download(url)
         except ProviderError as err:  # keep the class: retryable or not, as HttpClient said
             raise type(err)(f"{self.spec.id} period {key}: {err}") from None
         if head.size is not None and len(payload) != head.size:
