@@ -106,3 +106,10 @@ def register_providers(settings: Settings, request: pytest.FixtureRequest) -> Ca
 
     request.addfinalizer(discover_providers.cache_clear)
     return register
+
+
+def step_failure(result: dg.ExecuteInProcessResult) -> dg.DagsterEvent:
+    """The one step failure of a failed run (``.step_failure_data`` holds error and metadata)."""
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return failure

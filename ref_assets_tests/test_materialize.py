@@ -13,7 +13,7 @@ from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
-from ref_assets_tests.conftest import stored_checksum
+from ref_assets_tests.conftest import step_failure, stored_checksum
 
 KEYS = ["2024-01-01", "2024-01-02", "2024-01-04", "2024-01-09", "2024-01-10", "2024-01-12"]
 
@@ -194,7 +194,7 @@ def test_a_period_that_fails_validation_writes_nothing(
     monkeypatch.setattr(SyntheticProvider, "fetch", shifted_grid)
     result = materialize(spec.id, "2024-01-02", raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    failure = step_failure(result)
     message = failure.step_failure_data.error.to_string()
     assert "test_t2m period 2024-01-02: grid mismatch" in message
     assert store_reader.session_for(store_of(settings)).snapshot_id == snapshot
@@ -271,7 +271,7 @@ def test_a_spec_that_changes_the_store_structure_is_refused(settings, write_spec
     write_spec(storage={"time_block": 5}, chunks={"y": 2, "x": 6})
     result = materialize("test_t2m", "2024-01-02", raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    failure = step_failure(result)
     message = failure.step_failure_data.error.to_string()
     changed = "different structure (chunks, manifest_split, time_block changed"
     assert f"test_t2m: the store was laid out for a {changed}" in message

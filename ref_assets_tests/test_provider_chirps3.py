@@ -23,7 +23,7 @@ from ref_assets.providers.chirps3 import Chirps3Provider
 from ref_assets.providers.http import HttpClient, SourceNotFoundError, SourceUnavailableError
 from ref_assets.providers.protocol import ProviderError
 from ref_assets.specs import DatasetSpec
-from ref_assets_tests.conftest import spec_dict
+from ref_assets_tests.conftest import spec_dict, step_failure
 from ref_assets_tests.http_server import FileServer
 
 SOURCE_GRID = {"bounds": [-180.0, -60.0, 180.0, 60.0], "resolution": 0.5}  # 240 x 720 cells
@@ -380,7 +380,7 @@ def test_a_corrupt_day_commits_nothing_and_the_others_are_stored(
     _garble_window(archive.root / archive.files["2024-01-02"].lstrip("/"))
     result = materialize("chirps_test", "2024-01-01...2024-01-03", raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    failure = step_failure(result)
     failed = failure.step_failure_data.user_failure_data.metadata["failed_periods"].value
     assert list(failed) == ["2024-01-02"]
     assert failed["2024-01-02"].startswith("CogReadError: chirps_test period 2024-01-02: http://")

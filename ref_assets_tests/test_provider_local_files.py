@@ -26,7 +26,7 @@ from ref_assets.providers.http import SourceNotFoundError
 from ref_assets.providers.local_files import LocalFilesProvider
 from ref_assets.providers.protocol import ProviderError
 from ref_assets.specs import DatasetSpec
-from ref_assets_tests.conftest import spec_dict
+from ref_assets_tests.conftest import spec_dict, step_failure
 
 DAILY, MONTHLY = PeriodType.DAILY, PeriodType.MONTHLY
 LAT = np.arange(-4.75, 5.0, 0.5)  # 20 rows, south to north (as many NetCDF files are)
@@ -493,7 +493,7 @@ def test_a_dagster_range_commits_every_period_but_a_truncated_file(
     result = materialize("local_t2m", "2024-01-01...2024-01-04", raise_on_error=False)
 
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    failure = step_failure(result)
     failed = failure.step_failure_data.user_failure_data.metadata["failed_periods"].value
     assert list(failed) == ["2024-01-03"]
     assert "t2m_20240103.nc cannot be read, it is truncated or corrupt" in failed["2024-01-03"]

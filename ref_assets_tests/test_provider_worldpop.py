@@ -21,6 +21,7 @@ from ref_assets.providers.http import HttpClient, SourceNotFoundError, SourceUna
 from ref_assets.providers.protocol import ProviderError
 from ref_assets.providers.worldpop import HEADER_BYTES, WorldPopProvider
 from ref_assets.specs import DatasetSpec
+from ref_assets_tests.conftest import step_failure
 from ref_assets_tests.http_server import FileServer
 
 NODATA = -99999.0
@@ -390,7 +391,7 @@ def test_a_truncated_year_fails_the_run_and_nothing_is_committed(
 
     result = materialize("pop_ken", "2021", raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    failure = step_failure(result)
     message = failure.step_failure_data.error.to_string()
     assert "pop_ken 2021" in message and "not a readable GeoTIFF (truncated or corrupt)" in message
     assert served_path("global2", "KEN", 2021) in message

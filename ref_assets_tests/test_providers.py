@@ -16,7 +16,7 @@ from ref_assets.providers.registry import (
     installed_providers,
 )
 from ref_assets.specs import DatasetSpec
-from ref_assets_tests.conftest import spec_dict
+from ref_assets_tests.conftest import spec_dict, step_failure
 
 GROUP = "ref_assets.providers"
 
@@ -58,7 +58,7 @@ def test_dataset_with_a_missing_provider_is_an_asset_that_fails_clearly(
     assert {"orphan", "healthy"} <= keys
     result = materialize("orphan", "2024-01-01", raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    failure = step_failure(result)
     assert "orphan: provider 'retired_provider' is unavailable" in (
         failure.step_failure_data.error.to_string()
     )
@@ -123,7 +123,7 @@ def test_ref_toml_with_an_unknown_provider_loads_the_others(
     assert materialize("copy_t2m", "2024-01-01").success
     assert materialize("in_house_t2m", "2024-01-01").success
     failed = materialize("retired_t2m", "2024-01-01", raise_on_error=False)
-    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    failure = step_failure(failed)
     message = failure.step_failure_data.error.to_string()
     assert "retired_t2m: provider 'Gridded' is unavailable" in message
     assert "retired_company.providers:Gridded) did not load" in message

@@ -11,7 +11,7 @@ from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
-from ref_assets_tests.conftest import stored_checksum
+from ref_assets_tests.conftest import step_failure, stored_checksum
 
 
 def materializations(result, dataset_id: str) -> dict[str, dict]:
@@ -108,7 +108,7 @@ def test_a_failure_mid_range_keeps_what_was_committed_and_names_the_failed_perio
     monkeypatch.setattr(SyntheticProvider, "fetch", flaky_fetch)
     result = materialize(spec.id, "2024-01-01...2024-01-08", raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    failure = step_failure(result)
     message = failure.step_failure_data.error.to_string()
     assert "test_t2m: 2 of 8 periods failed (2024-01-04, 2024-01-07); the 6 others" in message
     assert failure.step_failure_data.user_failure_data.metadata["failed_periods"].value == {
