@@ -1,11 +1,12 @@
 """One time-partitioned asset per dataset spec: fetch a period, check it, hand it to the store."""
 
 import warnings
+from datetime import datetime
 
 import dagster as dg
 
 from ref_assets.batch import PeriodStream, fetch_batch
-from ref_assets.periods import Period
+from ref_assets.periods import last_complete_period
 from ref_assets.provenance import code_version
 from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.resources import ProviderRegistryResource
@@ -15,16 +16,28 @@ from ref_assets.specs import DatasetSpec
 IO_MANAGER_KEY = "icechunk_io_manager"
 
 
-def partitions_for(spec: DatasetSpec) -> dg.TimeWindowPartitionsDefinition:
+def partitions_for(
+    spec: DatasetSpec, now: datetime | None = None
+) -> dg.TimeWindowPartitionsDefinition:
     """Time-window partitions whose keys are the dataset's period keys, from its start to its
-    end (inclusive) or, without an end, to the newest complete period."""
-    end = Period(spec.period, spec.end).end if spec.end else None
+    last period (`DatasetSpec.last_period`): its end, even in the future, or without an end the
+    newest complete period, moving on as time passes.
+
+    Dagster stops time-window partitions at the current time; ``end_offset`` lets them run on to
+    a future end. It is counted at ``now`` (when the code location loads); later the count
+    overshoots, and the end still caps it.
+    """
+    last = spec.last_period(now) if spec.end else None
+    ahead = 0
+    if last is not None:
+        ahead = max(0, spec.period.index(last.start, last_complete_period(spec.period, now).start))
     return dg.TimeWindowPartitionsDefinition(
         start=spec.start,
-        end=end,
+        end=last.end if last else None,
         fmt=spec.period.key_format,
         cron_schedule=spec.period.cron_schedule,
         timezone="UTC",
+        end_offset=ahead,
     )
 
 

@@ -35,10 +35,16 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
                 f"or PeriodStream outputs, got {type(obj).__name__}"
             )
         keys = [period.key for period in periods]
-        if keys != list(context.asset_partition_keys):
+        partition_keys = list(context.asset_partition_keys)
+        if keys != partition_keys:
+            # A guard, not a path: the asset builds its periods from these very partition keys.
+            unasked = sorted(set(keys) - set(partition_keys))
+            unmade = sorted(set(partition_keys) - set(keys))
             raise ValueError(
-                f"{spec.id}: the asset produced periods {keys[:3]}... for partitions "
-                f"{list(context.asset_partition_keys)[:3]}...; refusing to write them"
+                f"{spec.id}: the asset produced {len(keys)} periods for {len(partition_keys)} "
+                f"partitions (produced but not asked: {unasked[:5]}; asked but not produced: "
+                f"{unmade[:5]}); nothing was written. Report this with the run id "
+                f"{context.run_id}: it is a bug"
             )
         store = self.storage.store(spec.id)
         progress = _Progress(context, spec.id, len(periods))

@@ -19,7 +19,7 @@ datetime.datetime(2025, 1, 1, 0, 0)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import numpy as np
@@ -78,6 +78,21 @@ class PeriodType(StrEnum):
                 f"{start.isoformat()} is not the start of a {self.value} period "
                 f"(non-zero {', '.join(off)})"
             )
+
+    def floor(self, instant: datetime) -> datetime:
+        """The start of the period of this type that holds ``instant`` (naive UTC).
+
+        >>> PeriodType.MONTHLY.floor(datetime(2024, 2, 17, 6, 30))
+        datetime.datetime(2024, 2, 1, 0, 0)
+        """
+        fields = {"minute": 0, "second": 0, "microsecond": 0}
+        if self is not PeriodType.HOURLY:
+            fields["hour"] = 0
+        if self in (PeriodType.MONTHLY, PeriodType.YEARLY):
+            fields["day"] = 1
+        if self is PeriodType.YEARLY:
+            fields["month"] = 1
+        return instant.replace(**fields)
 
     def index(self, start: datetime, origin: datetime) -> int:
         """Position of the period starting at ``start`` on an axis whose index 0 is ``origin``."""
@@ -152,3 +167,9 @@ class Period:
 
     def __str__(self) -> str:
         return self.key
+
+
+def last_complete_period(period_type: PeriodType, now: datetime | None = None) -> Period:
+    """The newest period that has fully ended at ``now`` (default: the current time, UTC)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    return Period(period_type, period_type.at(-1, origin=period_type.floor(now)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -25,9 +26,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from ref_assets.periods import Period, PeriodError, PeriodType
+from ref_assets.periods import Period, PeriodError, PeriodType, last_complete_period
 from ref_assets.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -37,6 +46,8 @@ DATASET_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN)]
 VariableName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,62}$")]
 AttributeValue = str | int | float | bool | list[str] | list[int] | list[float]
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 # Names the store layout itself uses: a variable may not shadow them.
 RESERVED_NAMES = frozenset({"time", "y", "x", "spatial_ref", "ref"})
@@ -113,7 +124,12 @@ class DatasetSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     period: PeriodType
     start: datetime
-    end: datetime | None = Field(default=None, description="last period included (inclusive)")
+    end: datetime | None = Field(
+        default=None,
+        description="the last period (inclusive), given as any instant inside it; for hourly "
+        "data a date without a time means that whole day. Unset: up to the newest complete "
+        "period. May lie in the future (projections, data published ahead of time).",
+    )
     variables: list[VariableSpec] = Field(min_length=1)
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
     chunks: ChunkSpec = Field(default_factory=ChunkSpec)
@@ -122,21 +138,29 @@ class DatasetSpec(_Strict):
 
     @field_validator("start", "end", mode="before")
     @classmethod
-    def _dates_are_midnight(cls, value: Any) -> Any:
-        # YAML reads 2024-01-01 as a date; a period start is a datetime.
+    def _dates_are_midnight(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads 2024-01-01 as a date; a period start is a datetime. An hourly dataset's
+        # `end: 2024-12-31` means the whole day, so its last period is the day's last hour.
+        if isinstance(value, str) and _DATE_ONLY.fullmatch(value):
+            value = date.fromisoformat(value)
         if isinstance(value, date) and not isinstance(value, datetime):
-            return datetime(value.year, value.month, value.day)
+            hour = 23 if info.field_name == "end" and info.data.get("period") == "hourly" else 0
+            return datetime(value.year, value.month, value.day, hour)
         return value
+
+    @field_validator("end")
+    @classmethod
+    def _end_is_its_period(cls, end: datetime | None, info: ValidationInfo) -> datetime | None:
+        # Stored as the start of the last period, which is what every reader of `end` compares.
+        period = info.data.get("period")
+        return PeriodType(period).floor(end) if end is not None and period else end
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
-        for name, value in (("start", self.start), ("end", self.end)):
-            if value is None:
-                continue
-            try:
-                self.period.check_boundary(value)
-            except PeriodError as err:
-                raise ValueError(f"{name}: {err}") from None
+        try:
+            self.period.check_boundary(self.start)
+        except PeriodError as err:
+            raise ValueError(f"start: {err}") from None
         if self.end is not None and self.end < self.start:
             raise ValueError(f"end {self.end:%Y-%m-%d %H:%M} is before start")
         names = [v.name for v in self.variables]
@@ -157,11 +181,46 @@ class DatasetSpec(_Strict):
     def manifest_split(self) -> int:
         return self.storage.manifest_split or self.time_block
 
-    def period_for_key(self, key: str) -> Period:
-        """The period named by a partition key, checked to lie within the dataset's range."""
+    def last_period(self, now: datetime | None = None) -> Period | None:
+        """The dataset's last period: the one holding `end` (which may lie in the future), or
+        without an end the newest period complete at ``now``; None when that is before `start`.
+        Partitions, `ref-assets status` and `ref-assets materialize` all stop here.
+
+        >>> spec = DatasetSpec.model_validate({
+        ...     "id": "pop", "title": "Population", "provider": "worldpop", "period": "yearly",
+        ...     "start": "2015-01-01", "end": "2030-06-30", "variables": [
+        ...         {"name": "pop_total", "units": "people"}]})
+        >>> spec.last_period().key
+        '2030'
+        """
+        if self.end is not None:
+            return Period(self.period, self.end)
+        last = last_complete_period(self.period, now)
+        return last if last.start >= self.start else None
+
+    def period_for_key(self, key: str, now: datetime | None = None) -> Period:
+        """The period named by a partition key, checked to lie within the dataset's range; a
+        PeriodError otherwise, saying which bound it crosses and what to do."""
         period = Period.from_key(self.period, key)
-        if period.start < self.start or (self.end is not None and period.start > self.end):
-            raise PeriodError(f"{self.id}: period {key} is outside the dataset's range")
+        first = Period(self.period, self.start)
+        if period < first:
+            raise PeriodError(
+                f"{self.id}: period {key} is before the dataset's first period {first.key} "
+                "(its `start`); to ingest it, move `start` back in the spec"
+            )
+        last = self.last_period(now)
+        if self.end is not None and last is not None and period > last:
+            raise PeriodError(
+                f"{self.id}: period {key} is after the dataset's last period {last.key} (its "
+                "`end`); to ingest it, move `end` forward in the spec"
+            )
+        if last is None or period > last:
+            newest = last_complete_period(self.period, now).key
+            raise PeriodError(
+                f"{self.id}: period {key} has not ended yet (the newest complete "
+                f"{self.period.value} period is {newest}); if the source publishes periods ahead "
+                "of time (projections, forecasts), set `end` in the spec to include them"
+            )
         return period
 
     def time_index(self, period: Period) -> int:

@@ -36,7 +36,7 @@ def test_errors_are_one_line_without_traceback(settings, write_spec, capsys):
     assert main(["materialize", "nope", "--start", "2024-01-01"]) == 2
     assert "no dataset 'nope'" in capsys.readouterr().err
     assert main(["materialize", "test_t2m", "--start", "2023-12-31"]) == 2
-    assert "outside the dataset's range" in capsys.readouterr().err
+    assert "before the dataset's first period 2024-01-01" in capsys.readouterr().err
 
 
 def test_datasets_lists_specs_and_reports_broken_ones(settings, write_spec, capsys):

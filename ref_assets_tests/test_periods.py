@@ -50,8 +50,8 @@ def test_off_boundary_starts_and_foreign_keys_are_rejected():
 def test_dataset_rejects_periods_outside_its_range():
     spec = DatasetSpec.model_validate(spec_dict(end="2024-01-10"))
     assert spec.time_index(spec.period_for_key("2024-01-10")) == 9
-    for key in ("2023-12-31", "2024-01-11"):
-        with pytest.raises(PeriodError, match="outside the dataset's range"):
+    for key, bound in (("2023-12-31", "before the dataset's first"), ("2024-01-11", "after")):
+        with pytest.raises(PeriodError, match=f"period {key} is {bound}"):
             spec.period_for_key(key)
 
 

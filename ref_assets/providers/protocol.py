@@ -40,14 +40,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ValidationError
 
-from ref_assets.periods import Period, PeriodType
+# last_complete_period is re-exported: providers take the whole contract from this module.
+from ref_assets.periods import Period
+from ref_assets.periods import last_complete_period as last_complete_period
 
 if TYPE_CHECKING:
     from ref_assets.specs import DatasetSpec
@@ -198,15 +199,3 @@ def periods_between(first: Period, last: Period) -> list[Period]:
     """Every period from ``first`` to ``last`` inclusive."""
     count = first.type.index(last.start, origin=first.start) + 1
     return [Period(first.type, first.type.at(i, first.start)) for i in range(max(count, 0))]
-
-
-def last_complete_period(period_type: PeriodType, now: datetime | None = None) -> Period:
-    """The newest period that has fully ended at ``now`` (UTC)."""
-    now = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
-    floor = {
-        PeriodType.HOURLY: now.replace(minute=0, second=0, microsecond=0),
-        PeriodType.DAILY: now.replace(hour=0, minute=0, second=0, microsecond=0),
-        PeriodType.MONTHLY: now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
-        PeriodType.YEARLY: now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0),
-    }[period_type]
-    return Period(period_type, period_type.at(-1, origin=floor))

@@ -39,7 +39,6 @@ from ref_assets.providers.protocol import (
     Grid,
     ProviderError,
     SourceItem,
-    last_complete_period,
     parse_params,
     periods_between,
 )
@@ -100,10 +99,8 @@ class SyntheticProvider:
         return [p for p in periods_between(first, last) if latest and p <= latest]
 
     def latest_available(self) -> Period | None:
-        latest = last_complete_period(self.spec.period)
-        if self.spec.end is not None:
-            latest = min(latest, Period(self.spec.period, self.spec.end))
-        return latest if latest.start >= self.spec.start else None
+        # Generated, not observed: like a projection, every period up to the spec's end exists.
+        return self.spec.last_period()
 
     def fetch(self, period: Period) -> FetchedPeriod:
         inputs = {
