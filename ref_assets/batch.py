@@ -18,6 +18,7 @@ import xarray as xr
 
 from ref_assets.checksum import period_checksum
 from ref_assets.periods import Period
+from ref_assets.providers.normalize import GridShapeError, select_dimension
 from ref_assets.providers.protocol import Description, FetchedPeriod, Provider, SourceItem
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
@@ -49,7 +50,8 @@ class VariableStats:
 
 @dataclass(frozen=True)
 class PeriodBatch:
-    """One period ready to store: variables on ``(y, x)`` in their storage dtype."""
+    """One period ready to store: variables on ``(*extra dimensions, y, x)`` in their storage
+    dtype."""
 
     spec: DatasetSpec
     description: Description
@@ -97,14 +99,20 @@ def prepare_batch(
                 f"(it returned {sorted(map(str, data.data_vars))})"
             )
         array = data[variable.name]
-        if set(array.dims) != {"y", "x"}:
-            raise fail(f"variable {variable.name!r} has dims {array.dims}, expected (y, x)")
+        dims = (*variable.dimensions, "y", "x")
+        if set(array.dims) != set(dims):
+            raise fail(f"variable {variable.name!r} has dims {array.dims}, expected {dims}")
+        for name in variable.dimensions:
+            try:
+                array = select_dimension(array, spec.dimensions_by_name[name])
+            except GridShapeError as err:
+                raise fail(f"variable {variable.name!r}: {err}") from None
         units = array.attrs.get("units")
         if units is not None and units != variable.units:
             raise fail(
                 f"variable {variable.name!r} is in {units!r} but the spec stores {variable.units!r}"
             )
-        source_values = array.transpose("y", "x").values
+        source_values = array.transpose(*dims).values
         if np.isinf(source_values).any():
             raise fail(f"variable {variable.name!r} has infinite values")
         with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
@@ -123,7 +131,13 @@ def prepare_batch(
         sources=tuple(fetched.sources),
         provider=provider,
         provider_version=provider_version,
-        checksum=period_checksum(period.start, grid.y, grid.x, variables),
+        checksum=period_checksum(
+            period.start,
+            grid.y,
+            grid.x,
+            variables,
+            {d.name: d.coordinate() for d in spec.dimensions},
+        ),
         stats={name: VariableStats.of(values) for name, values in variables.items()},
         fetched_at=fetched_at,
     )

@@ -3,8 +3,10 @@
 Independent of compression and chunking (it digests decoded values, not stored bytes), and of NaN
 payload bits (every NaN is hashed as the same canonical NaN). Format ``sha256:<hex>`` over, in
 order: the tag ``ref-assets/period-v1``; the period start (ISO 8601); the ``y`` and ``x``
-coordinates as little-endian float64; then for each variable sorted by name its name, dtype, shape
-and values in C order, little-endian.
+coordinates as little-endian float64; for each extra dimension (pressure level, ensemble member)
+sorted by name, if there are any, its name and its coordinate values (numbers as little-endian
+float64, strings as UTF-8, each followed by a NUL); then for each variable sorted by name its name,
+dtype, shape and values in C order, little-endian.
 
 >>> import numpy as np
 >>> from datetime import datetime
@@ -29,12 +31,23 @@ _TAG = b"ref-assets/period-v1"
 
 
 def period_checksum(
-    start: datetime, y: np.ndarray, x: np.ndarray, variables: Mapping[str, np.ndarray]
+    start: datetime,
+    y: np.ndarray,
+    x: np.ndarray,
+    variables: Mapping[str, np.ndarray],
+    dimensions: Mapping[str, np.ndarray] | None = None,
 ) -> str:
     digest = hashlib.sha256(_TAG)
     digest.update(start.isoformat().encode())
     for coordinate in (y, x):
         digest.update(np.ascontiguousarray(coordinate, dtype="<f8").tobytes())
+    for name in sorted(dimensions or {}):
+        values = np.asarray(dimensions[name])
+        digest.update(f"\0{name}\0".encode())
+        if values.dtype.kind in "iuf":
+            digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+        else:
+            digest.update("".join(f"{value}\0" for value in values.tolist()).encode())
     for name in sorted(variables):
         values = np.asarray(variables[name])
         canonical = np.where(np.isnan(values), np.nan, values).astype(

@@ -25,8 +25,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -57,20 +59,58 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class VariableSpec(_Strict):
-    """One data variable: its name in the store, its units and its CF attributes."""
+def _not_reserved(name: str) -> str:
+    if name in RESERVED_NAMES:
+        raise ValueError(f"{name!r} is reserved by the store layout; choose another name")
+    return name
 
-    name: VariableName
-    units: str = Field(min_length=1)
-    dtype: Literal["float32", "float64"] = "float32"
+
+class DimensionSpec(_Strict):
+    """A dimension besides time, y and x (pressure level, ensemble member, age class), with the
+    coordinate values the store keeps, in order. A provider whose source holds more values
+    delivers exactly these (`local_files` selects them by value).
+
+    >>> DimensionSpec(name="level", values=[1000, 850, 500], units="hPa").size
+    3
+    """
+
+    name: Annotated[VariableName, AfterValidator(_not_reserved)]
+    values: list[int] | list[float] | list[str] = Field(min_length=1)
+    units: str | None = Field(default=None, min_length=1)
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
 
-    @field_validator("name")
+    @field_validator("values")
     @classmethod
-    def _not_reserved(cls, name: str) -> str:
-        if name in RESERVED_NAMES:
-            raise ValueError(f"{name!r} is reserved by the store layout; choose another name")
-        return name
+    def _distinct(cls, values: list) -> list:
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"coordinate values repeat: {repeated}")
+        return values
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+    def coordinate(self) -> np.ndarray:
+        """The values as the store keeps them: float64, int64 or strings."""
+        if all(isinstance(v, str) for v in self.values):
+            return np.asarray(self.values, dtype=str)
+        kind = "int64" if all(isinstance(v, int) for v in self.values) else "float64"
+        return np.asarray(self.values, dtype=kind)
+
+
+class VariableSpec(_Strict):
+    """One data variable: its name in the store, its units, its CF attributes and the extra
+    dimensions it has (stored as ``(time, *dimensions, y, x)``)."""
+
+    name: Annotated[VariableName, AfterValidator(_not_reserved)]
+    units: str = Field(min_length=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    dimensions: list[VariableName] = Field(
+        default_factory=list,
+        description="names of the spec's `dimensions` this variable has, outermost first",
+    )
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
 
 
 class ChunkSpec(_Strict):
@@ -130,6 +170,9 @@ class DatasetSpec(_Strict):
         "data a date without a time means that whole day. Unset: up to the newest complete "
         "period. May lie in the future (projections, data published ahead of time).",
     )
+    dimensions: list[DimensionSpec] = Field(
+        default_factory=list, description="dimensions besides time, y and x"
+    )
     variables: list[VariableSpec] = Field(min_length=1)
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
     chunks: ChunkSpec = Field(default_factory=ChunkSpec)
@@ -167,11 +210,40 @@ class DatasetSpec(_Strict):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"variables: duplicated names {duplicated}")
+        self._check_dimensions(names)
         return self
+
+    def _check_dimensions(self, variable_names: list[str]) -> None:
+        declared = [d.name for d in self.dimensions]
+        for problem in (
+            sorted({n for n in declared if declared.count(n) > 1}),
+            sorted(set(declared) & set(variable_names)),
+        ):
+            if problem:
+                raise ValueError(f"dimensions: {problem} named twice (dimensions and variables)")
+        used = set()
+        for position, variable in enumerate(self.variables):
+            unknown = [d for d in variable.dimensions if d not in declared]
+            if unknown or len(set(variable.dimensions)) < len(variable.dimensions):
+                raise ValueError(
+                    f"variables.{position}.dimensions: {variable.dimensions} must name distinct "
+                    f"entries of `dimensions` (declared: {declared})"
+                )
+            used.update(variable.dimensions)
+        unused = [d for d in declared if d not in used]
+        if unused:
+            raise ValueError(
+                f"dimensions: {unused} are used by no variable; list them under a variable's "
+                "`dimensions` or remove them"
+            )
 
     @property
     def variables_by_name(self) -> dict[str, VariableSpec]:
         return {v.name: v for v in self.variables}
+
+    @property
+    def dimensions_by_name(self) -> dict[str, DimensionSpec]:
+        return {d.name: d for d in self.dimensions}
 
     @property
     def time_block(self) -> int:

@@ -37,7 +37,7 @@ def test_end_is_any_instant_of_the_last_period():
     assert hourly.end == datetime(2024, 1, 2, 23)
     assert hourly.last_period().key == "2024-01-02-23:00"
     # A start is still a period boundary: it is where index 0 of the time axis lies.
-    with pytest.raises(ValidationError, match="start: .* is not the start of a yearly period"):
+    with pytest.raises(ValidationError, match=r"start: .* is not the start of a yearly period"):
         DatasetSpec.model_validate(yearly(start="2020-02-01"))
 
 
@@ -57,10 +57,10 @@ def test_out_of_range_keys_say_which_bound_and_what_to_do():
     spec = DatasetSpec.model_validate(yearly())
     with pytest.raises(PeriodError, match=rf"after the dataset's last period {THIS_YEAR + 5} "):
         spec.period_for_key(str(THIS_YEAR + 6))
-    with pytest.raises(PeriodError, match="before the dataset's first period .* move `start`"):
+    with pytest.raises(PeriodError, match=r"before the dataset's first period .* move `start`"):
         spec.period_for_key(str(THIS_YEAR - 3))
     ongoing = DatasetSpec.model_validate(yearly(end=None))
-    with pytest.raises(PeriodError, match=f"{THIS_YEAR} has not ended yet .* set `end`"):
+    with pytest.raises(PeriodError, match=rf"{THIS_YEAR} has not ended yet .* set `end`"):
         ongoing.period_for_key(str(THIS_YEAR))
     assert spec.period_for_key(str(THIS_YEAR + 5)).key == str(THIS_YEAR + 5)
 

@@ -49,7 +49,13 @@ from ref_assets.providers.local_files_formats import (
     period_steps,
 )
 from ref_assets.providers.local_files_names import FINENESS, FileNamePattern
-from ref_assets.providers.normalize import GridShapeError, grid_of, select_bbox, to_standard_grid
+from ref_assets.providers.normalize import (
+    GridShapeError,
+    grid_of,
+    select_bbox,
+    select_dimension,
+    to_standard_grid,
+)
 from ref_assets.providers.protocol import (
     Description,
     FetchedPeriod,
@@ -60,7 +66,7 @@ from ref_assets.providers.protocol import (
     periods_between,
 )
 from ref_assets.secrets import redact
-from ref_assets.specs import DatasetSpec
+from ref_assets.specs import DatasetSpec, VariableSpec
 
 # Payloads kept per provider, so the periods of one multi-period file are read from one reading.
 _CACHED_PAYLOADS = 2
@@ -73,6 +79,10 @@ class LocalFilesParams(BaseModel):
     pattern: str = Field(min_length=1, description="file names relative to path")
     variables: dict[str, str] = Field(min_length=1, description="store name -> name in files")
     bbox: tuple[float, float, float, float] | None = None
+    dimensions: dict[str, str] = Field(
+        default_factory=dict,
+        description="the spec's extra dimension -> its name in the files, where they differ",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("pattern")
@@ -111,6 +121,12 @@ class LocalFilesProvider:
             raise ProviderError(
                 f"{spec.id}: params.variables maps {sorted(self.params.variables)}, but the spec "
                 f"declares {declared}: map each spec variable to its name in the files"
+            )
+        undeclared = sorted(set(self.params.dimensions) - set(spec.dimensions_by_name))
+        if undeclared:
+            raise ProviderError(
+                f"{spec.id}: params.dimensions maps {undeclared}, which the spec does not "
+                f"declare under `dimensions` (declared: {sorted(spec.dimensions_by_name)})"
             )
         granularity = self.pattern.granularity
         if granularity is not None and FINENESS[granularity] > FINENESS[spec.period]:
@@ -168,9 +184,7 @@ class LocalFilesProvider:
             self._check_grid(data, grid, grid_file, file, where)
             index = self._step_index(data, file, period, where)
             variables = {
-                variable.name: self._values(
-                    data, self.params.variables[variable.name], index, variable.units, where, file
-                )
+                variable.name: self._values(data, variable, index, where, file)
                 for variable in self.spec.variables
             }
         # Fresh numpy-backed variables: no encoding of the source (packing, chunks, compressors)
@@ -376,13 +390,14 @@ class LocalFilesProvider:
     def _values(
         self,
         data: xr.Dataset,
-        source_name: str,
+        variable: VariableSpec,
         index: int | None,
-        units: str,
         where: str,
         file: ArchiveFile,
-    ) -> xr.Variable:
-        """One variable of one period on (y, x), read now, as float in the spec's units."""
+    ) -> xr.DataArray:
+        """One variable of one period on (*its extra dimensions, y, x), cut to the spec's
+        values of those dimensions and read now, as float in the spec's units."""
+        source_name, units = self.params.variables[variable.name], variable.units
         name = source_name
         if name not in data.data_vars:
             available = sorted(map(str, data.data_vars))
@@ -400,11 +415,23 @@ class LocalFilesProvider:
                     "time steps but no time coordinate to tell them apart"
                 )
             array = array.isel(time=index or 0)
-        extra = [dim for dim in array.dims if dim not in ("y", "x")]
+        for dimension in variable.dimensions:
+            source_dim = self.params.dimensions.get(dimension, dimension)
+            try:
+                array = select_dimension(array, self.spec.dimensions_by_name[dimension], source_dim)
+            except GridShapeError as err:
+                raise ProviderError(
+                    f"{where}: {redact(file.uri)}: variable {name!r}: {err} (map the spec's "
+                    f"dimension to the file's with params.dimensions: {{{dimension}: <name>}})"
+                ) from None
+        dims = (*variable.dimensions, "y", "x")
+        extra = [dim for dim in array.dims if dim not in dims]
         if any(array.sizes[dim] != 1 for dim in extra):
             raise ProviderError(
                 f"{where}: {redact(file.uri)}: variable {name!r} has dimensions {array.dims}; "
-                "only time, latitude and longitude are supported"
+                f"declare {[d for d in extra if array.sizes[d] != 1]} under the spec's "
+                "`dimensions` and the variable's `dimensions` to keep them (or select one value "
+                "upstream)"
             )
         source_units = array.attrs.get("units")
         if source_units is not None and source_units != units:
@@ -412,10 +439,12 @@ class LocalFilesProvider:
                 f"{where}: {redact(file.uri)}: variable {name!r} is in {source_units!r} but the "
                 f"spec stores {units!r} (this provider does not convert units)"
             )
-        values = np.asarray(array.squeeze(extra, drop=True).transpose("y", "x").values)
+        array = array.squeeze(extra, drop=True).transpose(*dims)
+        values = np.asarray(array.values)
         if not np.issubdtype(values.dtype, np.floating):
             values = values.astype("float64")
-        return xr.Variable(("y", "x"), values, {"units": units})
+        coords = {d: array[d].values for d in variable.dimensions}
+        return xr.DataArray(values, coords=coords, dims=dims, attrs={"units": units})
 
     def _in_spec(self, period: Period) -> bool:
         return period.start >= self.spec.start and (

@@ -7,10 +7,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import xarray as xr
 
 from ref_assets.providers.protocol import Grid
+
+if TYPE_CHECKING:
+    from ref_assets.specs import DimensionSpec
 
 # Names real files use for each axis, most common first.
 AXIS_NAMES = {
@@ -86,3 +91,40 @@ def grid_of(data: xr.Dataset) -> Grid:
 
 def _spacing(values: np.ndarray) -> float:
     return float(np.abs(np.diff(values)).min()) if values.size > 1 else 0.0
+
+
+def select_dimension(
+    array: xr.DataArray, dimension: DimensionSpec, source_dim: str | None = None
+) -> xr.DataArray:
+    """``array`` cut to the spec's values of an extra dimension, in the spec's order, with the
+    dimension named as in the spec. ``source_dim`` is its name in ``array`` (default: the same).
+
+    Values are matched by value (numbers to a relative 1e-9, so 850 matches 850.0), never by
+    position: a source without a coordinate for the dimension, or missing one of the values, is
+    a GridShapeError naming what it has.
+    """
+    source_dim = source_dim or dimension.name
+    if source_dim not in array.dims:
+        raise GridShapeError(
+            f"no dimension {source_dim!r} for {dimension.name!r} (dimensions: {list(array.dims)})"
+        )
+    if source_dim not in array.coords:
+        raise GridShapeError(
+            f"dimension {source_dim!r} has no coordinate values, so which {dimension.name} each "
+            "slice is cannot be established"
+        )
+    have = array[source_dim].values
+    wanted = dimension.coordinate()
+    if wanted.dtype.kind in "iuf" and have.dtype.kind in "iuf":
+        matches = np.isclose(have[None, :], wanted[:, None], rtol=1e-9, atol=0)
+    else:
+        matches = have.astype(str)[None, :] == wanted.astype(str)[:, None]
+    found = matches.any(axis=1)
+    missing = [value for value, ok in zip(wanted.tolist(), found, strict=True) if not ok]
+    if missing:
+        raise GridShapeError(
+            f"{source_dim!r} lacks the values {missing} of {dimension.name!r} "
+            f"(it has {have.tolist()})"
+        )
+    selected = array.isel({source_dim: matches.argmax(axis=1)})
+    return selected.rename({source_dim: dimension.name}).assign_coords({dimension.name: wanted})

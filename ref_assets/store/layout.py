@@ -6,7 +6,9 @@ records.
     /time            int64 (T,)    seconds since 1970-01-01, written for the whole pre-sized axis
     /y, /x           float64       cell centres, CF attributes
     /spatial_ref     scalar        the CRS (``crs_wkt``), referenced by ``grid_mapping``
-    /<variable>      (T, Y, X)     one chunk per period along time, NaN where never written
+    /<dimension>     (N,)          coordinate values of each extra dimension (pressure level...)
+    /<variable>      (T, ..., Y, X)  one chunk per period along time and per value of any extra
+                                   dimension, NaN where never written
     /ref/records     str (T,)      the JSON record of each written period, "" where none
 
 Periods are written by region at their own index, so the axis is sized ahead (in blocks of
@@ -45,10 +47,20 @@ def structure(spec: DatasetSpec, description: Description) -> dict:
         "start": spec.start.isoformat(),
         "grid_shape": list(grid.shape),
         "grid_first_last": [grid.y[0], grid.y[-1], grid.x[0], grid.x[-1]],
-        "variables": {v.name: [v.dtype, v.units] for v in spec.variables},
+        "variables": {
+            # A variable's extra dimensions only when it has some, so that stores laid out
+            # before extra dimensions existed keep the structure they were written with.
+            v.name: [v.dtype, v.units, *([v.dimensions] if v.dimensions else [])]
+            for v in spec.variables
+        },
         "chunks": list(_spatial_chunks(spec, description)),
         "time_block": spec.time_block,
         "manifest_split": spec.manifest_split,
+        **(
+            {"dimensions": {d.name: d.coordinate().tolist() for d in spec.dimensions}}
+            if spec.dimensions
+            else {}
+        ),
     }
 
 
@@ -139,15 +151,32 @@ def create_layout(
         fill_value=0,
         attributes={"crs_wkt": grid.crs_wkt, "spatial_ref": grid.crs_wkt},
     )
+    for dimension in spec.dimensions:
+        values = dimension.coordinate()
+        coordinate = group.create_array(
+            dimension.name,
+            shape=values.shape,
+            dtype=str if values.dtype.kind == "U" else values.dtype,
+            dimension_names=[dimension.name],
+            attributes={
+                **dimension.attributes,
+                **({"units": dimension.units} if dimension.units else {}),
+            },
+        )
+        coordinate[:] = values
+    dimensions = spec.dimensions_by_name
     for variable in spec.variables:
         provided = description.variables[variable.name]
+        extra = [dimensions[name].size for name in variable.dimensions]
         group.create_array(
             variable.name,
-            shape=(length, *grid.shape),
-            chunks=(1, chunk_y, chunk_x),
+            # One chunk per period and per extra-dimension value: a chunk is one 2-D map, so
+            # spatial chunk sizes mean the same with or without extra dimensions.
+            shape=(length, *extra, *grid.shape),
+            chunks=(1, *[1] * len(extra), chunk_y, chunk_x),
             dtype=variable.dtype,
             fill_value=np.nan,
-            dimension_names=["time", "y", "x"],
+            dimension_names=["time", *variable.dimensions, "y", "x"],
             attributes={
                 **provided.attributes,
                 **variable.attributes,

@@ -110,10 +110,11 @@ def stored_checksums(
     """Recompute the output checksum of each index from what is stored: the values and the
     stored time coordinate (so an altered time is caught too), one period in memory at a time."""
     group = open_laid_out_root(session.store)
-    names = group.attrs["ref_assets"]["structure"]["variables"]
-    arrays = {name: group[name] for name in names}
+    structure = group.attrs["ref_assets"]["structure"]
+    arrays = {name: group[name] for name in structure["variables"]}
+    dimensions = {name: group[name][:] for name in structure.get("dimensions", {})}
     times, y, x = group["time"], group["y"][:], group["x"][:]
     for index in indices:
         start = datetime.fromtimestamp(int(times[index]), UTC).replace(tzinfo=None)
         values = {name: array[index] for name, array in arrays.items()}
-        yield index, period_checksum(start, y, x, values)
+        yield index, period_checksum(start, y, x, values, dimensions)

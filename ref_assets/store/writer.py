@@ -10,6 +10,7 @@ commits (see `CommitPolicy`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -248,11 +249,13 @@ def _stored_bytes(session: ic.Session, batch: PeriodBatch) -> int:
 
 
 def _chunk_keys(session: ic.Session, name: str, index: int) -> list[str]:
+    """The keys of every chunk of variable ``name`` at time index ``index``."""
     array = zarr.open_array(session.store, path=name, mode="r")
-    _, chunk_y, chunk_x = array.chunks
-    _, ny, nx = array.shape
+    chunks_per_axis = [
+        range(-(-size // chunk))
+        for size, chunk in zip(array.shape[1:], array.chunks[1:], strict=True)
+    ]
     return [
-        f"{name}/c/{index}/{iy}/{ix}"
-        for iy in range(-(-ny // chunk_y))
-        for ix in range(-(-nx // chunk_x))
+        f"{name}/c/{index}/{'/'.join(map(str, position))}"
+        for position in itertools.product(*chunks_per_axis)
     ]
