@@ -48,6 +48,7 @@ from ref_assets.periods import Period, PeriodType
 from ref_assets.providers.cog import open_remote_cog
 from ref_assets.providers.http import HttpClient, SourceNotFoundError
 from ref_assets.providers.protocol import (
+    BoundingBox,
     Description,
     FetchedPeriod,
     Grid,
@@ -96,7 +97,7 @@ class Chirps3Params(BaseModel):
 
     stage: Literal["final", "prelim"] = "final"
     flavour: Literal["rnl", "sat"] | None = None
-    bbox: tuple[float, float, float, float]
+    bbox: BoundingBox
     base_url: str = DEFAULT_BASE_URL
     source_grid: SourceGrid = Field(default_factory=SourceGrid)
 
