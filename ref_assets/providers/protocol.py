@@ -129,6 +129,11 @@ class Grid:
             )
         nx = round((east - west) / resolution)
         ny = round((north - south) / resolution)
+        if nx == 0 or ny == 0:
+            raise ValueError(
+                f"the box west={west} south={south} east={east} north={north} holds no whole "
+                f"cell of {resolution} degrees: make the box larger or the resolution finer"
+            )
         x = west + resolution * (np.arange(nx) + 0.5)
         y = north - resolution * (np.arange(ny) + 0.5)
         return cls(y=y, x=x)

@@ -56,7 +56,7 @@ class SyntheticParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bbox: BoundingBox = (-20.0, -35.0, 55.0, 40.0)
-    resolution: float = Field(default=0.5, gt=0)
+    resolution: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     seed: int = 0
     land_only: bool = False
 
