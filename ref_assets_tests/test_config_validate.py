@@ -130,20 +130,28 @@ def test_every_template_is_validated_by_building_its_provider_offline(settings, 
     assert "0 error(s)" in out
 
 
+REVERSED = "need west < east and south < north"
+INFINITE = "Input should be a finite number"
+
+
 @pytest.mark.parametrize(
-    "model", [SyntheticParams, Chirps3Params, WorldPopParams, LocalFilesParams]
-)
-@pytest.mark.parametrize(
-    ("bbox", "problem"),
+    ("model", "bbox", "problem"),
     [
-        ([10.0, 0.0, 5.0, 5.0], "need west < east and south < north"),
-        ([0.0, 5.0, 10.0, 0.0], "need west < east and south < north"),
-        ([float("-inf"), 0.0, float("inf"), 5.0], "Input should be a finite number"),
+        *[
+            (model, bbox, REVERSED)
+            for model in (SyntheticParams, Chirps3Params, LocalFilesParams)
+            for bbox in ([10.0, 0.0, 5.0, 5.0], [0.0, 5.0, 10.0, 0.0])
+        ],
+        *[
+            (model, [float("-inf"), 0.0, float("inf"), 5.0], INFINITE)
+            for model in (SyntheticParams, Chirps3Params, WorldPopParams, LocalFilesParams)
+        ],
     ],
 )
 def test_provider_params_refuse_reversed_and_infinite_boxes(model, bbox, problem):
     """Before, the synthetic and chirps3 models took any four numbers (a reversed box failed
-    later, or not at all), and worldpop's and local_files' took infinite ones."""
+    later, or not at all), local_files' said only "with west < east" of a box reversed north to
+    south, and worldpop's and local_files' took infinite bounds."""
     required = {
         SyntheticParams: {},
         Chirps3Params: {},
