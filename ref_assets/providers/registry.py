@@ -1,8 +1,9 @@
 """Finding providers: entry points in the group ``ref_assets.providers``, plus ``[[providers]]``
 tables in ref.toml (``provider = "package.module:attribute"``), all loaded tolerantly.
 
-A provider whose module no longer imports, whose attribute is missing, or whose class does not
-satisfy the `Provider` contract, is logged once with the reason and skipped; the others register.
+A provider whose module no longer imports (or calls ``sys.exit()`` while importing), whose
+attribute is missing, or whose class does not satisfy the `Provider` contract, is logged once with
+the reason and skipped; the others register.
 Datasets that name a missing provider still load as assets and fail only when run, with an error
 saying what to do. A ref.toml entry replaces an entry point of the same name.
 
