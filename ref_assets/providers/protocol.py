@@ -4,6 +4,8 @@ A provider is a class registered under the entry-point group ``ref_assets.provid
 from a validated `DatasetSpec` (reading its own parameters from ``spec.params``) and then answers
 four questions: what grid and variables it delivers, which periods exist in a range, which is the
 latest, and what one period holds. Providers never touch the store; the store never calls them.
+A constructor checks the params and does no I/O: ``ref-assets config validate`` builds every
+dataset's provider, offline, to report what a run would refuse.
 
 Example (a provider serving a constant field; register it in your ``pyproject.toml``)::
 
