@@ -140,10 +140,8 @@ class ProviderRegistry:
             raise ProviderUnavailableError(self.unavailable_reason(spec))
         try:
             return provider_class(spec)
-        except ProviderParamsError:
-            raise  # masked already
-        except KeyboardInterrupt:
-            raise
+        except (ProviderParamsError, KeyboardInterrupt):
+            raise  # masked already; an interrupt stays one
         except BaseException as err:  # a third-party constructor; sys.exit() included
             if isinstance(err, ProviderError):
                 message = str(err)
