@@ -50,6 +50,12 @@ def range_run_tags(first: str, last: str) -> dict[str, str]:
     }
 
 
+def _masked_failure(prefix: str, err: Exception) -> dg.Failure:
+    """The step failure for ``err``, secrets masked; raise it ``from None``: the original's
+    text, which may hold a URL's credentials or a token, must not reach the run's events."""
+    return dg.Failure(description=redact(f"{prefix}{type(err).__name__}: {err}"))
+
+
 def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.AssetsDefinition:
     provider_class = registry.classes.get(spec.provider)
 
@@ -57,7 +63,10 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
         context: dg.AssetExecutionContext, providers: ProviderRegistryResource
     ) -> dg.Output:  # a PeriodBatch (one partition) or a PeriodStream (a range)
         periods = tuple(spec.period_for_key(key) for key in context.partition_keys)
-        provider = providers.create(spec)
+        try:
+            provider = providers.create(spec)
+        except Exception as err:
+            raise _masked_failure("", err) from None
         if len(periods) > 1:
             # Fetched while the IO manager writes: memory stays flat over long ranges. Dagster
             # takes one data version per output, so a range's partitions carry their checksums
@@ -67,10 +76,8 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
         context.log.info(f"{spec.id} {periods[0].key}: fetching from provider {provider.name}")
         try:
             batch = fetch_batch(spec, provider, periods[0])
-        except Exception as err:  # reported without the original, whose text may hold secrets
-            raise dg.Failure(
-                description=redact(f"{spec.id} {periods[0].key}: {type(err).__name__}: {err}")
-            ) from None
+        except Exception as err:
+            raise _masked_failure(f"{spec.id} {periods[0].key}: ", err) from None
         with warnings.catch_warnings():  # data_version is beta, and exactly what we want
             warnings.simplefilter("ignore", dg.BetaWarning)
             return dg.Output(batch, data_version=dg.DataVersion(batch.checksum))
@@ -80,7 +87,7 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
         warnings.simplefilter("ignore", dg.BetaWarning)
         return dg.asset(
             name=spec.id,
-            description=f"{spec.title}\n\n{spec.description}".strip(),
+            description=redact(f"{spec.title}\n\n{spec.description}".strip()),
             partitions_def=partitions_for(spec),
             code_version=code_version(spec, provider_class.version if provider_class else None),
             io_manager_key=IO_MANAGER_KEY,
@@ -95,7 +102,7 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
                 "provider": dg.MetadataValue.text(spec.provider),
                 "period": dg.MetadataValue.text(spec.period.value),
                 "variables": dg.MetadataValue.json(
-                    [v.model_dump(mode="json") for v in spec.variables]
+                    redact([v.model_dump(mode="json") for v in spec.variables])
                 ),
             },
         )(dataset_asset)

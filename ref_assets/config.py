@@ -168,6 +168,26 @@ class Settings:
             raise ConfigError(str(err)) from None
 
 
+def storage_root_problem(root: str) -> str | None:
+    """Why ``root`` cannot be used as the storage root, and what to do; None if it can. The
+    root is shown masked: a URL's credentials would otherwise reach every error naming it."""
+    if "://" not in root:
+        return None
+    local_only = (
+        "only local directories are supported as storage roots today (S3 support is a later "
+        "issue): set [storage] root in ref.toml or REF_STORAGE_ROOT to a directory"
+    )
+    shown = redact(root)
+    if shown == root:
+        return f"storage root {shown} is not a local directory; {local_only}"
+    return (
+        f"storage root {shown} holds credentials, which never belong in ref.toml or "
+        "REF_STORAGE_ROOT: give them through the environment (for S3, the AWS credential chain: "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role) and name "
+        f"the root without them. Besides, {local_only}"
+    )
+
+
 def default_configuration_dir() -> Path:
     return Path(platformdirs.user_config_dir("ref_assets", appauthor=False))
 

@@ -29,10 +29,13 @@ from ref_assets.config import (
     provider_entries,
     remove_provider_tables,
     rewrite_ref_toml,
+    storage_root_problem,
 )
 from ref_assets.packaged import PackagedFiles
+from ref_assets.providers.protocol import ProviderError, ProviderParamsError
 from ref_assets.providers.registry import ProviderRegistry, ProviderSource
 from ref_assets.secrets import redact
+from ref_assets.specs import DatasetSpec
 from ref_assets.vocabulary import load_vocabulary
 
 SETTABLE_KEYS = {f"{section}.{key}": variable for variable, (section, key) in ENV_OVERRIDES.items()}
@@ -138,7 +141,9 @@ def _effective(settings: Settings, cv_file: Path) -> dict:
 
 
 def validate(args: argparse.Namespace) -> int:
-    """Check everything the code location loads; exit 1 if anything would be skipped or fail."""
+    """Check everything the code location loads and every check a run makes before it reads
+    any data (each dataset's provider is built from its params, offline); report every problem,
+    not just the first, and exit 1 if anything would be skipped or fail."""
     errors: list[str] = []
     with _quiet_library_logs():
         try:
@@ -150,6 +155,10 @@ def validate(args: argparse.Namespace) -> int:
         print(f"settings: {settings.config_file} ({state})")
         for warning in settings.warnings:
             print(f"warning: {warning}")
+        root = next(s for s in settings.values if s.key == "storage.root")
+        problem = storage_root_problem(root.value)
+        if problem:
+            errors.append(f"storage.root (from {root.origin}): {problem}")
         try:
             vocabulary = load_vocabulary(settings.variables_cv, settings.resolve_path)
             print(
@@ -168,15 +177,31 @@ def validate(args: argparse.Namespace) -> int:
                 print(f"ok: provider {source.name} {source.version} ({source.origin})")
         if catalog is not None:
             for spec in catalog.specs.values():
-                if spec.provider in registry.classes:
-                    print(f"ok: dataset {spec.id} ({catalog.sources[spec.id]})")
+                path = catalog.sources[spec.id]
+                problems = _provider_problems(spec, registry)
+                if problems:
+                    errors.extend(f"dataset {spec.id} ({path}): {p}" for p in problems)
                 else:
-                    errors.append(registry.unavailable_reason(spec))
+                    print(f"ok: dataset {spec.id} ({path}): provider {spec.provider} takes it")
             errors.extend(f"dataset spec {error}" for error in catalog.errors)
     for error in errors:
         print(f"error: {error}")
     print(f"{len(errors)} error(s), {len(settings.warnings)} warning(s)")
     return 1 if errors else 0
+
+
+def _provider_problems(spec: DatasetSpec, registry: ProviderRegistry) -> list[str]:
+    """What stops ``spec``'s provider from being built, one problem per line, each naming the
+    field (the provider's own messages start with the dataset id, shown once by the caller)."""
+    if spec.provider not in registry.classes:
+        return [registry.unavailable_reason(spec).removeprefix(f"{spec.id}: ")]
+    try:
+        registry.create(spec)
+    except ProviderParamsError as err:
+        return [f"{where}: {problem}" for where, problem in err.problems]
+    except ProviderError as err:
+        return [str(err).removeprefix(f"{spec.id}: ")]
+    return []
 
 
 def set_value(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from ref_assets.batch import PeriodBatch, PeriodFailure, PeriodStream
 from ref_assets.periods import Period
 from ref_assets.provenance import ProvenanceRecord
 from ref_assets.resources import IcechunkStorage
+from ref_assets.secrets import redact
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import StoreError
 from ref_assets.store.writer import CommitPolicy, PeriodWriter, WriteReceipt
@@ -55,29 +56,41 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
             on_commit=progress.committed,
         )
         failures: list[PeriodFailure] = []
-        for item in items:
-            if isinstance(item, PeriodFailure):
-                context.log.error(f"{spec.id} {item.period.key}: {item.error}")
-                failures.append(item)
-            else:
-                writer.add(item)
-        writer.flush()
+        try:
+            for item in items:
+                if isinstance(item, PeriodFailure):
+                    context.log.error(f"{spec.id} {item.period.key}: {item.error}")
+                    failures.append(item)
+                else:
+                    writer.add(item)
+            writer.flush()
+        except BaseException as err:
+            # Disk full, a lock timeout, an interruption: the periods committed before it are in
+            # the store, so Dagster must hear of them although the step fails.
+            progress.report_committed()
+            if not isinstance(err, Exception):
+                raise
+            committed = len(progress.metadata_by_partition)
+            raise dg.Failure(
+                description=redact(
+                    f"{spec.id}: writing stopped after {committed} of {len(periods)} periods "
+                    f"were committed ({len(periods) - committed} not written): "
+                    f"{type(err).__name__}: {err}. The committed periods are kept and recorded; "
+                    "fix the cause and run the range again to write the others."
+                ),
+                metadata={
+                    "committed_periods": committed,
+                    "unwritten_periods": len(periods) - committed,
+                    "failed_periods": {f.period.key: f.error for f in failures},
+                },
+            ) from None
         for key, metadata in progress.metadata_by_partition.items():
             context.step_context.add_asset_metadata(
                 {**metadata, "store": dg.MetadataValue.path(store.location)}, partition_key=key
             )
         if failures:
-            # The step fails, so Dagster records none of this run's partitions: report the
-            # committed ones ourselves, so the UI agrees with the store.
-            for key, metadata in progress.metadata_by_partition.items():
-                context.step_context.instance.report_runless_asset_event(
-                    dg.AssetMaterialization(
-                        context.asset_key,
-                        partition=key,
-                        metadata=metadata,
-                        tags=data_version_tags(progress.records[key]),
-                    )
-                )
+            # The step fails, so Dagster records none of this run's partitions.
+            progress.report_committed()
             raise dg.Failure(
                 description=(
                     f"{spec.id}: {len(failures)} of {len(periods)} periods failed "
@@ -119,6 +132,19 @@ class _Progress:
         self.started = time.monotonic()
         self.metadata_by_partition: dict[str, dict[str, dg.MetadataValue]] = {}
         self.records: dict[str, ProvenanceRecord] = {}
+
+    def report_committed(self) -> None:
+        """Report the periods committed so far as runless materializations: a failing step has
+        Dagster record none of its partitions, and the UI must agree with the store."""
+        for key, metadata in self.metadata_by_partition.items():
+            self.context.step_context.instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    self.context.asset_key,
+                    partition=key,
+                    metadata=metadata,
+                    tags=data_version_tags(self.records[key]),
+                )
+            )
 
     def committed(self, receipts: list[WriteReceipt]) -> None:
         for receipt in receipts:

@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ref_assets.config import Settings, load_settings
 from ref_assets.files import atomic_write_bytes
@@ -47,6 +47,11 @@ class ProvenanceNotFoundError(LookupError):
     """The store holds no record for the period (it was never written)."""
 
 
+class RecordFormatError(StoreError):
+    """A stored record that does not read as a provenance record (written by an incompatible
+    version, or damaged); the message names the dataset, the period and the fields."""
+
+
 class SourceRecord(BaseModel):
     """One input: where it came from, its size and the SHA-256 of the bytes read."""
 
@@ -59,13 +64,17 @@ class SourceRecord(BaseModel):
 
 
 class VariableRecord(BaseModel):
+    """One variable's storage type and statistics. A period without a finite value (all NaN:
+    an all-ocean box of a land-only product) has no minimum, mean or maximum: None, which the
+    stored JSON leaves out."""
+
     model_config = ConfigDict(frozen=True)
     units: str
     dtype: str
     shape: list[int]
-    minimum: float | None
-    mean: float | None
-    maximum: float | None
+    minimum: float | None = None
+    mean: float | None = None
+    maximum: float | None = None
     nan_fraction: float
 
 
@@ -106,6 +115,22 @@ class ProvenanceRecord(BaseModel):
     def to_json(self) -> str:
         """Compact JSON, as stored."""
         return self.model_dump_json(exclude_none=True)
+
+    @classmethod
+    def from_stored(cls, raw: Any, dataset_id: str, period_key: str) -> ProvenanceRecord:
+        """The record read from a store; `RecordFormatError` naming the period if it does not
+        validate, so one odd record is reported as such instead of a bare validation error."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            fields = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in err.errors()
+            )
+            raise RecordFormatError(
+                f"{dataset_id} period {period_key}: the stored record does not read as a "
+                f"{RECORD_FORMAT} record ({fields}); upgrade ref_assets if a newer version wrote "
+                f"it, or materialize the period again to rewrite it"
+            ) from None
 
 
 def code_version(spec: DatasetSpec, provider_version: str | None) -> str:
@@ -176,7 +201,8 @@ def iter_stored_records(
         return
     indices = store_reader.written_indices(session)
     for index, raw in store_reader.iter_records(session, indices):
-        yield axis.period_at(index), ProvenanceRecord.model_validate(raw)
+        period = axis.period_at(index)
+        yield period, ProvenanceRecord.from_stored(raw, store.dataset_id, period.key)
 
 
 def read_provenance(
@@ -201,7 +227,7 @@ def read_provenance(
             f"{dataset_id}: period {period.key} is not in the store at {store.location}, so it "
             f"has no record (see `ref-assets status {dataset_id}`)"
         )
-    return ProvenanceRecord.model_validate(stored[index])
+    return ProvenanceRecord.from_stored(stored[index], dataset_id, period.key)
 
 
 def export_records(dataset_id: str, destination: str, *, settings: Settings | None = None) -> int:

@@ -17,6 +17,7 @@ from ref_assets.config import load_settings
 from ref_assets.config_cli import CommandError
 from ref_assets.provenance import ProvenanceRecord, export_records, read_provenance
 from ref_assets.providers.registry import installed_providers
+from ref_assets.secrets import redact
 from ref_assets.verification import reproduce_period, verify_dataset
 
 
@@ -62,7 +63,7 @@ def provenance(args: argparse.Namespace) -> int:
             raise CommandError("usage: ref-assets provenance export DATASET DEST")
         _, dataset_id, destination = args.words
         count = export_records(dataset_id, destination)
-        print(f"{dataset_id}: {count} records written to {destination}")
+        print(f"{dataset_id}: {count} records written to {redact(destination)}")
         return 0
     if len(args.words) != 2:
         raise CommandError("usage: ref-assets provenance DATASET PERIOD [--json]")
@@ -99,9 +100,14 @@ def describe_record(record: ProvenanceRecord) -> str:
     lines.append("  variables:")
     for name, info in record.variables.items():
         shape = "x".join(map(str, info.shape))
+        stats = (
+            "no finite values"
+            if info.minimum is None
+            else f"min {info.minimum} mean {info.mean} max {info.maximum}"
+        )
         lines.append(
-            f"    {name} [{info.units}] {info.dtype} {shape}  min {info.minimum} mean "
-            f"{info.mean} max {info.maximum}  NaN fraction {info.nan_fraction:.3f}"
+            f"    {name} [{info.units}] {info.dtype} {shape}  {stats}  "
+            f"NaN fraction {info.nan_fraction:.3f}"
         )
     return "\n".join(lines)
 

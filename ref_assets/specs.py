@@ -358,10 +358,47 @@ class SpecFileError(ValueError):
         super().__init__("; ".join(str(e) for e in errors))
 
 
+# A spec is a page of YAML; a file many times that size is not a spec.
+MAX_SPEC_BYTES = 1 << 20
+
+
+class _AliasRefused(yaml.YAMLError):
+    pass
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: 664 bytes of nested aliases expand to gigabytes once walked
+    (fingerprints, masking), which would hang every process that loads the specs."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise _AliasRefused(
+                f"line {mark.line + 1}, column {mark.column + 1}: YAML aliases/anchors are not "
+                f"allowed in specs (*{event.anchor}); write the repeated values out in full"
+            )
+        return super().compose_node(parent, index)
+
+
 def load_spec_file(path: Path) -> DatasetSpec:
     """Read and validate one spec file; raise SpecFileError naming the file and each bad field."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecFileError(
+                [
+                    SpecError(
+                        path,
+                        None,
+                        f"the file is {size:,} bytes; a spec may be at most {MAX_SPEC_BYTES:,} "
+                        "bytes (is it really a dataset spec?)",
+                    )
+                ]
+            )
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
+    except _AliasRefused as err:
+        raise SpecFileError([SpecError(path, None, str(err))]) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise SpecFileError([SpecError(path, None, f"cannot read YAML: {err}")]) from err
     if not isinstance(raw, dict):

@@ -18,6 +18,7 @@ from ref_assets.config import Settings, load_settings
 from ref_assets.periods import Period
 from ref_assets.provenance import (
     ProvenanceRecord,
+    RecordFormatError,
     code_version,
     package_versions,
     read_provenance,
@@ -71,7 +72,12 @@ def verify_dataset(
     records = store_reader.read_records(session, written)
     for index, recomputed in store_reader.stored_checksums(session, axis, written):
         key = axis.period_at(index).key
-        record = ProvenanceRecord.model_validate(records[index])
+        try:
+            record = ProvenanceRecord.from_stored(records[index], dataset_id, key)
+        except RecordFormatError as err:
+            problem = str(err).removeprefix(f"{dataset_id} period {key}: ")
+            checks.append(PeriodCheck(key, None, recomputed, problem))
+            continue
         if record.period != key:
             problem = f"the record at this position describes period {record.period}"
         elif record.checksum != recomputed:

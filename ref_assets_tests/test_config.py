@@ -207,7 +207,9 @@ def test_config_validate_reports_every_problem_and_exits_nonzero(settings, write
     assert main(["config", "validate"]) == 1
     out = capsys.readouterr().out
     assert "error: provider gone_company.providers:Gone (ref.toml [[providers]] #1): module" in out
-    assert "error: orphan: provider 'retired_provider' is unavailable" in out
+    assert (
+        "error: dataset orphan (" in out and "): provider 'retired_provider' is unavailable" in out
+    )
     assert "fahrenheit.yaml: variables.0.units" in out
     assert "3 error(s)" in out
 

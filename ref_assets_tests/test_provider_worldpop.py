@@ -319,7 +319,7 @@ def test_describe_reads_only_the_header_of_a_large_file(server):
             {"params": {"release": "global1", "model": "constrained"}},
             "pop_ken: params: .*model: global1 is served unconstrained only",
         ),
-        ({"params": {"bbox": [37, 0, 35, 3]}}, "pop_ken: params: .*need west < east"),
+        ({"params": {"bbox": [37, 0, 35, 3]}}, "pop_ken: params.bbox: .*need west < east"),
         ({"params": {"mirror": "x"}}, "pop_ken: params.mirror: Extra inputs are not permitted"),
         ({"period": "monthly", "start": "2020-01-01", "end": None}, "pop_ken: period is 'monthly'"),
         (

@@ -48,6 +48,7 @@ from ref_assets.periods import Period, PeriodType
 from ref_assets.providers.cog import open_remote_cog
 from ref_assets.providers.http import HttpClient, SourceNotFoundError
 from ref_assets.providers.protocol import (
+    BoundingBox,
     Description,
     FetchedPeriod,
     Grid,
@@ -75,15 +76,8 @@ class SourceGrid(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bounds: tuple[float, float, float, float] = (-180.0, -60.0, 180.0, 60.0)
-    resolution: float = Field(default=0.05, gt=0)
-
-    @model_validator(mode="after")
-    def _a_box(self) -> SourceGrid:
-        west, south, east, north = self.bounds
-        if not (west < east and south < north):
-            raise ValueError(f"bounds {list(self.bounds)}: need west < east and south < north")
-        return self
+    bounds: BoundingBox = (-180.0, -60.0, 180.0, 60.0)
+    resolution: float = Field(default=0.05, gt=0, allow_inf_nan=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -96,7 +90,7 @@ class Chirps3Params(BaseModel):
 
     stage: Literal["final", "prelim"] = "final"
     flavour: Literal["rnl", "sat"] | None = None
-    bbox: tuple[float, float, float, float]
+    bbox: BoundingBox
     base_url: str = DEFAULT_BASE_URL
     source_grid: SourceGrid = Field(default_factory=SourceGrid)
 

@@ -57,6 +57,7 @@ from ref_assets.providers.normalize import (
     to_standard_grid,
 )
 from ref_assets.providers.protocol import (
+    BoundingBox,
     Description,
     FetchedPeriod,
     Grid,
@@ -78,7 +79,7 @@ class LocalFilesParams(BaseModel):
     path: str = Field(min_length=1, description="a local directory or an fsspec URL")
     pattern: str = Field(min_length=1, description="file names relative to path")
     variables: dict[str, str] = Field(min_length=1, description="store name -> name in files")
-    bbox: tuple[float, float, float, float] | None = None
+    bbox: BoundingBox | None = None
     dimensions: dict[str, str] = Field(
         default_factory=dict,
         description="the spec's extra dimension -> its name in the files, where they differ",
@@ -90,13 +91,6 @@ class LocalFilesParams(BaseModel):
     def _pattern_parses(cls, pattern: str) -> str:
         FileNamePattern.parse(pattern)
         return pattern
-
-    @field_validator("bbox")
-    @classmethod
-    def _bbox_is_a_box(cls, bbox: tuple[float, float, float, float] | None):
-        if bbox is not None and not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
-            raise ValueError(f"{list(bbox)} is not [west, south, east, north] with west < east")
-        return bbox
 
 
 @dataclass(frozen=True)

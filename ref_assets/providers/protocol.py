@@ -4,6 +4,8 @@ A provider is a class registered under the entry-point group ``ref_assets.provid
 from a validated `DatasetSpec` (reading its own parameters from ``spec.params``) and then answers
 four questions: what grid and variables it delivers, which periods exist in a range, which is the
 latest, and what one period holds. Providers never touch the store; the store never calls them.
+A constructor checks the params and does no I/O: ``ref-assets config validate`` builds every
+dataset's provider, offline, to report what a run would refuse.
 
 Example (a provider serving a constant field; register it in your ``pyproject.toml``)::
 
@@ -38,17 +40,19 @@ Example (a provider serving a constant field; register it in your ``pyproject.to
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, FiniteFloat, ValidationError
 
 # last_complete_period is re-exported: providers take the whole contract from this module.
 from ref_assets.periods import Period
 from ref_assets.periods import last_complete_period as last_complete_period
+from ref_assets.secrets import redact
 
 if TYPE_CHECKING:
     from ref_assets.specs import DatasetSpec
@@ -64,6 +68,33 @@ WGS84_WKT = (
 
 class ProviderError(RuntimeError):
     """A provider could not deliver a period; the message names the dataset, period and source."""
+
+
+class ProviderParamsError(ProviderError):
+    """A spec's ``params`` that its provider refuses: every bad field with its problem (secrets
+    masked), not just the first."""
+
+    def __init__(self, dataset_id: str, problems: list[tuple[str, str]]) -> None:
+        self.dataset_id = dataset_id
+        self.problems = [(where, redact(problem)) for where, problem in problems]
+        super().__init__(
+            f"{dataset_id}: " + "; ".join(f"{where}: {problem}" for where, problem in self.problems)
+        )
+
+
+def _ordered_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    west, south, east, north = bbox
+    if not (west < east and south < north):
+        raise ValueError(
+            f"{list(bbox)} is not [west, south, east, north]: need west < east and south < north"
+        )
+    return bbox
+
+
+# A bounding box in a provider's params: [west, south, east, north], finite and not reversed.
+BoundingBox = Annotated[
+    tuple[FiniteFloat, FiniteFloat, FiniteFloat, FiniteFloat], AfterValidator(_ordered_bbox)
+]
 
 
 @dataclass(frozen=True)
@@ -101,6 +132,11 @@ class Grid:
             )
         nx = round((east - west) / resolution)
         ny = round((north - south) / resolution)
+        if nx == 0 or ny == 0:
+            raise ValueError(
+                f"the box west={west} south={south} east={east} north={north} holds no whole "
+                f"cell of {resolution} degrees: make the box larger or the resolution finer"
+            )
         x = west + resolution * (np.arange(nx) + 0.5)
         y = north - resolution * (np.arange(ny) + 0.5)
         return cls(y=y, x=x)
@@ -185,14 +221,32 @@ class Provider(Protocol):
 
 
 def parse_params[Params: BaseModel](model: type[Params], spec: DatasetSpec) -> Params:
-    """``spec.params`` validated by a provider's params model; a `ProviderError` naming the
-    dataset and the first bad field otherwise."""
+    """``spec.params`` validated by a provider's params model; a `ProviderParamsError` naming the
+    dataset and every bad field otherwise (an unknown one with the parameter it may mean)."""
     try:
         return model.model_validate(spec.params)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(map(str, ("params", *first["loc"])))
-        raise ProviderError(f"{spec.id}: {where}: {first['msg']}") from None
+        problems = []
+        for error in err.errors():
+            where = ".".join(map(str, ("params", *error["loc"])))
+            problem = error["msg"]
+            if error["type"] == "missing":
+                problem += f" (provider {spec.provider!r} needs it)"
+            elif error["type"] == "extra_forbidden":
+                problem += f": provider {spec.provider!r} has no such parameter" + _known_hint(
+                    model, error["loc"]
+                )
+            problems.append((where, problem))
+        raise ProviderParamsError(spec.id, problems) from None
+
+
+def _known_hint(model: type[BaseModel], loc: tuple) -> str:
+    """For an unknown top-level parameter: the known one it may be a typo of, or all of them."""
+    if len(loc) != 1:
+        return ""
+    known = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[0]), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
 
 def periods_between(first: Period, last: Period) -> list[Period]:

@@ -1,8 +1,9 @@
 """Finding providers: entry points in the group ``ref_assets.providers``, plus ``[[providers]]``
 tables in ref.toml (``provider = "package.module:attribute"``), all loaded tolerantly.
 
-A provider whose module no longer imports, whose attribute is missing, or whose class does not
-satisfy the `Provider` contract, is logged once with the reason and skipped; the others register.
+A provider whose module no longer imports (or calls ``sys.exit()`` while importing), whose
+attribute is missing, or whose class does not satisfy the `Provider` contract, is logged once with
+the reason and skipped; the others register.
 Datasets that name a missing provider still load as assets and fail only when run, with an error
 saying what to do. A ref.toml entry replaces an entry point of the same name.
 
@@ -20,7 +21,8 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
 from ref_assets.config import ProviderEntry, load_settings
-from ref_assets.providers.protocol import Provider, ProviderError
+from ref_assets.providers.protocol import Provider, ProviderError, ProviderParamsError
+from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,10 @@ class ProviderRegistry:
     ) -> None:
         try:
             provider_class = entry_point.load()
-        except Exception as err:  # any import-time failure of a third-party module
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # any import-time failure of a third-party module,
+            # sys.exit() included: it must not take the CLI or the code location down with it
             problem = _load_problem(err)
             self._add(ProviderSource(name, entry_point.value, origin, problem, entry=entry))
             return
@@ -125,11 +130,27 @@ class ProviderRegistry:
             logger.warning("provider %s, %s) skipped: %s", named, source.origin, source.problem)
 
     def create(self, spec: DatasetSpec) -> Provider:
-        """The provider for ``spec``, built from its params."""
+        """The provider for ``spec``, built from its params (offline: constructors do no I/O).
+
+        Whatever the constructor raises comes out as a `ProviderError` with secrets masked and
+        without the original chained, whose text may hold them (a URL's credentials, a token);
+        `ProviderParamsError` keeps its per-field problems."""
         provider_class = self.classes.get(spec.provider)
         if provider_class is None:
             raise ProviderUnavailableError(self.unavailable_reason(spec))
-        return provider_class(spec)
+        try:
+            return provider_class(spec)
+        except (ProviderParamsError, KeyboardInterrupt):
+            raise  # masked already; an interrupt stays one
+        except BaseException as err:  # a third-party constructor; sys.exit() included
+            if isinstance(err, ProviderError):
+                message = str(err)
+            else:
+                message = (
+                    f"{spec.id}: provider {spec.provider!r} could not be built from the spec: "
+                    f"{type(err).__name__}: {err}"
+                )
+            raise ProviderError(redact(message)) from None
 
     def unavailable_reason(self, spec: DatasetSpec) -> str:
         """Why ``spec``'s provider cannot be built, and what to do about it."""
@@ -159,7 +180,9 @@ def installed_providers(configured: Iterable[ProviderEntry] | None = None) -> Pr
     return discover_providers(tuple(entries))
 
 
-def _load_problem(err: Exception) -> str:
+def _load_problem(err: BaseException) -> str:
+    if isinstance(err, SystemExit):
+        return f"called sys.exit({'' if err.code is None else repr(err.code)}) on import"
     if isinstance(err, ModuleNotFoundError):
         return f"module {err.name!r} is not installed"
     if isinstance(err, AttributeError):

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ref_assets.periods import Period, PeriodType
 from ref_assets.providers.protocol import (
+    BoundingBox,
     Description,
     FetchedPeriod,
     Grid,
@@ -53,8 +54,8 @@ _FIELD_UNITS: dict[str, tuple[str, ...]] = {
 class SyntheticParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    bbox: tuple[float, float, float, float] = (-20.0, -35.0, 55.0, 40.0)
-    resolution: float = Field(default=0.5, gt=0)
+    bbox: BoundingBox = (-20.0, -35.0, 55.0, 40.0)
+    resolution: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     seed: int = 0
     land_only: bool = False
 

@@ -55,6 +55,7 @@ from pydantic import (
 from ref_assets.periods import Period, PeriodType
 from ref_assets.providers.http import HeadResult, HttpClient, SourceNotFoundError
 from ref_assets.providers.protocol import (
+    BoundingBox,
     Description,
     FetchedPeriod,
     Grid,
@@ -86,7 +87,7 @@ class WorldPopParams(BaseModel):
     country: str = Field(pattern=r"^[A-Za-z]{3}$", description="ISO 3166-1 alpha-3 code")
     model: Literal["constrained", "unconstrained"] | None = None
     base_url: str = Field(default=DEFAULT_BASE_URL, pattern=r"^https?://")
-    bbox: tuple[float, float, float, float] | None = None
+    bbox: BoundingBox | None = None
 
     @field_validator("country")
     @classmethod
@@ -95,10 +96,6 @@ class WorldPopParams(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> WorldPopParams:
-        if self.bbox is not None:
-            west, south, east, north = self.bbox
-            if not (west < east and south < north):
-                raise ValueError(f"bbox {list(self.bbox)}: need west < east and south < north")
         if self.release == "global1" and self.model == "constrained":
             raise ValueError(
                 "model: global1 is served unconstrained only (its constrained estimates cover "

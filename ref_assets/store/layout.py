@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 
 from ref_assets.providers.protocol import Description
+from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 
 LAYOUT_VERSION = 1
@@ -113,12 +114,18 @@ def create_layout(
     """Create every array of an empty store with a time axis of ``length`` periods."""
     grid = description.grid
     chunk_y, chunk_x = _spatial_chunks(spec, description)
+    # Masked as the record masks them: a spec's attributes may hold a token or a URL's
+    # credentials, and the store's attributes are read by anyone who reads the data.
     group.attrs.update(
         {
-            "title": spec.title,
-            "summary": spec.description,
-            "Conventions": "CF-1.10",
-            **spec.attributes,
+            **redact(
+                {
+                    "title": spec.title,
+                    "summary": spec.description,
+                    "Conventions": "CF-1.10",
+                    **spec.attributes,
+                }
+            ),
             "ref_assets": {"structure": structure(spec, description)},
         }
     )
@@ -178,8 +185,7 @@ def create_layout(
             fill_value=np.nan,
             dimension_names=["time", *variable.dimensions, "y", "x"],
             attributes={
-                **provided.attributes,
-                **variable.attributes,
+                **redact({**provided.attributes, **variable.attributes}),
                 "units": variable.units,
                 "grid_mapping": "spatial_ref",
                 "coordinates": "spatial_ref",

@@ -20,6 +20,8 @@ from pathlib import Path
 import icechunk as ic
 from filelock import FileLock, Timeout
 
+from ref_assets.config import storage_root_problem
+from ref_assets.secrets import redact
 from ref_assets.specs import DATASET_ID_PATTERN
 
 logger = logging.getLogger(__name__)
@@ -73,18 +75,17 @@ class DatasetStore:
                 f"invalid dataset id {dataset_id!r}: use lower-case letters, digits and "
                 "underscores, starting with a letter"
             )
-        if "://" in root:
-            raise StoreError(
-                f"{dataset_id}: storage root {root!r} is not a local directory; only local "
-                "storage roots are supported so far (set REF_STORAGE_ROOT to a directory)"
-            )
+        problem = storage_root_problem(root)
+        if problem:
+            raise StoreError(f"{dataset_id}: {problem}")
         self.dataset_id = dataset_id
         self.root = Path(root)
         self.path = self.root / dataset_id
 
     @property
     def location(self) -> str:
-        return str(self.path)
+        """Where the repository lives, as messages and metadata show it (credentials masked)."""
+        return redact(str(self.path))
 
     def _storage(self) -> ic.Storage:
         return ic.local_filesystem_storage(str(self.path))
