@@ -99,9 +99,14 @@ def init_instance(home: Path) -> InstanceReport:
 
 def _ensure_config(home: Path) -> bool:
     """Write the packaged ``dagster.yaml`` into ``home`` unless one is there; return whether it
-    was written. A dangling link counts as there: replacing it would hide a broken setup."""
+    was written. A dangling link is an error: replacing it would hide a broken setup."""
     target = home / CONFIG_FILE_NAME
-    if target.exists() or target.is_symlink():
+    if target.is_symlink() and not target.exists():
+        raise InstanceInitError(
+            f"{target} links to {os.readlink(target)}, which does not exist (a moved checkout?): "
+            "remove the link (then ref_assets' default is written) or point it at a dagster.yaml"
+        )
+    if target.exists():
         return False
     packaged = resources.files("ref_assets").joinpath("data", CONFIG_FILE_NAME)
     atomic_write_bytes(target, packaged.read_bytes())
