@@ -70,6 +70,8 @@ def dagster_home(environ: Mapping[str, str] = os.environ) -> Path:
 def init_instance(home: Path) -> InstanceReport:
     """Create the instance in ``home`` if needed (config and every storage), under a file lock."""
     import dagster as dg  # here, not at import: every ref-assets command imports this module
+    from alembic.util.exc import CommandError as SchemaError
+    from sqlalchemy.exc import SQLAlchemyError
 
     lock_path = home / LOCK_FILE_NAME
     try:
@@ -93,6 +95,15 @@ def init_instance(home: Path) -> InstanceReport:
         raise InstanceInitError(
             f"the Dagster instance in {home} cannot be opened: {err}; fix "
             f"{home / CONFIG_FILE_NAME} (or move it aside to get ref_assets' default)"
+        ) from err
+    except (SchemaError, SQLAlchemyError) as err:
+        # What processes that created the storage at once, without this lock, leave behind.
+        raise InstanceInitError(
+            f"the Dagster instance's database in {home} is damaged ({str(err).splitlines()[0]}), "
+            "typically by several processes creating it at once; Dagster cannot open it. Move "
+            f"{home / 'history'} and {home / 'schedules'} aside (their run history is lost to "
+            "the UI; `ref-assets sync-instance` reports the stored periods again), then run "
+            "`ref-assets instance init`"
         ) from err
     return InstanceReport(home, config_written, storages)
 

@@ -62,6 +62,23 @@ def test_concurrent_inits_create_every_storage_once(settings, tmp_path, monkeypa
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
 
 
+def test_init_of_a_database_damaged_by_a_race_says_how_to_recover(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert main(["instance", "init"]) == 0
+    # What 8 runs racing on a fresh instance left here: the schema stamped twice, every later
+    # run failing with "'alembic_version' has more than one head present".
+    with sqlite3.connect(home / "history/runs.db") as connection:
+        connection.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
+    capsys.readouterr()
+    assert main(["instance", "init"]) == 2
+    error = capsys.readouterr().err
+    assert f"the Dagster instance's database in {home} is damaged (" in error
+    assert "more than one head" in error
+    assert f"Move {home / 'history'} and {home / 'schedules'} aside" in error
+    assert error.rstrip().endswith("then run `ref-assets instance init`")
+
+
 def test_init_without_dagster_home_says_what_to_set(settings, monkeypatch, capsys):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert main(["instance", "init"]) == 2

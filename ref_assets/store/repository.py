@@ -24,7 +24,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -169,16 +169,18 @@ class DatasetStore:
         )
 
     @contextlib.contextmanager
-    def reporting(self, action: str) -> Iterator[None]:
+    def reporting(self, action: str | Callable[[], str]) -> Iterator[None]:
         """Raise a storage failure inside the block as `StorageFailure` naming the dataset,
-        ``action`` (what was being done, with the periods at stake), the file and what to do.
-        Commit conflicts pass through untouched: writers retry them."""
+        ``action`` (what was being done, with the periods at stake; a callable is asked when the
+        failure happens), the file and what to do. Commit conflicts pass through untouched:
+        writers retry them."""
         try:
             yield
         except (StoreError, ic.ConflictError):
             raise
         except (OSError, ic.IcechunkError) as err:
-            raise StorageFailure(self._explain(err, action)) from err
+            doing = action() if callable(action) else action
+            raise StorageFailure(self._explain(err, doing)) from err
 
     def _explain(self, err: Exception, action: str) -> str:
         text = str(err)

@@ -173,18 +173,20 @@ class PeriodWriter:
     def _storage(self, doing: str, batch: PeriodBatch | None = None) -> Iterator[None]:
         """Name the periods at stake in a storage failure, and drop the uncommitted ones: a
         session that failed halfway through a period must never be committed."""
-        keys = [pending.period.key for pending, _, _ in self._pending]
-        keys += [batch.period.key] if batch is not None else []
-        if len(keys) == 1:
-            at_stake = f"period {keys[0]}"
-        else:
-            at_stake = f"periods {keys[0]}..{keys[-1]} ({len(keys)}, uncommitted)"
         try:
-            with self.store.reporting(f"{doing} {at_stake}"):
+            with self.store.reporting(lambda: f"{doing} {self._at_stake(batch)}"):
                 yield
         except StoreError:
             self._pending, self._session = [], None
             raise
+
+    def _at_stake(self, batch: PeriodBatch | None) -> str:
+        """The uncommitted periods: those pending, and ``batch`` (being written)."""
+        keys = [pending.period.key for pending, _, _ in self._pending]
+        keys += [batch.period.key] if batch is not None else []
+        if len(keys) == 1:
+            return f"period {keys[0]}"
+        return f"periods {keys[0]}..{keys[-1]} ({len(keys)}, uncommitted)"
 
     def _write(self, batch: PeriodBatch, record: ProvenanceRecord) -> int:
         """Write one period into the open session; return its stored bytes."""
