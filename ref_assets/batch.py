@@ -22,6 +22,7 @@ from ref_assets.providers.normalize import GridShapeError, select_dimension
 from ref_assets.providers.protocol import Description, FetchedPeriod, Provider, SourceItem
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
+from ref_assets.store.layout import check_period_fits
 
 
 class PeriodDataError(ValueError):
@@ -145,10 +146,12 @@ def prepare_batch(
 
 def fetch_batch(spec: DatasetSpec, provider: Provider, period: Period) -> PeriodBatch:
     """Fetch ``period`` from ``provider`` and prepare it for the store (see `prepare_batch`)."""
+    description = provider.describe()
+    check_period_fits(spec, description)
     fetched = provider.fetch(period)
     return prepare_batch(
         spec,
-        provider.describe(),
+        description,
         period,
         fetched,
         provider=provider.name,

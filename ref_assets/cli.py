@@ -4,6 +4,7 @@ ref-assets datasets                                  # the datasets and any brok
 ref-assets template [NAME]                           # example specs to start a dataset from
 ref-assets status DATASET [--start P] [--end P]      # present and missing periods
 ref-assets materialize DATASET --start P [--end P]   # run partitions with the Dagster instance
+ref-assets instance init                             # create the Dagster instance of DAGSTER_HOME
 ref-assets config show|validate|set KEY VALUE        # the effective configuration
 ref-assets providers list|prune [--dry-run]          # declared providers and their state
 ref-assets provenance DATASET PERIOD | export DATASET DEST   # period records
@@ -25,6 +26,7 @@ from ref_assets import config_cli, provenance_cli
 from ref_assets.catalog import load_catalog
 from ref_assets.config import ConfigError, load_settings
 from ref_assets.config_cli import CommandError
+from ref_assets.instance_init import InstanceInitError
 from ref_assets.periods import Period, PeriodError
 from ref_assets.provenance import ProvenanceNotFoundError
 from ref_assets.providers.protocol import ProviderError, periods_between
@@ -47,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         UnknownDatasetError,
         ProvenanceNotFoundError,
         ProviderError,
+        InstanceInitError,
         OSError,
     ) as err:
         print(f"ref-assets: error: {err}", file=sys.stderr)
@@ -83,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     materialize.add_argument("--start", required=True, help="first period key")
     materialize.add_argument("--end", help="last period key (default: --start)")
     materialize.set_defaults(handler=_materialize)
+
+    instance = commands.add_parser(
+        "instance", help="the Dagster instance of DAGSTER_HOME (init: create it before runs)"
+    )
+    instance_commands = instance.add_subparsers(required=True, metavar="ACTION")
+    init = instance_commands.add_parser(
+        "init",
+        help="create the instance (dagster.yaml and every storage) once, under a lock, so that "
+        "runs started at once on a new DAGSTER_HOME do not race creating it; safe to repeat",
+    )
+    init.set_defaults(handler=_instance_init)
 
     config_cli.add_commands(commands)
     provenance_cli.add_commands(commands)
@@ -185,15 +199,29 @@ def _ranges(periods: list[Period]) -> str:
     return ", ".join(a.key if a == b else f"{a.key}..{b.key}" for a, b in runs)
 
 
+def _instance_init(args: argparse.Namespace) -> int:
+    from ref_assets.instance_init import dagster_home, init_instance
+
+    report = init_instance(dagster_home())
+    config = "written (ref_assets' defaults)" if report.config_written else "kept"
+    print(f"Dagster instance ready in {report.home}")
+    print(f"  {report.home / 'dagster.yaml'}: {config}")
+    for storage in report.storages:
+        print(f"  {storage}")
+    return 0
+
+
 def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from ref_assets.assets import range_run_tags
     from ref_assets.definitions import build_definitions
+    from ref_assets.instance_init import dagster_home, init_instance
 
     spec = _catalog().get(args.dataset)
     periods = _period_range(spec, args.start, args.end)
     if os.environ.get("DAGSTER_HOME"):
+        init_instance(dagster_home())  # other runs may be starting on a new instance too
         instance = dg.DagsterInstance.get()
     else:
         print("DAGSTER_HOME is not set: runs are recorded in a temporary instance", file=sys.stderr)

@@ -18,7 +18,7 @@ from ref_assets.config import Settings, load_settings
 from ref_assets.periods import Period, PeriodError
 from ref_assets.providers.protocol import last_complete_period
 from ref_assets.store import reader as store_reader
-from ref_assets.store.repository import DatasetStore
+from ref_assets.store.repository import DatasetStore, StoreError
 
 
 def _store(dataset_id: str, settings: Settings | None) -> DatasetStore:
@@ -30,14 +30,19 @@ def open_dataset(
 ) -> xr.Dataset:
     """Open a dataset lazily from its store, at the tip of ``main`` or at ``snapshot``.
 
-    Only committed periods hold values; periods never written read as NaN.
+    Only committed periods hold values; periods never written read as NaN. A store that holds
+    no period yet (created by a first run that failed) is a StoreError saying so.
     """
     # Registers ``.rio`` so the stored CRS is ``ds.rio.crs``; imported here, not at package
     # import, because rasterio is slow to load and writers never need it.
     import rioxarray  # noqa: F401
 
-    session = store_reader.session_for(_store(dataset_id, settings), snapshot)
-    return store_reader.open_store_dataset(session)
+    store = _store(dataset_id, settings)
+    session = store_reader.session_for(store, snapshot)
+    with store.reporting("reading the store"):
+        if store_reader.store_axis(session) is None:
+            raise StoreError(store.no_periods_yet())
+        return store_reader.open_store_dataset(session)
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,13 @@ def dataset_status(
     """Present and missing periods from ``start`` (default: the dataset's start) to ``end``
     (default: the newest complete period, or the newest written one if later), read from the store.
     """
-    session = store_reader.session_for(_store(dataset_id, settings), snapshot)
-    axis = store_reader.store_axis(session)
-    if axis is None:
-        return DatasetStatus(dataset_id, None, None, [], [])
-    written = set(store_reader.written_indices(session))
+    store = _store(dataset_id, settings)
+    session = store_reader.session_for(store, snapshot)
+    with store.reporting("reading the store"):
+        axis = store_reader.store_axis(session)
+        if axis is None:
+            return DatasetStatus(dataset_id, None, None, [], [])
+        written = set(store_reader.written_indices(session))
     first = axis.index_of(Period(axis.period, start)) if start else 0
     if end is not None:
         last = axis.index_of(Period(axis.period, end))

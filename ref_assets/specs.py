@@ -54,6 +54,14 @@ _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Names the store layout itself uses: a variable may not shadow them.
 RESERVED_NAMES = frozenset({"time", "y", "x", "spatial_ref", "ref"})
 
+# Every period start on a store's time axis lies in this range (the end excluded): xarray and
+# pandas decode the axis to numpy datetime64[ns] (1677-09-21..2262-04-11); outside it the whole
+# axis reads as cftime objects and selecting by date stops working.
+TIME_AXIS_RANGE = (datetime(1678, 1, 1), datetime(2262, 1, 1))
+# The time axis is pre-sized a block at a time, its time values built in memory: 100,000 periods
+# (11 years of hours, 273 years of days) is more than any store needs at once.
+MAX_TIME_BLOCK = 100_000
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -134,6 +142,17 @@ class StorageSpec(_Strict):
         gt=0,
         description="periods per manifest shard along time (default: the time block)",
     )
+
+    @field_validator("time_block", "manifest_split")
+    @classmethod
+    def _bounded(cls, value: int | None) -> int | None:
+        if value is not None and value > MAX_TIME_BLOCK:
+            raise ValueError(
+                f"{value} periods is more than the {MAX_TIME_BLOCK} allowed: the time axis is "
+                "pre-sized a block at a time, with its time values built in memory; choose "
+                f"{MAX_TIME_BLOCK} or fewer (the default fits the period type)"
+            )
+        return value
 
 
 class RunSpec(_Strict):
@@ -312,6 +331,18 @@ class DatasetSpec(_Strict):
     def public_dump(self) -> dict[str, Any]:
         """The resolved spec as JSON-ready data, with secret values masked."""
         return redact(self.model_dump(mode="json"))
+
+    @field_validator("start", "end")
+    @classmethod
+    def _on_a_decodable_time_axis(cls, value: datetime | None) -> datetime | None:
+        earliest, latest = TIME_AXIS_RANGE
+        if value is not None and not earliest <= value.replace(tzinfo=None) < latest:
+            raise ValueError(
+                f"{value:%Y-%m-%d} is outside {earliest:%Y-%m-%d}..{latest:%Y-%m-%d} (excluded), "
+                "the range of times xarray and pandas can decode the store's time axis to "
+                "(numpy datetime64[ns]); choose a date within it"
+            )
+        return value
 
 
 # Fields that never change a stored value.

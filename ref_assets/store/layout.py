@@ -19,13 +19,14 @@ of distinct periods touch disjoint chunks and never the time coordinate, so they
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import zarr
 
 from ref_assets.providers.protocol import Description
 from ref_assets.secrets import redact
-from ref_assets.specs import DatasetSpec
+from ref_assets.specs import TIME_AXIS_RANGE, DatasetSpec
 
 LAYOUT_VERSION = 1
 RECORDS_PATH = "ref/records"
@@ -34,7 +35,8 @@ _EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
 
 
 class StoreLayoutError(RuntimeError):
-    """The store's structure does not match the dataset spec; nothing was written."""
+    """The store cannot be laid out for the dataset spec (its structure differs, or the spec asks
+    for more than a store can hold); nothing was written."""
 
 
 def structure(spec: DatasetSpec, description: Description) -> dict:
@@ -71,8 +73,52 @@ def _spatial_chunks(spec: DatasetSpec, description: Description) -> tuple[int, i
 
 
 def capacity_for(spec: DatasetSpec, time_index: int) -> int:
-    """The axis length that holds ``time_index``: whole blocks of ``spec.time_block``."""
-    return (time_index // spec.time_block + 1) * spec.time_block
+    """The axis length that holds ``time_index``: whole blocks of ``spec.time_block``, every
+    period start of which must lie within `TIME_AXIS_RANGE`."""
+    length = (time_index // spec.time_block + 1) * spec.time_block
+    latest = TIME_AXIS_RANGE[1]
+    try:
+        last = spec.period.at(length - 1, spec.start)
+    except (OverflowError, ValueError):  # beyond the year 9999 of Python's datetime
+        last = None
+    if last is None or last >= latest:
+        period = spec.period.key(spec.period.at(time_index, spec.start))
+        raise StoreLayoutError(
+            f"{spec.id} period {period}: the time axis grows in blocks of storage.time_block = "
+            f"{spec.time_block} periods, and the block holding this period would end "
+            f"{'beyond the year 9999' if last is None else f'at {last:%Y-%m-%d}'}, past "
+            f"{latest:%Y-%m-%d}, the last time xarray and pandas can decode (numpy "
+            "datetime64[ns]). Choose a smaller storage.time_block (a new dataset id, if the "
+            "store exists), or leave out periods this late."
+        )
+    return length
+
+
+def check_period_fits(spec: DatasetSpec, description: Description) -> None:
+    """Refuse, before fetching, a grid whose period cannot be held in this machine's memory.
+
+    A period is held in memory whole, at least twice (as fetched and as stored), so its stored
+    size (every variable on the grid) must be at most half the machine's physical memory."""
+    memory = _physical_memory()
+    ny, nx = description.grid.shape
+    size = sum(ny * nx * np.dtype(variable.dtype).itemsize for variable in spec.variables)
+    if memory is None or 2 * size <= memory:
+        return
+    raise StoreLayoutError(
+        f"{spec.id}: one period on the provider's {ny} x {nx} grid is {size / 2**30:,.1f} GiB "
+        f"({len(spec.variables)} variable(s) as {', '.join(v.dtype for v in spec.variables)}); "
+        f"a period is held in memory whole, at least twice, and this machine has "
+        f"{memory / 2**30:,.1f} GiB. Make the grid smaller in params (a coarser resolution or a "
+        "smaller bbox), or split the dataset into several by region."
+    )
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def axis_length(group: zarr.Group) -> int:

@@ -6,15 +6,26 @@ concurrent commits can silently drop each other (measured with icechunk 2.3: 4 w
 periods into a laid-out store, no lock: 57 landed, no error raised);
 every commit and every layout change therefore happens under an inter-process lock,
 ``<root>/.locks/<dataset_id>.lock``. The lock is an ``flock``: the kernel releases it when its
-holder dies, so a killed run never leaves a lock that blocks the next.
+holder dies, so a killed run never leaves a lock that blocks the next. Its holder (pid, host, run
+id) is recorded beside it, in ``<dataset_id>.holder``, so a run that has to wait can say for whom.
+
+Storage failures (a full disk, a corrupt repository file, an unusable lock path) are raised as
+`StorageFailure`, naming the dataset, what was being done (the periods at stake), the file or
+location and what to do; see `DatasetStore.reporting`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
+import os
 import re
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import icechunk as ic
@@ -32,6 +43,10 @@ _DATASET_ID = re.compile(DATASET_ID_PATTERN)
 # an inter-process lock around every commit, so the warning would only teach users to ignore logs.
 ic.set_logs_filter("warn,icechunk_arrow_object_store=error,icechunk_storage::readback=error")
 
+# A commit holds the lock for tens of milliseconds, so a wait beyond a few seconds is worth a
+# word (another run's long commit, or a stuck process); past the timeout, the run gives up.
+LOCK_NOTICE_SECONDS = 5.0
+LOCK_NOTICE_EVERY_SECONDS = 60.0
 LOCK_TIMEOUT_SECONDS = 600.0
 
 # Icechunk's default caches (500,000 snapshot nodes, 15 million chunk references) keep every
@@ -40,9 +55,30 @@ LOCK_TIMEOUT_SECONDS = 600.0
 # caches keep both flat; they still hold the manifests of a store of decades of periods.
 CACHING = ic.CachingConfig(num_snapshot_nodes=1_000, num_chunk_refs=200_000)
 
+# How icechunk 2 words a file it cannot decode: garbage (bad magic numbers, FormatError) or a
+# truncated file (zstd: "Src size is incorrect").
+_CORRUPTION_SIGNS = (
+    "invalid magic numbers",
+    "Src size is incorrect",
+    "deserializ",
+    "decompress",
+    "unexpected end of file",
+)
+# The repository objects an icechunk error's context names, and their paths in the repository.
+_OBJECTS_IN_CONTEXT = (
+    (re.compile(r"snapshot_id=(\w+)"), "snapshots/{}"),
+    (re.compile(r"manifest_id=(\w+)"), "manifests/{}"),
+    (re.compile(r"fetch_repo_info()"), "repo"),
+)
+
 
 class StoreError(RuntimeError):
     """A store that cannot be opened or used; the message names the dataset and location."""
+
+
+class StorageFailure(StoreError):
+    """The storage refused an operation (full disk, corrupt file, unusable lock path); the message
+    names the dataset, what was being done, the file or location, and what to do."""
 
 
 def repository_config(manifest_split: int) -> ic.RepositoryConfig:
@@ -90,8 +126,13 @@ class DatasetStore:
     def _storage(self) -> ic.Storage:
         return ic.local_filesystem_storage(str(self.path))
 
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".locks" / f"{self.dataset_id}.lock"
+
     def exists(self) -> bool:
-        return ic.Repository.exists(self._storage())
+        with self.reporting("opening the store"):
+            return ic.Repository.exists(self._storage())
 
     def open(self) -> ic.Repository:
         """Open the existing repository; StoreError says what to do when there is none."""
@@ -102,32 +143,168 @@ class DatasetStore:
             )
         return self._open_existing()
 
-    def open_or_create(self, manifest_split: int) -> ic.Repository:
+    def open_or_create(self, manifest_split: int, *, run_id: str | None = None) -> ic.Repository:
         """Open the repository, creating it (with its persisted config) if it does not exist."""
         if self.exists():
             return self._open_existing()
-        with self.lock():
+        with self.lock(run_id=run_id):
             if self.exists():  # another process created it while we waited
                 return self._open_existing()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            ic.Repository.create(self._storage(), config=repository_config(manifest_split))
+            with self.reporting("creating the store"):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                ic.Repository.create(self._storage(), config=repository_config(manifest_split))
             logger.info("%s: created repository at %s", self.dataset_id, self.location)
             return self._open_existing()
 
     def _open_existing(self) -> ic.Repository:
         # The persisted config (manifest splitting) is kept; only the caches are bounded.
-        return ic.Repository.open(self._storage(), config=ic.RepositoryConfig(caching=CACHING))
+        with self.reporting("opening the store"):
+            return ic.Repository.open(self._storage(), config=ic.RepositoryConfig(caching=CACHING))
+
+    def no_periods_yet(self) -> str:
+        """The message for a store that exists but holds no period."""
+        return (
+            f"{self.dataset_id}: the store at {self.location} holds no periods yet; materialize "
+            f"some first (`ref-assets materialize {self.dataset_id} --start PERIOD --end PERIOD`, "
+            "or from the Dagster UI)"
+        )
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the dataset's inter-process commit lock."""
-        lock_path = self.root / ".locks" / f"{self.dataset_id}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
+    def reporting(self, action: str | Callable[[], str]) -> Iterator[None]:
+        """Raise a storage failure inside the block as `StorageFailure` naming the dataset,
+        ``action`` (what was being done, with the periods at stake; a callable is asked when the
+        failure happens), the file and what to do. Commit conflicts pass through untouched:
+        writers retry them."""
         try:
-            with FileLock(lock_path, timeout=LOCK_TIMEOUT_SECONDS):
-                yield
-        except Timeout:
-            raise StoreError(
-                f"{self.dataset_id}: waited {LOCK_TIMEOUT_SECONDS:.0f} s for the commit lock "
-                f"{lock_path}; another process holds it and is still alive"
-            ) from None
+            yield
+        except (StoreError, ic.ConflictError):
+            raise
+        except (OSError, ic.IcechunkError) as err:
+            doing = action() if callable(action) else action
+            raise StorageFailure(self._explain(err, doing)) from err
+
+    def _explain(self, err: Exception, action: str) -> str:
+        text = str(err)
+        cause = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        where = f"{self.dataset_id}: {action} failed"
+        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+            sign in text for sign in ("No space left on device", "Disk quota exceeded")
+        ):
+            return (
+                f"{where}: no space left for the store at {self.location} ({cause}). Free space "
+                "on that file system (or move the storage root), then run it again: periods "
+                "committed before are kept, and nothing uncommitted is visible to readers."
+            )
+        if isinstance(err, ic.FormatError) or any(sign in text for sign in _CORRUPTION_SIGNS):
+            found = _corrupt_object(text)
+            what = (
+                f"the repository file {self.path / found} is corrupt"
+                if found
+                else f"a file of the repository at {self.location} is corrupt"
+            )
+            return (
+                f"{where}: {what} ({cause}). Restore the store from a backup, or move "
+                f"{self.location} aside and materialize the dataset again to rebuild it."
+            )
+        return (
+            f"{where}: storage error at {self.location}: {cause}. Check that the storage root is "
+            "reachable and writable (permissions, mounts), then run it again."
+        )
+
+    @contextlib.contextmanager
+    def lock(self, *, run_id: str | None = None) -> Iterator[None]:
+        """Hold the dataset's inter-process commit lock, recording who holds it.
+
+        A wait longer than `LOCK_NOTICE_SECONDS` is logged (a warning naming the lock and its
+        holder), again every `LOCK_NOTICE_EVERY_SECONDS`; after `LOCK_TIMEOUT_SECONDS` the wait
+        ends in a StoreError saying what to do."""
+        lock = FileLock(self.lock_path)
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            self._acquire(lock)
+        except OSError as err:
+            raise StorageFailure(self._lock_path_problem(err)) from err
+        try:
+            self._record_holder(run_id)
+            yield
+        finally:
+            lock.release()
+
+    def _acquire(self, lock: FileLock) -> None:
+        started = time.monotonic()
+        deadline = started + LOCK_TIMEOUT_SECONDS
+        notice_at = started + LOCK_NOTICE_SECONDS
+        while True:
+            wait_until = min(notice_at, deadline)
+            try:
+                lock.acquire(timeout=max(0.0, wait_until - time.monotonic()))
+                return
+            except Timeout:
+                waited = time.monotonic() - started
+                if wait_until == deadline:
+                    raise StoreError(
+                        f"{self.dataset_id}: waited {waited:.0f} s for the commit lock at "
+                        f"{self.lock_path}, held by {self._holder()}; nothing more was written. "
+                        "If that process is stuck, stop it (the lock is freed when its holder "
+                        "exits), then run the partitions again."
+                    ) from None
+                logger.warning(
+                    "%s: the commit lock at %s is held by %s; waiting (%.0f s so far, at most "
+                    "%.0f s)",
+                    self.dataset_id,
+                    self.lock_path,
+                    self._holder(),
+                    waited,
+                    LOCK_TIMEOUT_SECONDS,
+                )
+                notice_at += LOCK_NOTICE_EVERY_SECONDS
+
+    @property
+    def _holder_path(self) -> Path:
+        return self.lock_path.with_name(f"{self.dataset_id}.holder")
+
+    def _record_holder(self, run_id: str | None) -> None:
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "run_id": run_id,
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        # Information for waiting runs only: a full disk must fail the commit, not this note.
+        with contextlib.suppress(OSError):
+            self._holder_path.write_text(json.dumps(holder))
+
+    def _holder(self) -> str:
+        """Who holds the lock, as recorded by the holder (a plain write: a torn read or a holder
+        that predates the record says so)."""
+        try:
+            holder = json.loads(self._holder_path.read_text())
+            run = f", run {holder['run_id']}" if holder.get("run_id") else ""
+            return f"pid {holder['pid']} on {holder['host']}{run} since {holder['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process (not recorded)"
+
+    def _lock_path_problem(self, err: OSError) -> str:
+        path, parent = self.lock_path, self.lock_path.parent
+        where = f"{self.dataset_id}: cannot take the commit lock {path}"
+        if isinstance(err, IsADirectoryError) or path.is_dir():
+            return (
+                f"{where}: that path is a directory. Remove the directory (ref_assets creates "
+                "the lock file itself), then run again."
+            )
+        if parent.exists() and not parent.is_dir():
+            return (
+                f"{where}: {parent} is a file, not a directory. Remove or rename that file, then "
+                "run again."
+            )
+        if isinstance(err, PermissionError):
+            return f"{where}: permission denied. Make {parent} writable for this user."
+        return f"{where}: {err}. Check that {parent} is a writable directory, then run again."
+
+
+def _corrupt_object(text: str) -> str | None:
+    """The path, in the repository, of the object an icechunk error says it could not decode."""
+    for pattern, path in _OBJECTS_IN_CONTEXT:
+        if match := pattern.search(text):
+            return path.format(*match.groups())
+    return None

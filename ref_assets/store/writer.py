@@ -10,11 +10,12 @@ commits (see `CommitPolicy`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import icechunk as ic
@@ -98,14 +99,17 @@ class PeriodWriter:
     def add(self, batch: PeriodBatch) -> list[WriteReceipt]:
         """Write ``batch`` at its index; return the receipts of any commit this caused."""
         receipts = []
-        if self._repo is None:
-            self._repo = self.store.open_or_create(batch.spec.manifest_split)
-        if batch.time_index >= self._capacity:
-            # Growing the axis is its own commit; uncommitted writes would conflict with it.
-            receipts += self.flush()
-            self._capacity = ensure_capacity(self.store, self._repo, batch)
-        record = build_record(batch, run_id=self.run_id)
-        bytes_written = self._write(batch, record)
+        with self._storage("writing", batch):
+            if self._repo is None:
+                self._repo = self.store.open_or_create(
+                    batch.spec.manifest_split, run_id=self.run_id
+                )
+            if batch.time_index >= self._capacity:
+                # Growing the axis is its own commit; uncommitted writes would conflict with it.
+                receipts += self.flush()
+                self._capacity = ensure_capacity(self.store, self._repo, batch, run_id=self.run_id)
+            record = build_record(batch, run_id=self.run_id)
+            bytes_written = self._write(batch, record)
         if not self._pending:
             self._oldest_pending = time.monotonic()
         self._pending.append((batch, record, bytes_written))
@@ -135,15 +139,16 @@ class PeriodWriter:
             "run_id": self.run_id,
         }
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
-            if attempt > 1:
-                # Bounded, jittered back-off, so racing writers stop colliding in step.
-                time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
-                self._session = None
-                for batch, record, _ in self._pending:
-                    self._write(batch, record)
             try:
-                with self.store.lock():
-                    snapshot_id = _commit(self._session, message, metadata)
+                with self._storage("committing"):
+                    if attempt > 1:
+                        # Bounded, jittered back-off, so racing writers stop colliding in step.
+                        time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
+                        self._session = None
+                        for batch, record, _ in self._pending:
+                            self._write(batch, record)
+                    with self.store.lock(run_id=self.run_id):
+                        snapshot_id = _commit(self._session, message, metadata)
             except (ic.ConflictError, ic.RebaseFailedError) as err:
                 logger.info(
                     "%s: commit attempt %d conflicted (%s); retrying", message, attempt, err
@@ -164,6 +169,25 @@ class PeriodWriter:
             "(other writers kept rewriting these periods or growing the time axis). Nothing was "
             "written; run the partitions again."
         )
+
+    @contextlib.contextmanager
+    def _storage(self, doing: str, batch: PeriodBatch | None = None) -> Iterator[None]:
+        """Name the periods at stake in a storage failure, and drop the uncommitted ones: a
+        session that failed halfway through a period must never be committed."""
+        try:
+            with self.store.reporting(lambda: f"{doing} {self._at_stake(batch)}"):
+                yield
+        except StoreError:
+            self._pending, self._session = [], None
+            raise
+
+    def _at_stake(self, batch: PeriodBatch | None) -> str:
+        """The uncommitted periods: those pending, and ``batch`` (being written)."""
+        keys = [pending.period.key for pending, _, _ in self._pending]
+        keys += [batch.period.key] if batch is not None else []
+        if len(keys) == 1:
+            return f"period {keys[0]}"
+        return f"periods {keys[0]}..{keys[-1]} ({len(keys)}, uncommitted)"
 
     def _write(self, batch: PeriodBatch, record: ProvenanceRecord) -> int:
         """Write one period into the open session; return its stored bytes."""
@@ -195,7 +219,9 @@ def write_period(store: DatasetStore, batch: PeriodBatch, *, run_id: str) -> Wri
     return receipt
 
 
-def ensure_capacity(store: DatasetStore, repo: ic.Repository, batch: PeriodBatch) -> int:
+def ensure_capacity(
+    store: DatasetStore, repo: ic.Repository, batch: PeriodBatch, *, run_id: str | None = None
+) -> int:
     """Create the layout, or grow the time axis, so that the batch's index exists; return the
     axis length.
 
@@ -205,7 +231,7 @@ def ensure_capacity(store: DatasetStore, repo: ic.Repository, batch: PeriodBatch
     length = _capacity(repo.readonly_session(branch="main"), batch)
     if length > batch.time_index:
         return length
-    with store.lock():
+    with store.lock(run_id=run_id):
         session = repo.writable_session("main")
         group = zarr.open_group(session.store, mode="a")
         needed = capacity_for(batch.spec, batch.time_index)
