@@ -15,11 +15,15 @@ Parameters (``params`` in the spec)::
     bbox: [28.0, -12.0, 52.0, 15.0]          # optional: west, south, east, north
     storage_options: {anon: true}            # optional: passed to fsspec
 
-The archive is listed once per provider instance, on first use. When each file holds one period,
-availability comes from the file names alone; otherwise only the headers of files that may hold
-the asked periods are opened (for local files; remote files are read whole). The grid is the
-first file's (north up, longitudes in -180..180, cut to ``bbox``) and every file read must match
-it. A source item is the whole file: its sha256 is of exactly the bytes decoded.
+The archive is listed once per provider instance, on first use; symbolic links to files are
+files (read through the link), and a broken link, or a link or directory where a period's file is
+expected, fails that period naming the link and its target. When each file holds one period,
+availability comes from the file names alone (so a broken link's period is listed, and fails when
+fetched); otherwise only the headers of files that may hold the asked periods are opened (for
+local files; remote files are read whole). The grid is the first readable file's (north up,
+longitudes in -180..180, cut to ``bbox``; only a regular latitude/longitude grid, see
+`ref_assets.providers.normalize`) and every file read must match it; an unreadable file fails its
+own periods only. A source item is the whole file: its sha256 is of exactly the bytes decoded.
 """
 
 from __future__ import annotations
