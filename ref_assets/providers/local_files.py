@@ -15,15 +15,20 @@ Parameters (``params`` in the spec)::
     bbox: [28.0, -12.0, 52.0, 15.0]          # optional: west, south, east, north
     storage_options: {anon: true}            # optional: passed to fsspec
 
-The archive is listed once per provider instance, on first use. When each file holds one period,
-availability comes from the file names alone; otherwise only the headers of files that may hold
-the asked periods are opened (for local files; remote files are read whole). The grid is the
-first file's (north up, longitudes in -180..180, cut to ``bbox``) and every file read must match
-it. A source item is the whole file: its sha256 is of exactly the bytes decoded.
+The archive is listed once per provider instance, on first use; symbolic links to files are
+files (read through the link), and a broken link, or a link or directory where a period's file is
+expected, fails that period naming the link and its target. When each file holds one period,
+availability comes from the file names alone (so a broken link's period is listed, and fails when
+fetched); otherwise only the headers of files that may hold the asked periods are opened (for
+local files; remote files are read whole). The grid is the first readable file's (north up,
+longitudes in -180..180, cut to ``bbox``; only a regular latitude/longitude grid, see
+`ref_assets.providers.normalize`) and every file read must match it; an unreadable file fails its
+own periods only. A source item is the whole file: its sha256 is of exactly the bytes decoded.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
@@ -71,6 +76,8 @@ from ref_assets.specs import DatasetSpec, VariableSpec
 
 # Payloads kept per provider, so the periods of one multi-period file are read from one reading.
 _CACHED_PAYLOADS = 2
+# Unreadable files skipped, in path order, looking for the one the dataset's grid comes from.
+_GRID_ATTEMPTS = 10
 
 
 class LocalFilesParams(BaseModel):
@@ -98,6 +105,12 @@ class ArchiveFile:
     path: str  # as the filesystem names it
     uri: str  # with its protocol: what source items and messages show
     named: Period | None  # the period its name's placeholders spell (None under a glob)
+    broken: str | None = None  # why the entry is no file to read (a broken link), as a message
+
+
+class UnreadableFileError(ProviderError):
+    """A file of the archive that cannot be read (a broken link, a truncated or corrupt file,
+    neither NetCDF nor GeoTIFF): it fails its own periods, never the dataset's grid."""
 
 
 class LocalFilesProvider:
@@ -202,16 +215,35 @@ class LocalFilesProvider:
         with self._lock:
             if self._files is None:
                 fs, root = self._filesystem
-                try:
-                    found = fs.glob(f"{root}/{self.pattern.glob}", detail=True)
-                except ValueError as err:  # a malformed glob, such as "a**.nc"
-                    raise ProviderError(f"{self.spec.id}: params.pattern: {err}") from None
+                found = self._listing(fs, root)
                 self._files = {}
                 for path, info in sorted(found.items()):
                     named = self.pattern.period_of(path[len(root) + 1 :])
-                    if info["type"] == "file" and (named or self.pattern.granularity is None):
-                        self._files[path] = ArchiveFile(path, fs.unstrip_protocol(path), named)
+                    if named or self.pattern.granularity is None:
+                        file = _archive_file(fs, path, info, named)
+                        if file is not None:
+                            self._files[path] = file
             return self._files
+
+    def _listing(self, fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
+        shown = redact(fs.unstrip_protocol(root))
+        try:
+            return fs.glob(f"{root}/{self.pattern.glob}", detail=True)
+        except (FileNotFoundError, PermissionError) as err:  # a missing bucket, no access
+            raise ProviderError(
+                f"{self.spec.id}: cannot list the archive {shown}/{self.pattern.text} "
+                f"({type(err).__name__}: {redact(str(err))}): check params.path and that "
+                "params.storage_options give access to it"
+            ) from None
+        except ValueError as err:  # a malformed glob, such as "a**.nc"
+            raise ProviderError(f"{self.spec.id}: params.pattern: {err}") from None
+        except Exception as err:  # each fsspec backend fails its own way
+            raise SourceUnavailableError(
+                f"{self.spec.id}: cannot list the archive {shown}/{self.pattern.text} "
+                f"({type(err).__name__}: {redact(str(err))}): check that params.path is right "
+                "and reachable from here (network, endpoint in params.storage_options), then "
+                "run again"
+            ) from None
 
     def _files_overlapping(self, start: datetime, end: datetime) -> list[ArchiveFile]:
         return [
@@ -239,10 +271,23 @@ class LocalFilesProvider:
         files = self._archive()
         fs, root = self._filesystem
         if self.pattern.granularity is None:
-            holders = [f for f in files.values() if period in self._periods_in(f)]
+            holders, unreadable = [], []
+            for file in files.values():
+                try:
+                    if period in self._periods_in(file):
+                        holders.append(file)
+                except UnreadableFileError as err:  # may hold it, but cannot serve it anyway
+                    unreadable.append(str(err))
             if len(holders) > 1:
                 uris = ", ".join(redact(f.uri) for f in holders)
                 raise ProviderError(f"{where}: several files hold this period: {uris}")
+            if not holders and unreadable:
+                raise UnreadableFileError(
+                    f"{where}: no readable file holds this period, and "
+                    f"{len(unreadable)} file(s) that may hold it cannot be read ("
+                    + "; ".join(unreadable)
+                    + "): repair or remove them"
+                )
             if not holders:
                 raise SourceNotFoundError(
                     f"{where}: no file matching {redact(fs.unstrip_protocol(root))}/"
@@ -266,6 +311,8 @@ class LocalFilesProvider:
             if file.path in self._payloads:
                 self._payloads.move_to_end(file.path)
                 return self._payloads[file.path]
+        if file.broken:
+            raise UnreadableFileError(f"{where}: {file.broken}")
         fs, _ = self._filesystem
         try:
             info = fs.info(file.path)
@@ -274,7 +321,8 @@ class LocalFilesProvider:
             raise SourceNotFoundError(f"{where}: {redact(file.uri)} left the archive") from None
         except OSError as err:
             raise SourceUnavailableError(
-                f"{where}: cannot read {redact(file.uri)}: {err}"
+                f"{where}: cannot read {redact(file.uri)}: {redact(str(err))}; check that it is "
+                "reachable from here, then run again"
             ) from None
         try:
             modified = fs.modified(file.path)
@@ -298,7 +346,9 @@ class LocalFilesProvider:
     # -- decoding
 
     def _dataset_grid(self) -> tuple[Grid, str]:
-        """The grid of the first file (after normalization and bbox), and that file's URI."""
+        """The grid of the first readable file (after normalization and bbox), and that file's
+        URI. Unreadable files are passed over (they fail their own periods); a grid that cannot
+        be stored (curvilinear, not geographic) is the dataset's, and refused at once."""
         with self._lock:
             if self._grid is None:
                 files = list(self._archive().values())
@@ -308,8 +358,21 @@ class LocalFilesProvider:
                         f"{self.spec.id}: no file matches {self.pattern.text!r} under "
                         f"{redact(fs.unstrip_protocol(root))}"
                     )
-                with self._opened(files[0], f"{self.spec.id} (grid)") as data:
-                    self._grid = (grid_of(data), files[0].uri)
+                unreadable: list[str] = []
+                for file in files[:_GRID_ATTEMPTS]:
+                    try:
+                        with self._opened(file, f"{self.spec.id} (grid)") as data:
+                            self._grid = (grid_of(data), file.uri)
+                        break
+                    except UnreadableFileError as err:
+                        unreadable.append(str(err))
+                else:
+                    raise ProviderError(
+                        f"{self.spec.id}: no file to take the dataset's grid from: the first "
+                        f"{len(unreadable)} of {len(files)} cannot be read ("
+                        + "; ".join(unreadable)
+                        + "): repair or remove them"
+                    )
             return self._grid
 
     def _check_grid(
@@ -333,6 +396,8 @@ class LocalFilesProvider:
         """The file with standard axes, north up and cut to the bbox; read from ``payload``, else
         (for the header) from the local path or the whole remote file. Any failure to read it,
         in here or in the caller's block, is a ProviderError naming the file."""
+        if file.broken:
+            raise UnreadableFileError(f"{where}: {file.broken}")
         if payload is not None:
             source: bytes | str = payload
         elif isinstance(self._filesystem[0], LocalFileSystem):
@@ -345,10 +410,12 @@ class LocalFilesProvider:
                 yield select_bbox(data, self.params.bbox) if self.params.bbox else data
         except ProviderError:
             raise
-        except (SourceFileError, GridShapeError) as err:
+        except GridShapeError as err:
             raise ProviderError(f"{where}: {redact(file.uri)}: {err}") from None
+        except SourceFileError as err:
+            raise UnreadableFileError(f"{where}: {redact(file.uri)}: {err}") from None
         except (OSError, RuntimeError, ValueError) as err:
-            raise ProviderError(
+            raise UnreadableFileError(
                 f"{where}: {redact(file.uri)} cannot be read, it is truncated or corrupt "
                 f"({type(err).__name__}: {err})"
             ) from None
@@ -444,3 +511,38 @@ class LocalFilesProvider:
         return period.start >= self.spec.start and (
             self.spec.end is None or period.start <= self.spec.end
         )
+
+
+def _archive_file(
+    fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any], named: Period | None
+) -> ArchiveFile | None:
+    """The listed entry ``path`` as a file of the archive, marked broken if it cannot be one
+    where a file is expected; None for an entry that is no file (a directory a glob matched)."""
+    uri = fs.unstrip_protocol(path)
+    kind, broken = info["type"], None
+    if info.get("islink"):
+        kind, broken = _follow_link(fs, path, info)
+    if kind == "directory" and named and not broken:  # named for a period: a file is expected
+        what = "a link to a directory" if info.get("islink") else "a directory"
+        broken = (
+            f"the archive's entry {redact(uri)} is {what}, where a file is expected; replace it "
+            "with the period's file or remove it"
+        )
+    return ArchiveFile(path, uri, named, broken) if kind == "file" or broken else None
+
+
+def _follow_link(
+    fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]
+) -> tuple[str, str | None]:
+    """A symbolic link's type once followed (fsspec lists links as ``other``), and why it
+    cannot be read (None: it can)."""
+    target = str(info.get("destination", "?"))
+    if isinstance(fs, LocalFileSystem):
+        target = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    shown = f"the archive's link {redact(fs.unstrip_protocol(path))} points to {redact(target)}"
+    try:
+        return fs.info(path)["type"], None  # a path (not a listing entry) is followed
+    except FileNotFoundError:
+        return "other", f"{shown}, which does not exist; restore the target or remove the link"
+    except OSError as err:  # a loop of links, a target it may not read
+        return "other", f"{shown}, which cannot be followed ({err.strerror or err}); fix the link"

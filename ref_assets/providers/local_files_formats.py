@@ -160,7 +160,12 @@ def _tiff_dataset(src: rasterio.DatasetReader) -> xr.Dataset:
         values = values * src.scales[index - 1] + src.offsets[index - 1]
         units = src.units[index - 1]
         bands[f"band_{index}"] = (("y", "x"), values, {"units": units} if units else {})
-    return xr.Dataset(bands, coords={"y": y, "x": x}, attrs={"source_format": GEOTIFF})
+    # The CRS is geographic, so the geotransform's axes are latitude and longitude: say so.
+    coords = {
+        "y": ("y", y, {"standard_name": "latitude", "units": "degrees_north"}),
+        "x": ("x", x, {"standard_name": "longitude", "units": "degrees_east"}),
+    }
+    return xr.Dataset(bands, coords=coords, attrs={"source_format": GEOTIFF})
 
 
 def period_steps(time: xr.DataArray, period_type: PeriodType) -> dict[Period, int]:
