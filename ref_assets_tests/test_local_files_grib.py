@@ -22,6 +22,7 @@ import xarray as xr
 
 import ref_assets
 from ref_assets.periods import Period, PeriodType
+from ref_assets.providers import local_files_grib
 from ref_assets.providers.local_files import LocalFilesProvider
 from ref_assets.providers.local_files_formats import SourceFileError, open_source
 from ref_assets.providers.protocol import ProviderError
@@ -209,25 +210,53 @@ pyproj.Transformer.from_crs(4326, 3857).transform(10.0, 20.0)
     assert done.returncode == 0, done.stderr
 
 
-def test_grib_bytes_are_decoded_from_a_private_copy_that_is_gone_afterwards(tmp_path, monkeypatch):
+def test_grib_bytes_are_decoded_from_a_private_copy_kept_for_the_next_period(tmp_path, monkeypatch):
     """Remote files are read whole into memory; cfgrib needs a path: an anonymous in-memory file
-    on Linux, else a temporary file, deleted after reading."""
-    payload = grib_message(T2M, "2024-01-01", seed=7)
+    on Linux, else a temporary file; the latest stays decoded until another file replaces it."""
+    monkeypatch.setattr(local_files_grib, "_latest", None)
+    first, second = (grib_message(T2M, f"2024-01-0{d}", seed=d) for d in (1, 2))
     private = tmp_path / "tmp"
     private.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private))
-    with open_source(payload) as via_memory:
+    with open_source(first) as via_memory:
         memory = via_memory["t2m"].values[0]
         latitude = via_memory["latitude"].values
         longitude = (via_memory["longitude"].values + 180.0) % 360.0 - 180.0
-    monkeypatch.delattr(os, "memfd_create")
-    with open_source(payload) as via_file:
-        assert len(list(private.iterdir())) == 1  # the copy exists while the file is open
-        from_file = via_file["t2m"].values[0]
-    assert list(private.iterdir()) == []
-    field = decoded(write_grib(tmp_path / "t2m.grib", payload))[("2t", "202401010000")]
+    assert list(private.iterdir()) == []  # nothing on disk
+    field = decoded(write_grib(tmp_path / "first.grib", first))[("2t", "202401010000")]
     assert_matches(memory, latitude, longitude, field)
-    np.testing.assert_array_equal(from_file, memory)
+
+    monkeypatch.delattr(os, "memfd_create")
+    with open_source(second) as via_file:
+        [copy] = private.iterdir()
+        from_file = via_file["t2m"].values[0]
+    field = decoded(write_grib(tmp_path / "second.grib", second))[("2t", "202401020000")]
+    assert_matches(from_file, latitude, longitude, field)
+    assert list(private.iterdir()) == [copy]  # kept for the next period of the same file
+    with open_source(first) as again:
+        assert not copy.exists()  # replaced
+        np.testing.assert_array_equal(again["t2m"].values[0], memory)
+    local_files_grib._latest.retire()
+    assert list(private.iterdir()) == []
+
+
+def test_the_periods_of_one_grib_file_are_decoded_from_one_opening(tmp_path, monkeypatch):
+    """cfgrib indexes the whole file on every open: fetching each period of a monthly file must
+    not open it again."""
+    monkeypatch.setattr(local_files_grib, "_latest", None)
+    days = [grib_message(T2M, f"2024-01-0{d}", seed=d) for d in (1, 2, 3, 4)]
+    source = write_grib(tmp_path / "t2m_202401.grib", *days)
+    provider = LocalFilesProvider(make_spec(tmp_path, "t2m_{year}{month}.grib", {"t2m": "t2m"}))
+    grid = provider.describe().grid
+    opened, decode = [], local_files_grib._decoded
+    monkeypatch.setattr(local_files_grib, "_decoded", lambda s: opened.append(s) or decode(s))
+    fields = decoded(source)
+    for d in (1, 2, 3, 4):
+        fetched = provider.fetch(day(f"2024-01-0{d}"))
+        assert_matches(
+            fetched.data["t2m"].values, grid.y, grid.x, fields[("2t", f"2024010{d}0000")]
+        )
+    assert len(opened) == 1
 
 
 def test_levels_stay_a_dimension_and_single_valued_ones_are_dropped(tmp_path):

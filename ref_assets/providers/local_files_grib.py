@@ -16,7 +16,8 @@ with CF ``units`` and ``calendar``, as NetCDF read with ``decode_times=False``),
   ensemble ``number``) is dropped; one with several (``isobaricInhPa``) stays a dimension.
 - No index files: cfgrib writes ``<file>.<hash>.idx`` beside the data by default; here the index
   lives in memory only (``indexpath=""``). A file given as bytes is decoded from an anonymous
-  in-memory file (Linux ``memfd``), else from a private temporary file, deleted afterwards.
+  in-memory file (Linux ``memfd``), else from a private temporary file, deleted afterwards; the
+  latest one stays decoded for the next period of the same file (see `_shared`).
 - A truncated or corrupt message fails the file (cfgrib's default would skip it with a warning,
   silently losing its time step).
 
@@ -27,10 +28,12 @@ crash the process at exit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 # Loaded before ecCodes in every process that reads GRIB (see the module docstring); the isort
 # split keeps them above the imports that follow.
@@ -61,8 +64,18 @@ class GribLayoutError(ValueError):
 def open_grib(source: bytes | str) -> Iterator[xr.Dataset]:
     """The file (its bytes or a local path) as one lazily read dataset; see the module docstring.
     ecCodes errors, here or in the caller's block (lazy reads), become `GribReadError`."""
+    from gribapi.errors import GribInternalError  # loads ecCodes: after pyproj and rasterio
+
+    try:
+        with _decoded(source) if isinstance(source, str) else _shared(source) as dataset:
+            yield dataset
+    except (GribInternalError, EOFError) as err:
+        raise GribReadError(f"ecCodes {type(err).__name__}: {err}") from None
+
+
+@contextmanager
+def _decoded(source: bytes | str) -> Iterator[xr.Dataset]:
     import cfgrib  # on first use only, and after pyproj and rasterio (see above)
-    from gribapi.errors import GribInternalError
 
     with _local_path(source) as path:
         datasets: list[xr.Dataset] = []
@@ -81,11 +94,63 @@ def open_grib(source: bytes | str) -> Iterator[xr.Dataset]:
                 decode_timedelta=False,
             )
             yield _merged(datasets)
-        except (GribInternalError, EOFError) as err:
-            raise GribReadError(f"ecCodes {type(err).__name__}: {err}") from None
         finally:
             for dataset in datasets:
                 dataset.close()
+
+
+class _SharedGrib:
+    """A file given as bytes, decoded and kept open while it is in use or the latest one."""
+
+    def __init__(self, digest: bytes, payload: bytes) -> None:
+        self.digest = digest
+        self.users = 1
+        self.retired = False
+        with ExitStack() as opening:  # closes what was opened if decoding fails
+            self.dataset = opening.enter_context(_decoded(payload))
+            self._resources = opening.pop_all()  # decoded: closed by `release` or `retire`
+
+    def release(self) -> None:
+        with _LATEST_LOCK:
+            self.users -= 1
+            done = self.retired and not self.users
+        if done:
+            self._resources.close()
+
+    def retire(self) -> None:
+        with _LATEST_LOCK:
+            self.retired = True
+            done = not self.users
+        if done:
+            self._resources.close()
+
+
+# The periods of a multi-period file are fetched one by one, each from the file's bytes, and
+# cfgrib indexes the whole file on every open (milliseconds per message: seconds for a month of
+# hourly fields). So the latest file given as bytes stays decoded, keyed by its SHA-256, until
+# another replaces it: one file's bytes held once more in memory.
+_latest: _SharedGrib | None = None
+_LATEST_LOCK = threading.Lock()
+
+
+@contextmanager
+def _shared(payload: bytes) -> Iterator[xr.Dataset]:
+    global _latest
+    digest = hashlib.sha256(payload).digest()
+    with _LATEST_LOCK:
+        shared = _latest if _latest is not None and _latest.digest == digest else None
+        if shared is not None:
+            shared.users += 1
+    if shared is None:
+        shared = _SharedGrib(digest, payload)
+        with _LATEST_LOCK:
+            replaced, _latest = _latest, shared
+        if replaced is not None:
+            replaced.retire()
+    try:
+        yield shared.dataset
+    finally:
+        shared.release()
 
 
 @contextmanager
