@@ -103,6 +103,8 @@ def describe_record(record: ProvenanceRecord) -> str:
             f"    {name} [{info.units}] {info.dtype} {shape}  min {info.minimum} mean "
             f"{info.mean} max {info.maximum}  NaN fraction {info.nan_fraction:.3f}"
         )
+    if record.flags:  # per-step source flags, such as ERA5's expver
+        lines.append("  flags            " + ", ".join(f"{k} {v}" for k, v in record.flags.items()))
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ import xarray as xr
 
 import ref_assets
 from ref_assets.periods import Period, PeriodType
+from ref_assets.provenance_cli import describe_record
 from ref_assets.providers import local_files_grib
 from ref_assets.providers.local_files import LocalFilesProvider
 from ref_assets.providers.local_files_formats import SourceFileError, open_source
@@ -408,6 +409,7 @@ def test_expver_of_each_step_is_kept_in_its_periods_record(
     assert records["2024-01-02"].flags == {"expver": "0001"}
     assert records["2024-01-03"].flags == {"expver": "0005"}
     assert records["2024-01-03"].format == "ref-assets/record-v3"
+    assert describe_record(records["2024-01-03"]).endswith("\n  flags            expver 0005")
     older = records["2024-01-03"].model_dump(mode="json", exclude={"flags"})
     older["format"] = "ref-assets/record-v2"  # as written before flags existed
     assert ref_assets.ProvenanceRecord.model_validate(older).flags is None
@@ -431,6 +433,7 @@ def test_an_expver_dimension_with_data_in_both_slices_is_refused_naming_the_file
         provider.fetch(day("2024-01-01"))
     assert str(caught.value) == (
         f"local_grib period 2024-01-01: {path.as_uri()}: the time step has data in 2 slices of "
-        "dimension 'expver' (['0001', '0005']), so which one it is cannot be told: expected "
-        "exactly one"
+        "dimension 'expver' (['0001', '0005']), so whether it is final or preliminary cannot be "
+        "told: each step needs data in exactly one slice (the CDS's current files carry one "
+        "expver per step)"
     )

@@ -213,7 +213,8 @@ def step_flags(
     if len(holding) != 1:
         raise SourceFileError(
             f"the time step has data in {len(holding)} slices of dimension {EXPVER!r} "
-            f"({flags}), so which one it is cannot be told: expected exactly one"
+            f"({flags}), so whether it is final or preliminary cannot be told: each step needs "
+            "data in exactly one slice (the CDS's current files carry one expver per step)"
         )
     return data.isel({EXPVER: holding[0]}), {EXPVER: flags[0]}
 
