@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -64,6 +64,7 @@ class PeriodBatch:
     checksum: str
     stats: dict[str, VariableStats]
     fetched_at: datetime  # UTC, when the provider's data was in hand
+    flags: dict[str, str] = field(default_factory=dict)  # per-step source flags (ERA5 expver)
 
     @property
     def time_index(self) -> int:
@@ -90,6 +91,8 @@ def prepare_batch(
     def fail(problem: str) -> PeriodDataError:
         return PeriodDataError(f"{spec.id} period {period.key}: {problem} (sources: {sources})")
 
+    if any(not isinstance(k, str) or not isinstance(v, str) for k, v in fetched.flags.items()):
+        raise fail(f"the provider's flags must map names to text, got {fetched.flags!r}")
     data = _single_time_step(fetched.data, period, fail)
     _check_grid(data, description, fail)
     variables: dict[str, np.ndarray] = {}
@@ -141,6 +144,7 @@ def prepare_batch(
         ),
         stats={name: VariableStats.of(values) for name, values in variables.items()},
         fetched_at=fetched_at,
+        flags=dict(fetched.flags),
     )
 
 

@@ -38,7 +38,7 @@ from ref_assets.store.repository import DatasetStore, StoreError
 if TYPE_CHECKING:
     from ref_assets.batch import PeriodBatch
 
-RECORD_FORMAT = "ref-assets/record-v2"
+RECORD_FORMAT = "ref-assets/record-v3"  # v3 added flags
 # The distributions whose versions shape a period's values or its storage.
 RECORDED_PACKAGES = ("ref-assets", "dagster", "icechunk", "zarr", "xarray", "numpy")
 
@@ -99,6 +99,9 @@ class ProvenanceRecord(BaseModel):
     sources: list[SourceRecord]
     checksum: str = Field(description="output checksum: ref_assets.checksum, format period-v1")
     variables: dict[str, VariableRecord]
+    flags: dict[str, str] | None = Field(
+        default=None, description="per-step source flags, such as ERA5 expver (0005: ERA5T)"
+    )
     versions: dict[str, str] | None = None
     run_id: str
     fetched_at: datetime | None = None
@@ -184,6 +187,7 @@ def build_record(batch: PeriodBatch, *, run_id: str) -> ProvenanceRecord:
             )
             for name, values in batch.variables.items()
         },
+        flags=batch.flags or None,
         versions=package_versions(),
         run_id=run_id,
         fetched_at=batch.fetched_at,

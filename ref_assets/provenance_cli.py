@@ -110,6 +110,8 @@ def describe_record(record: ProvenanceRecord) -> str:
             f"    {name} [{info.units}] {info.dtype} {shape}  {stats}  "
             f"NaN fraction {info.nan_fraction:.3f}"
         )
+    if record.flags:  # per-step source flags, such as ERA5's expver
+        lines.append("  flags            " + ", ".join(f"{k} {v}" for k, v in record.flags.items()))
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
-"""``local_files``: an operator's own archive of NetCDF (netCDF4 or netCDF3) or GeoTIFF files, in a
-local directory or at an fsspec URL (``s3://bucket/prefix``; ``memory://`` in tests).
+"""``local_files``: an operator's own archive of NetCDF (netCDF4 or netCDF3), GRIB or GeoTIFF files,
+in a local directory or at an fsspec URL (``s3://bucket/prefix``; ``memory://`` in tests).
 
 Files are chosen by a pattern relative to the archive: either with date placeholders (``{year}``,
 ``{month}``, ``{day}``, ``{hour}``) or a plain glob. A file holds one period or several (a monthly
@@ -52,6 +52,7 @@ from ref_assets.providers.local_files_formats import (
     open_source,
     period_start,
     period_steps,
+    step_flags,
 )
 from ref_assets.providers.local_files_names import FINENESS, FileNamePattern
 from ref_assets.providers.normalize import (
@@ -114,7 +115,7 @@ class UnreadableFileError(ProviderError):
 
 
 class LocalFilesProvider:
-    """Periods from an archive of NetCDF or GeoTIFF files; see the module docstring."""
+    """Periods from an archive of NetCDF, GRIB or GeoTIFF files; see the module docstring."""
 
     name: ClassVar[str] = "local_files"
     version: ClassVar[str] = "1"
@@ -190,13 +191,14 @@ class LocalFilesProvider:
         with self._opened(file, where, payload) as data:
             self._check_grid(data, grid, grid_file, file, where)
             index = self._step_index(data, file, period, where)
+            data, flags = step_flags(data, index, self.params.variables.values())
             variables = {
                 variable.name: self._values(data, variable, index, where, file)
                 for variable in self.spec.variables
             }
         # Fresh numpy-backed variables: no encoding of the source (packing, chunks, compressors)
         # travels with the data.
-        return FetchedPeriod(xr.Dataset(variables, coords=grid.coords()), (source,))
+        return FetchedPeriod(xr.Dataset(variables, coords=grid.coords()), (source,), flags)
 
     # -- the archive: its files, the periods they hold, their bytes
 

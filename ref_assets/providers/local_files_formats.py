@@ -1,7 +1,8 @@
-"""Reading one file of a `local_files` archive: NetCDF (netCDF4/HDF5 and netCDF3) or GeoTIFF,
-from its bytes or a local path, as an xarray Dataset with CF decoding applied (packed integers to
-float, fill values to NaN) but times left numeric; and mapping a file's time steps, in any CF
-calendar whose dates are real dates, onto a dataset's periods.
+"""Reading one file of a `local_files` archive: NetCDF (netCDF4/HDF5 and netCDF3), GRIB (see
+`local_files_grib`) or GeoTIFF, from its bytes or a local path, as an xarray Dataset with CF
+decoding applied (packed integers to float, fill values to NaN) but times left numeric; mapping a
+file's time steps, in any CF calendar whose dates are real dates, onto a dataset's periods; and a
+step's source flags (ERA5's ``expver``).
 
 >>> with open_source(payload) as raw:  # doctest: +SKIP
 ...     steps = period_steps(raw["time"], PeriodType.DAILY)  # {Period(daily, 2024-01-01): 0, ...}
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 
@@ -23,6 +24,12 @@ import xarray as xr
 from rasterio.io import MemoryFile
 
 from ref_assets.periods import Period, PeriodType
+from ref_assets.providers.local_files_grib import (
+    EXPVER,
+    GRIB_SIGNATURE,
+    GribLayoutError,
+    open_grib,
+)
 
 NETCDF_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -58,14 +65,15 @@ class SourceFileError(ValueError):
 
 @contextmanager
 def open_source(source: bytes | str) -> Iterator[xr.Dataset]:
-    """The variables of a NetCDF or GeoTIFF file given as its bytes or a local path (lazily read
-    for NetCDF: only what the caller touches inside the ``with`` block is read).
+    """The variables of a NetCDF, GRIB or GeoTIFF file given as its bytes or a local path (lazily
+    read for NetCDF and GRIB: only what the caller touches inside the ``with`` block is read).
 
     GeoTIFF bands become ``band_1``, ``band_2``, ... on ``y``/``x`` with nodata as NaN and band
     scales and offsets applied. Library errors (OSError, RuntimeError) mean a truncated or corrupt
     file. Truncation the libraries let pass is checked for: a NetCDF file must hold the last
     element of every variable (a truncated netCDF3 header still opens), and a GeoTIFF's bytes
-    everything its directories point at (GDAL only warns of lost tags, such as the CRS).
+    everything its directories point at (GDAL only warns of lost tags, such as the CRS). GRIB
+    comes in the shape of NetCDF files: see `open_grib`.
     """
     if isinstance(source, bytes):
         head = source[:8]
@@ -90,8 +98,16 @@ def open_source(source: bytes | str) -> Iterator[xr.Dataset]:
             else:
                 src = stack.enter_context(rasterio.open(source))
             yield _tiff_dataset(src)
+        elif head.startswith(GRIB_SIGNATURE):
+            try:
+                grib = stack.enter_context(open_grib(source))
+            except GribLayoutError as err:
+                raise SourceFileError(str(err)) from None
+            yield grib
         else:
-            raise SourceFileError(f"neither NetCDF nor GeoTIFF (the file starts with {head!r})")
+            raise SourceFileError(
+                f"neither NetCDF, GRIB nor GeoTIFF (the file starts with {head!r})"
+            )
 
 
 def _check_complete(nc: netCDF4.Dataset) -> None:
@@ -166,6 +182,54 @@ def _tiff_dataset(src: rasterio.DatasetReader) -> xr.Dataset:
         "x": ("x", x, {"standard_name": "longitude", "units": "degrees_east"}),
     }
     return xr.Dataset(bands, coords=coords, attrs={"source_format": GEOTIFF})
+
+
+def step_flags(
+    data: xr.Dataset, index: int | None, names: Collection[str]
+) -> tuple[xr.Dataset, dict[str, str]]:
+    """The per-step source flags of the step at ``index`` along ``time`` (None: the only step),
+    and ``data`` reduced to that step's slice of a flag dimension.
+
+    The flag is ERA5's ``expver`` (``0001`` final, ``0005`` preliminary ERA5T; integers are
+    written with four digits), in either shape ERA5 files carry it: a variable along time (the
+    CDS's NetCDF since 2024), or a dimension whose slices each hold the steps of one expver,
+    NaN elsewhere (older files): the slice of the variables ``names`` holding data at the step is
+    selected and its expver recorded; none or several holding data is an error.
+    """
+    if EXPVER not in data.variables:
+        return data, {}
+    if EXPVER not in data.dims:
+        flag = data[EXPVER]
+        if "time" in flag.dims:
+            flag = flag.isel(time=index or 0)
+        return data, {EXPVER: _flag_text(flag.values.item())}
+    if EXPVER not in data.coords:
+        raise SourceFileError(f"dimension {EXPVER!r} has no coordinate to tell its slices apart")
+    holding = []
+    for position in range(data.sizes[EXPVER]):
+        step = data[[n for n in names if n in data and EXPVER in data[n].dims]].isel(
+            {EXPVER: position}
+        )
+        if "time" in step.dims:
+            step = step.isel(time=index or 0)
+        if any(np.isfinite(array.values).any() for array in step.data_vars.values()):
+            holding.append(position)
+    flags = [_flag_text(data[EXPVER].values[p].item()) for p in holding]
+    if len(holding) != 1:
+        raise SourceFileError(
+            f"the time step has data in {len(holding)} slices of dimension {EXPVER!r} "
+            f"({flags}), so whether it is final or preliminary cannot be told: each step needs "
+            "data in exactly one slice (the CDS's current files carry one expver per step)"
+        )
+    return data.isel({EXPVER: holding[0]}), {EXPVER: flags[0]}
+
+
+def _flag_text(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, int | float) and float(value).is_integer():
+        return f"{int(value):04d}"
+    return str(value).strip()
 
 
 def period_steps(time: xr.DataArray, period_type: PeriodType) -> dict[Period, int]:

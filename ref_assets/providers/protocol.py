@@ -190,10 +190,12 @@ class Description:
 @dataclass(frozen=True)
 class FetchedPeriod:
     """One period as the provider read it: variables on ``(y, x)`` or ``(time, y, x)`` with one
-    time step, and every source item read to build it."""
+    time step, every source item read to build it, and the source's per-step flags, kept in the
+    period's record (such as ERA5's ``expver``: ``0001`` final, ``0005`` preliminary ERA5T)."""
 
     data: xr.Dataset
     sources: tuple[SourceItem, ...]
+    flags: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
