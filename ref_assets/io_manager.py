@@ -75,8 +75,9 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
                 description=redact(
                     f"{spec.id}: writing stopped after {committed} of {len(periods)} periods "
                     f"were committed ({len(periods) - committed} not written): "
-                    f"{type(err).__name__}: {err}. The committed periods are kept and recorded; "
-                    "fix the cause and run the range again to write the others."
+                    f"{type(err).__name__}: {str(err).rstrip('.')}. The committed periods are "
+                    "kept and recorded; once the cause is fixed, run the range again to write "
+                    "the others."
                 ),
                 metadata={
                     "committed_periods": committed,

@@ -179,10 +179,14 @@ def test_d4_periods_committed_before_a_write_failure_are_recorded_in_dagster(
     result = materialize("test_t2m", "2024-01-01...2024-01-05", raise_on_error=False)
 
     failure = step_failure(result).step_failure_data
-    assert failure.user_failure_data.description == (
+    description = failure.user_failure_data.description
+    assert description.startswith(
         "test_t2m: writing stopped after 2 of 5 periods were committed (3 not written): "
-        "OSError: [Errno 28] No space left on device. The committed periods are kept and "
-        "recorded; fix the cause and run the range again to write the others."
+        "StorageFailure: test_t2m: committing period 2024-01-03 failed: no space left"
+    )
+    assert description.endswith(
+        "The committed periods are kept and recorded; once the cause is fixed, run the range "
+        "again to write the others."
     )
     session = store_reader.session_for(DatasetStore(settings.storage_root, "test_t2m"))
     axis = store_reader.store_axis(session)

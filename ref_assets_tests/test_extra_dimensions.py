@@ -168,10 +168,14 @@ def test_changing_the_levels_of_a_store_is_refused(settings, write_spec, archive
     assert materialize("upper_air", "2024-01-01").success
     write_spec("upper_air", **levels_spec(archive, levels=(850, 500)))
     result = materialize("upper_air", "2024-01-02", raise_on_error=False)
-    error = step_failure(result).step_failure_data.error.cause
-    assert error.cls_name == StoreLayoutError.__name__
-    expected = "(dimensions changed: store has {'dimensions': {'level': [850, 500, 1000]}}"
-    assert expected in error.message
+    description = step_failure(result).step_failure_data.user_failure_data.description
+    assert f"0 of 1 periods were committed (1 not written): {StoreLayoutError.__name__}" in (
+        description
+    )
+    assert "(dimensions changed: store has {'dimensions': {'level': [850, 500, 1000]}}" in (
+        description
+    )
+    assert "Restore the previous spec" in description
 
 
 def test_string_dimensions_such_as_age_classes(settings, write_spec, tmp_path, register_providers,

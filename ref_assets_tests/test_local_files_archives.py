@@ -498,7 +498,8 @@ def test_an_unreadable_file_under_a_glob_names_itself_and_spares_the_others(tmp_
     assert str(caught.value) == (
         "local_t2m period 2024-01-05: no readable file holds this period, and 1 file(s) that may "
         f"hold it cannot be read (local_t2m (indexing): {(tmp_path / 'a_broken.nc').as_uri()}: "
-        "neither NetCDF nor GeoTIFF (the file starts with b'<html>50')): repair or remove them"
+        "neither NetCDF, GRIB nor GeoTIFF (the file starts with b'<html>50')): repair or remove "
+        "them"
     )
 
 
@@ -511,8 +512,8 @@ def test_an_archive_of_unreadable_files_names_them(tmp_path):
     message = str(caught.value)
     assert message.startswith(
         "local_t2m: no file to take the dataset's grid from: the first 2 of 2 cannot be read ("
-        f"local_t2m (grid): {(tmp_path / 't2m_20240101.nc').as_uri()}: neither NetCDF nor "
-        "GeoTIFF (the file starts with b''); local_t2m (grid): "
+        f"local_t2m (grid): {(tmp_path / 't2m_20240101.nc').as_uri()}: neither NetCDF, GRIB "
+        "nor GeoTIFF (the file starts with b''); local_t2m (grid): "
     )
     assert message.endswith("): repair or remove them")
 
