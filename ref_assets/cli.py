@@ -31,6 +31,7 @@ from ref_assets.periods import Period, PeriodError
 from ref_assets.provenance import ProvenanceNotFoundError
 from ref_assets.providers.protocol import ProviderError, periods_between
 from ref_assets.reader import dataset_status
+from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec, SpecCatalog, UnknownDatasetError
 from ref_assets.store.repository import DatasetStore, StoreError
 
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         InstanceInitError,
         OSError,
     ) as err:
-        print(f"ref-assets: error: {err}", file=sys.stderr)
+        # Masked again here: an OSError's text may carry a path or URL with credentials.
+        print(f"ref-assets: error: {redact(str(err))}", file=sys.stderr)
         return 2
 
 

@@ -235,3 +235,19 @@ def test_malformed_dimensions_are_refused_naming_the_field(change, message):
     }
     with pytest.raises(ValidationError, match=message):
         DatasetSpec.model_validate(spec_dict(**(fields | change)))
+
+
+def test_a_provider_without_extra_dimensions_refuses_them_once(settings, write_spec, capsys):
+    from ref_assets.cli import main
+
+    write_spec(
+        "levels_synthetic",
+        dimensions=[{"name": "level", "values": [850, 500]}],
+        variables=[{"name": "t2m", "units": "degC", "dimensions": ["level"],
+                    "attributes": {"standard_name": "air_temperature"}}],
+    )  # fmt: skip
+    assert main(["config", "validate"]) == 1
+    assert (
+        "levels_synthetic.yaml): dimensions: provider 'synthetic' delivers (y, x) fields only, "
+        "so ['level'] cannot be filled"
+    ) in capsys.readouterr().out

@@ -118,6 +118,7 @@ class LocalFilesProvider:
     """Periods from an archive of NetCDF, GRIB or GeoTIFF files; see the module docstring."""
 
     name: ClassVar[str] = "local_files"
+    extra_dimensions: ClassVar[bool] = True  # pressure levels, members... (see `_values`)
     version: ClassVar[str] = "1"
 
     def __init__(self, spec: DatasetSpec) -> None:

@@ -200,7 +200,11 @@ class FetchedPeriod:
 
 @runtime_checkable
 class Provider(Protocol):
-    """The contract every provider satisfies (see the module docstring for an example)."""
+    """The contract every provider satisfies (see the module docstring for an example).
+
+    Optional: a class attribute ``extra_dimensions = True`` says the provider delivers the spec's
+    extra dimensions (pressure levels...) on variables shaped ``(*dimensions, y, x)``; without
+    it, a spec declaring `dimensions` is refused when the provider is built."""
 
     name: ClassVar[str]
     version: ClassVar[str]

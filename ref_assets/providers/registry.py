@@ -138,6 +138,14 @@ class ProviderRegistry:
         provider_class = self.classes.get(spec.provider)
         if provider_class is None:
             raise ProviderUnavailableError(self.unavailable_reason(spec))
+        if spec.dimensions and not getattr(provider_class, "extra_dimensions", False):
+            # Refused once, here, rather than as a grid mismatch in every period.
+            raise ProviderError(
+                f"{spec.id}: dimensions: provider {spec.provider!r} delivers (y, x) fields only, "
+                f"so {[d.name for d in spec.dimensions]} cannot be filled; remove `dimensions` "
+                "(and the variables' `dimensions`) or use a provider that has them, such as "
+                "local_files"
+            )
         try:
             return provider_class(spec)
         except (ProviderParamsError, KeyboardInterrupt):
