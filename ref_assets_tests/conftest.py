@@ -87,6 +87,24 @@ def materialize(
     return run
 
 
+@pytest.fixture
+def synthetic_dataset(settings: Settings):
+    """The default test spec, its store (not created yet) and a maker of its prepared periods
+    (``batch_for("2024-01-02")``), for tests that drive the store without Dagster."""
+    from ref_assets.batch import fetch_batch
+    from ref_assets.providers.synthetic import SyntheticProvider
+    from ref_assets.specs import DatasetSpec
+    from ref_assets.store.repository import DatasetStore
+
+    spec = DatasetSpec.model_validate(spec_dict())
+    provider = SyntheticProvider(spec)
+
+    def batch_for(key: str):
+        return fetch_batch(spec, provider, spec.period_for_key(key))
+
+    return spec, DatasetStore(settings.storage_root, spec.id), batch_for
+
+
 def stored_checksum(session, axis, index: int) -> str:
     """The output checksum of one stored period, recomputed from the store."""
     [(_, checksum)] = store_reader.stored_checksums(session, axis, [index])

@@ -25,15 +25,9 @@ from ref_assets_tests.conftest import spec_dict
 
 
 @pytest.fixture
-def dataset(settings):
-    """The test spec, its provider, its store and a batch maker."""
-    spec = DatasetSpec.model_validate(spec_dict())
-    provider = SyntheticProvider(spec)
-
-    def batch_for(key: str):
-        return fetch_batch(spec, provider, spec.period_for_key(key))
-
-    return spec, DatasetStore(settings.storage_root, spec.id), batch_for
+def dataset(synthetic_dataset):
+    """The test spec, its store and a batch maker."""
+    return synthetic_dataset
 
 
 def stored_keys(store: DatasetStore, spec: DatasetSpec) -> list[str]:

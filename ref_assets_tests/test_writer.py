@@ -4,25 +4,17 @@ import icechunk as ic
 import pytest
 import zarr
 
-from ref_assets.batch import fetch_batch
-from ref_assets.providers.synthetic import SyntheticProvider
-from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.layout import RECORDS_PATH
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import MAX_COMMIT_ATTEMPTS, write_period
-from ref_assets_tests.conftest import spec_dict, stored_checksum
+from ref_assets_tests.conftest import stored_checksum
 
 
 @pytest.fixture
-def setup(settings):
-    spec = DatasetSpec.model_validate(spec_dict())
-    provider = SyntheticProvider(spec)
-
-    def batch_for(key: str):
-        return fetch_batch(spec, provider, spec.period_for_key(key))
-
-    store = DatasetStore(settings.storage_root, spec.id)
+def setup(synthetic_dataset):
+    """A store holding 2024-01-01, and a batch maker."""
+    _, store, batch_for = synthetic_dataset
     write_period(store, batch_for("2024-01-01"), run_id="first")
     return store, batch_for
 
