@@ -179,7 +179,7 @@ def _dagster_job(workdir: Path, dataset_id: str):
 
 
 def scenario_ref_range(workdir: Path, count: int) -> dict:
-    from ref_assets.assets import range_run_tags
+    from ref_assets.defs.assets import range_run_tags
 
     dg, execute = _dagster_job(workdir, "bench_range")
     all_keys = keys(count)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ref_assets.assets import IO_MANAGER_KEY, build_dataset_asset
 from ref_assets.catalog import load_catalog
 from ref_assets.config import Settings, load_settings
-from ref_assets.io_manager import IcechunkIOManager
+from ref_assets.defs.assets import IO_MANAGER_KEY, build_dataset_asset
+from ref_assets.defs.io_manager import IcechunkIOManager
+from ref_assets.defs.resources import (
+    IcechunkStorage,
+    PackagedFilesResource,
+    ProviderRegistryResource,
+)
 from ref_assets.providers.registry import installed_providers
-from ref_assets.resources import IcechunkStorage, PackagedFilesResource, ProviderRegistryResource
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -10,9 +10,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from ref_assets.assets import range_run_tags
 from ref_assets.config import Settings, load_settings
 from ref_assets.definitions import build_definitions
+from ref_assets.defs.assets import range_run_tags
 from ref_assets.providers.registry import discover_providers
 from ref_assets.store import reader as store_reader
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import ref_assets
 from ref_assets.cli import main
 
@@ -69,17 +71,28 @@ def test_ref_assets_materialize_records_runs_in_the_instance(settings, write_spe
     assert materialized == {"2024-01-01", "2024-01-02", "2024-01-03"}
 
 
-def test_dagster_asset_materialize_from_the_repository_root(settings, tmp_path):
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dagster", "asset", "materialize", "-m", "ref_assets.definitions", "--select"],
+        ["dg", "launch", "--assets"],  # the dg project of pyproject.toml's [tool.dg]
+    ],
+    ids=["dagster", "dg"],
+)
+def test_materialize_with_dagster_tools_from_the_repository_root(settings, tmp_path, command):
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "VIRTUAL_ENV": str(bin_dir.parent),  # as an activated environment: dg checks it
+    }
     Path(env["DAGSTER_HOME"]).mkdir()
-    dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "asset", "materialize", "-m", "ref_assets.definitions"]
     for selection in (
         ["--partition", "2024-01-01"],
         ["--partition-range", "2024-01-03...2024-01-05"],
     ):
         done = subprocess.run(
-            [*command, "--select", "demo_air_temperature", *selection],
+            [str(bin_dir / command[0]), *command[1:], "demo_air_temperature", *selection],
             cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]

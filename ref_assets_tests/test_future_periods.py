@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ref_assets.assets import partitions_for
 from ref_assets.cli import main
+from ref_assets.defs.assets import partitions_for
 from ref_assets.periods import PeriodError
 from ref_assets.reader import open_dataset
 from ref_assets.specs import DatasetSpec

@@ -21,8 +21,8 @@ import pytest
 import xarray as xr
 
 import ref_assets
+from ref_assets.cli.provenance import describe_record
 from ref_assets.periods import Period, PeriodType
-from ref_assets.provenance_cli import describe_record
 from ref_assets.providers import local_files_grib
 from ref_assets.providers.local_files import LocalFilesProvider
 from ref_assets.providers.local_files_formats import SourceFileError, open_source

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from ref_assets import packaged as packaged_module
+from ref_assets.defs.resources import PackagedFilesResource
 from ref_assets.packaged import PackagedFileError, PackagedFiles, PackagedRef
-from ref_assets.resources import PackagedFilesResource
 
 CV = "packaged:ref_assets/data/variables_cv.toml"
 

@@ -2,7 +2,7 @@ from datetime import datetime
 
 import pytest
 
-from ref_assets.assets import partitions_for
+from ref_assets.defs.assets import partitions_for
 from ref_assets.periods import Period, PeriodError, PeriodType
 from ref_assets.specs import DatasetSpec
 from ref_assets_tests.conftest import spec_dict

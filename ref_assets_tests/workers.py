@@ -11,8 +11,8 @@ def materialize_range(configuration_dir: str, dataset_id: str, keys: list[str], 
     os.environ["REF_CONFIGURATION"] = configuration_dir
     import dagster as dg
 
-    from ref_assets.assets import range_run_tags
     from ref_assets.definitions import build_definitions
+    from ref_assets.defs.assets import range_run_tags
 
     key = dg.AssetKey(dataset_id)
     job = build_definitions().resolve_implicit_job_def_def_for_assets([key])

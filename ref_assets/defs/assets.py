@@ -6,10 +6,10 @@ from datetime import datetime
 import dagster as dg
 
 from ref_assets.batch import PeriodStream, fetch_batch
+from ref_assets.defs.resources import ProviderRegistryResource
 from ref_assets.periods import last_complete_period
 from ref_assets.provenance import code_version
 from ref_assets.providers.registry import ProviderRegistry
-from ref_assets.resources import ProviderRegistryResource
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 

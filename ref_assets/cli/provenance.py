@@ -13,8 +13,8 @@ import argparse
 import os
 
 from ref_assets.catalog import load_catalog
+from ref_assets.cli.config import CommandError
 from ref_assets.config import load_settings
-from ref_assets.config_cli import CommandError
 from ref_assets.provenance import ProvenanceRecord, export_records, read_provenance
 from ref_assets.providers.registry import installed_providers
 from ref_assets.secrets import redact
@@ -155,7 +155,7 @@ def reproduce(args: argparse.Namespace) -> int:
 def sync_instance(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from ref_assets.instance_sync import sync_instance as sync
+    from ref_assets.defs.instance_sync import sync_instance as sync
 
     if not os.environ.get("DAGSTER_HOME"):
         raise CommandError("set DAGSTER_HOME to the Dagster instance to sync")

@@ -22,11 +22,12 @@ import sys
 from collections.abc import Sequence
 from importlib import resources
 
-from ref_assets import config_cli, provenance_cli
 from ref_assets.catalog import load_catalog
+from ref_assets.cli import config as config_cli
+from ref_assets.cli import provenance as provenance_cli
+from ref_assets.cli.config import CommandError
 from ref_assets.config import ConfigError, load_settings
-from ref_assets.config_cli import CommandError
-from ref_assets.instance_init import InstanceInitError
+from ref_assets.defs.instance_init import InstanceInitError
 from ref_assets.periods import Period, PeriodError
 from ref_assets.provenance import ProvenanceNotFoundError
 from ref_assets.providers.protocol import ProviderError, periods_between
@@ -202,7 +203,7 @@ def _ranges(periods: list[Period]) -> str:
 
 
 def _instance_init(args: argparse.Namespace) -> int:
-    from ref_assets.instance_init import dagster_home, init_instance
+    from ref_assets.defs.instance_init import dagster_home, init_instance
 
     report = init_instance(dagster_home())
     config = "written (ref_assets' defaults)" if report.config_written else "kept"
@@ -216,9 +217,9 @@ def _instance_init(args: argparse.Namespace) -> int:
 def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from ref_assets.assets import range_run_tags
     from ref_assets.definitions import build_definitions
-    from ref_assets.instance_init import dagster_home, init_instance
+    from ref_assets.defs.assets import range_run_tags
+    from ref_assets.defs.instance_init import dagster_home, init_instance
 
     spec = _catalog().get(args.dataset)
     periods = _period_range(spec, args.start, args.end)
@@ -256,7 +257,3 @@ def _materialize(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,9 +11,9 @@ import dagster as dg
 import xarray as xr
 
 from ref_assets.batch import PeriodBatch, PeriodFailure, PeriodStream
+from ref_assets.defs.resources import IcechunkStorage
 from ref_assets.periods import Period
 from ref_assets.provenance import ProvenanceRecord
-from ref_assets.resources import IcechunkStorage
 from ref_assets.secrets import redact
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import StoreError

@@ -1,0 +1,7 @@
+"""The command line, ``ref-assets`` (`main`): a thin layer over the core library and the
+Dagster face. ``main.py`` parses and dispatches; ``config.py`` and ``provenance.py`` hold the
+configuration and provenance subcommands."""
+
+from ref_assets.cli.main import main
+
+__all__ = ["main"]
