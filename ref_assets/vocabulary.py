@@ -19,9 +19,17 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    model_validator,
+)
 
 from ref_assets.config import ConfigError
 from ref_assets.specs import DatasetSpec, VariableName
@@ -33,11 +41,39 @@ class VocabularyError(ConfigError):
     """A vocabulary file that cannot be read or is malformed; the message names the file."""
 
 
+def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
+    if not value[0] < value[1]:
+        raise ValueError(f"{list(value)} is not [low, high] with low < high")
+    return value
+
+
+# [low, high] of a variable in given units, finite and not reversed.
+ValueRange = Annotated[tuple[FiniteFloat, FiniteFloat], AfterValidator(_ordered_range)]
+
+
 class VocabularyEntry(BaseModel):
+    """One allowed variable. ``valid_range`` (per units) bounds every stored value: a value
+    outside is implausible, and the partitioned check fails. ``display_range`` and ``colormap``
+    (a matplotlib colour map) draw the map previews."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     units: list[str] = Field(min_length=1)
     standard_name: str | None = None
     long_name: str | None = None
+    valid_range: dict[str, ValueRange] = Field(default_factory=dict)
+    display_range: dict[str, ValueRange] = Field(default_factory=dict)
+    colormap: str | None = None
+
+    @model_validator(mode="after")
+    def _ranges_name_allowed_units(self) -> VocabularyEntry:
+        for field in ("valid_range", "display_range"):
+            unknown = sorted(set(getattr(self, field)) - set(self.units))
+            if unknown:
+                raise ValueError(
+                    f"{field} is given for units {unknown} that are not among the allowed "
+                    f"units {self.units}"
+                )
+        return self
 
 
 class _VocabularyFile(BaseModel):

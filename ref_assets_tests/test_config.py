@@ -17,6 +17,7 @@ from ref_assets.config import (
 )
 from ref_assets.definitions import build_definitions
 from ref_assets.packaged import PackagedFiles, PackagedRef
+from ref_assets.vocabulary import load_vocabulary
 
 PACKAGED_CV = PackagedRef.parse(DEFAULT_VARIABLES_CV)
 
@@ -159,6 +160,29 @@ def test_a_broken_vocabulary_names_its_file(settings):
     settings.config_file.write_text('[paths]\nvariables_cv = "vocabulary.toml"\n')
     with pytest.raises(ConfigError, match=r"vocabulary\.toml.*variables\.t2m\.units"):
         load_catalog(load_settings())
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("valid_range = { degF = [0, 1] }", r"valid_range is given for units \['degF'\]"),
+        ("display_range = { K = [300, 200] }", r"display_range\.K.*low < high"),
+    ],
+)
+def test_value_ranges_must_name_allowed_units_in_order(settings, entry, problem):
+    (settings.configuration_dir / "vocabulary.toml").write_text(
+        f'format = "ref-assets/variables-cv-v1"\n[variables.t2m]\nunits = ["K"]\n{entry}\n'
+    )
+    settings.config_file.write_text('[paths]\nvariables_cv = "vocabulary.toml"\n')
+    with pytest.raises(ConfigError, match=problem):
+        load_catalog(load_settings())
+
+
+def test_packaged_vocabulary_has_valid_ranges_for_every_allowed_unit(settings):
+    vocabulary = load_vocabulary(settings.variables_cv, settings.resolve_path)
+    for name, entry in vocabulary.variables.items():
+        assert set(entry.valid_range) == set(entry.units), name
+        assert entry.colormap, name
 
 
 def test_edits_are_atomic_and_keep_comments(settings, monkeypatch):
