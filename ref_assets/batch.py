@@ -18,8 +18,9 @@ import xarray as xr
 
 from ref_assets.checksum import period_checksum
 from ref_assets.periods import Period
+from ref_assets.preview import Preview, PreviewStyle, render_preview
 from ref_assets.providers.normalize import GridShapeError, select_dimension
-from ref_assets.providers.protocol import Description, FetchedPeriod, Provider, SourceItem
+from ref_assets.providers.protocol import Description, FetchedPeriod, Grid, Provider, SourceItem
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 from ref_assets.store.layout import check_period_fits
@@ -65,6 +66,9 @@ class PeriodBatch:
     stats: dict[str, VariableStats]
     fetched_at: datetime  # UTC, when the provider's data was in hand
     flags: dict[str, str] = field(default_factory=dict)  # per-step source flags (ERA5 expver)
+    # A map of the main variable, drawn while the values are in memory; or why there is none.
+    preview: Preview | None = None
+    preview_problem: str | None = None
 
     @property
     def time_index(self) -> int:
@@ -80,8 +84,10 @@ def prepare_batch(
     provider: str,
     provider_version: str,
     fetched_at: datetime,
+    preview_style: PreviewStyle | None = None,
 ) -> PeriodBatch:
-    """Check ``fetched`` against ``description`` and cast it for storage.
+    """Check ``fetched`` against ``description`` and cast it for storage; with
+    ``preview_style``, also draw its map preview (see `ref_assets.preview`).
 
     Raises PeriodDataError (naming dataset, period and sources) when variables are missing, the
     grid or time does not match, or values are infinite.
@@ -127,6 +133,12 @@ def prepare_batch(
             )
         variables[variable.name] = values
     grid = description.grid
+    preview, preview_problem = None, None
+    if preview_style is not None:
+        try:
+            preview = _preview(spec, grid, variables, preview_style)
+        except ValueError as err:  # a bad colour map must not cost the period its data
+            preview_problem = f"{spec.id} period {period.key}: no map preview: {err}"
     return PeriodBatch(
         spec=spec,
         description=description,
@@ -145,10 +157,29 @@ def prepare_batch(
         stats={name: VariableStats.of(values) for name, values in variables.items()},
         fetched_at=fetched_at,
         flags=dict(fetched.flags),
+        preview=preview,
+        preview_problem=preview_problem,
     )
 
 
-def fetch_batch(spec: DatasetSpec, provider: Provider, period: Period) -> PeriodBatch:
+def _preview(
+    spec: DatasetSpec, grid: Grid, variables: dict[str, np.ndarray], style: PreviewStyle
+) -> Preview:
+    """The preview of ``style.variable``, at the first value of each extra dimension."""
+    variable = spec.variables_by_name[style.variable]
+    selection = " ".join(
+        f"{name}={spec.dimensions_by_name[name].values[0]}" for name in variable.dimensions
+    )
+    field_2d = variables[style.variable][(0,) * len(variable.dimensions)]
+    return render_preview(field_2d, grid.y, grid.x, style, selection=selection)
+
+
+def fetch_batch(
+    spec: DatasetSpec,
+    provider: Provider,
+    period: Period,
+    preview_style: PreviewStyle | None = None,
+) -> PeriodBatch:
     """Fetch ``period`` from ``provider`` and prepare it for the store (see `prepare_batch`)."""
     description = provider.describe()
     check_period_fits(spec, description)
@@ -161,6 +192,7 @@ def fetch_batch(spec: DatasetSpec, provider: Provider, period: Period) -> Period
         provider=provider.name,
         provider_version=provider.version,
         fetched_at=datetime.now(UTC),
+        preview_style=preview_style,
     )
 
 
@@ -185,6 +217,7 @@ class PeriodStream:
     provider: Provider
     periods: tuple[Period, ...]
     workers: int = 1
+    preview_style: PreviewStyle | None = None
 
     def __iter__(self) -> Iterator[PeriodBatch | PeriodFailure]:
         periods = iter(self.periods)
@@ -195,7 +228,12 @@ class PeriodStream:
                 period = next(periods, None)
                 if period is not None:
                     in_flight.append(
-                        (period, pool.submit(fetch_batch, self.spec, self.provider, period))
+                        (
+                            period,
+                            pool.submit(
+                                fetch_batch, self.spec, self.provider, period, self.preview_style
+                            ),
+                        )
                     )
 
             for _ in range(self.workers):

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from ref_assets.config import Settings
 from ref_assets.specs import SpecCatalog, load_specs, packaged_spec_dir
-from ref_assets.vocabulary import load_vocabulary
+from ref_assets.vocabulary import VariableVocabulary, load_vocabulary
 
 
-def load_catalog(settings: Settings) -> SpecCatalog:
+def configured_vocabulary(settings: Settings) -> VariableVocabulary:
+    """The vocabulary ``[paths] variables_cv`` names; `ConfigError` if it cannot be read."""
+    return load_vocabulary(settings.variables_cv, settings.resolve_path)
+
+
+def load_catalog(settings: Settings, vocabulary: VariableVocabulary | None = None) -> SpecCatalog:
     """Every spec that loads; broken ones (including vocabulary violations) are in ``errors``.
     A vocabulary that cannot be read raises `ConfigError`: no spec could be checked."""
-    vocabulary = load_vocabulary(settings.variables_cv, settings.resolve_path)
+    vocabulary = vocabulary or configured_vocabulary(settings)
     return load_specs([packaged_spec_dir(), settings.user_spec_dir], check=vocabulary.problems)

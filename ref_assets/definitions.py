@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ref_assets.catalog import load_catalog
+from ref_assets.catalog import configured_vocabulary, load_catalog
 from ref_assets.config import Settings, load_settings
 from ref_assets.defs.assets import IO_MANAGER_KEY, build_dataset_asset
 from ref_assets.defs.io_manager import IcechunkIOManager
+from ref_assets.defs.metadata import source_asset
 from ref_assets.defs.resources import (
     IcechunkStorage,
     PackagedFilesResource,
     ProviderRegistryResource,
 )
+from ref_assets.preview import PreviewStyle
 from ref_assets.providers.registry import installed_providers
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
-    """Assets for every dataset spec that loads (broken specs are logged and skipped); a
-    dataset whose provider did not load is still an asset, which fails clearly when run."""
+    """Assets for every dataset spec that loads (broken specs are logged and skipped), each
+    downstream of an external asset for its source; a dataset whose provider did not load is
+    still an asset, which fails clearly when run."""
     settings = settings or load_settings()
-    catalog = load_catalog(settings)
+    vocabulary = configured_vocabulary(settings)
+    catalog = load_catalog(settings, vocabulary)
     registry = installed_providers(settings.providers)
+    specs = list(catalog.specs.values())
     return dg.Definitions(
-        assets=[build_dataset_asset(spec, registry) for spec in catalog.specs.values()],
+        assets=[
+            *(
+                build_dataset_asset(spec, registry, PreviewStyle.for_spec(spec, vocabulary))
+                for spec in specs
+            ),
+            *(source_asset(spec, _doc(registry.classes.get(spec.provider))) for spec in specs),
+        ],
         resources={
             # The root is resolved in each process that writes (REF_STORAGE_ROOT, ref.toml).
             IO_MANAGER_KEY: IcechunkIOManager(storage=IcechunkStorage()),
@@ -31,6 +42,10 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             "packaged_files": PackagedFilesResource(),
         },
     )
+
+
+def _doc(provider_class: type | None) -> str | None:
+    return provider_class.__doc__ if provider_class else None
 
 
 @dg.definitions

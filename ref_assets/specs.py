@@ -63,6 +63,50 @@ TIME_AXIS_RANGE = (datetime(1678, 1, 1), datetime(2262, 1, 1))
 MAX_TIME_BLOCK = 100_000
 
 
+# Owners, tags and groups as Dagster accepts them (dagster/_core/definitions/utils.py and
+# dagster/_utils/tags.py; a test holds these to Dagster's own checks).
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,7}")
+_TAG_PART = r"[A-Za-z0-9_.-]{1,63}"
+_TAG_KEY = re.compile(rf"({_TAG_PART}/)?{_TAG_PART}")
+_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
+_GROUP = re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*")
+
+
+def _owner(owner: str) -> str:
+    if _EMAIL.fullmatch(owner) or (owner.startswith("team:") and len(owner) > len("team:")):
+        return owner
+    raise ValueError(
+        f"owner {owner!r} is neither an e-mail address nor a team written team:<name> "
+        "(such as team:climate-data)"
+    )
+
+
+def _tag_key(key: str) -> str:
+    if key.startswith("dagster/"):
+        raise ValueError(f"tag {key!r}: keys under dagster/ are Dagster's own")
+    if not _TAG_KEY.fullmatch(key):
+        raise ValueError(
+            f"tag key {key!r} must be at most 63 letters, digits, '_', '-' or '.', optionally "
+            "after one namespace of the same and a '/' (such as domain/climate)"
+        )
+    return key
+
+
+def _tag_value(value: str) -> str:
+    if not _TAG_VALUE.fullmatch(value):
+        raise ValueError(f"tag value {value!r} must be at most 63 letters, digits, '_', '-' or '.'")
+    return value
+
+
+def _group(name: str) -> str:
+    if not _GROUP.fullmatch(name):
+        raise ValueError(
+            f"group {name!r} must be letters, digits and '_', in segments separated by '/' "
+            "(such as datasets or datasets/precipitation)"
+        )
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -197,6 +241,14 @@ class DatasetSpec(_Strict):
     chunks: ChunkSpec = Field(default_factory=ChunkSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     runs: RunSpec = Field(default_factory=RunSpec)
+    # How the Dagster UI files the dataset (and its source): owners, tags, group.
+    owners: list[Annotated[str, AfterValidator(_owner)]] = Field(
+        default_factory=list, description="e-mail addresses or team:<name>"
+    )
+    tags: dict[
+        Annotated[str, AfterValidator(_tag_key)], Annotated[str, AfterValidator(_tag_value)]
+    ] = Field(default_factory=dict)
+    group: Annotated[str, AfterValidator(_group)] = "datasets"
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -346,7 +398,9 @@ class DatasetSpec(_Strict):
 
 
 # Fields that never change a stored value.
-_NOT_SHAPING_VALUES = frozenset({"title", "description", "attributes", "runs"})
+_NOT_SHAPING_VALUES = frozenset(
+    {"title", "description", "attributes", "runs", "owners", "tags", "group"}
+)
 
 
 def values_fingerprint_of(public_dump: dict[str, Any]) -> str:

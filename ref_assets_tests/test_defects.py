@@ -261,7 +261,7 @@ def test_d6_secret_looking_spec_attributes_are_masked_in_the_store_and_the_asset
     key = dg.AssetKey("test_t2m")
     assert SECRET not in asset.descriptions_by_key[key]
     assert "https://***@data.example/t2m" in asset.descriptions_by_key[key]
-    assert SECRET not in json.dumps(asset.metadata_by_key[key]["variables"].value)
+    assert SECRET not in json.dumps(asset.metadata_by_key[key]["dataset/variables"].value)
     run = instance.get_run_by_id(result.run_id)
     assert SECRET not in dg.serialize_value(instance.get_job_snapshot(run.job_snapshot_id))
 
@@ -305,5 +305,11 @@ def test_d7_a_yaml_alias_bomb_is_refused_quickly_and_the_other_specs_load(settin
     assert errors["oversized.yaml"].startswith(f"{oversized}: the file is 2,097,180 bytes; a ")
     assert sorted(catalog.specs) == ["demo_air_temperature", "test_t2m"]
     loaded = {asset.key.to_user_string() for asset in build_definitions().assets}
-    assert loaded == {"demo_air_temperature", "test_t2m"}  # the code location loads the others
+    # the code location loads the others, each with its source
+    assert loaded == {
+        "demo_air_temperature",
+        "test_t2m",
+        "source/demo_air_temperature",
+        "source/test_t2m",
+    }
     assert time.monotonic() - started < 10

@@ -16,7 +16,7 @@ from ref_assets.catalog import load_catalog
 from ref_assets.cli import main
 from ref_assets.definitions import build_definitions
 from ref_assets.defs.instance_sync import SyncReport, sync_instance
-from ref_assets.defs.io_manager import data_version_tags
+from ref_assets.defs.metadata import data_version_tags
 from ref_assets.provenance import (
     ProvenanceRecord,
     export_records,

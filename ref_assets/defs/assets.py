@@ -6,8 +6,10 @@ from datetime import datetime
 import dagster as dg
 
 from ref_assets.batch import PeriodStream, fetch_batch
+from ref_assets.defs.metadata import dataset_metadata, source_asset_key
 from ref_assets.defs.resources import ProviderRegistryResource
 from ref_assets.periods import last_complete_period
+from ref_assets.preview import PreviewStyle
 from ref_assets.provenance import code_version
 from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.secrets import redact
@@ -56,7 +58,11 @@ def _masked_failure(prefix: str, err: Exception) -> dg.Failure:
     return dg.Failure(description=redact(f"{prefix}{type(err).__name__}: {err}"))
 
 
-def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.AssetsDefinition:
+def build_dataset_asset(
+    spec: DatasetSpec, registry: ProviderRegistry, preview_style: PreviewStyle | None = None
+) -> dg.AssetsDefinition:
+    """The dataset's partitioned asset, downstream of its source (`source_asset`); with
+    ``preview_style``, every period written gets a map preview."""
     provider_class = registry.classes.get(spec.provider)
 
     def dataset_asset(
@@ -72,10 +78,12 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
             # takes one data version per output, so a range's partitions carry their checksums
             # as metadata only.
             context.log.info(f"{spec.id}: {len(periods)} periods from provider {provider.name}")
-            return dg.Output(PeriodStream(spec, provider, periods, spec.runs.fetch_workers))
+            return dg.Output(
+                PeriodStream(spec, provider, periods, spec.runs.fetch_workers, preview_style)
+            )
         context.log.info(f"{spec.id} {periods[0].key}: fetching from provider {provider.name}")
         try:
-            batch = fetch_batch(spec, provider, periods[0])
+            batch = fetch_batch(spec, provider, periods[0], preview_style)
         except Exception as err:
             raise _masked_failure(f"{spec.id} {periods[0].key}: ", err) from None
         with warnings.catch_warnings():  # data_version is beta, and exactly what we want
@@ -96,13 +104,10 @@ def build_dataset_asset(spec: DatasetSpec, registry: ProviderRegistry) -> dg.Ass
                 if spec.runs.max_partitions_per_run
                 else dg.BackfillPolicy.single_run()
             ),
-            group_name="datasets",
+            group_name=spec.group,
+            owners=spec.owners,
+            tags=spec.tags,
             kinds={"icechunk", "xarray"},
-            metadata={
-                "provider": dg.MetadataValue.text(spec.provider),
-                "period": dg.MetadataValue.text(spec.period.value),
-                "variables": dg.MetadataValue.json(
-                    redact([v.model_dump(mode="json") for v in spec.variables])
-                ),
-            },
+            deps=[source_asset_key(spec)],
+            metadata=dataset_metadata(spec),
         )(dataset_asset)

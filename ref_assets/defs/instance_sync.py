@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from ref_assets.config import Settings, load_settings
-from ref_assets.defs.io_manager import data_version_tags, record_metadata
+from ref_assets.defs.metadata import data_version_tags, record_metadata
 from ref_assets.provenance import iter_stored_records
 from ref_assets.store.repository import DatasetStore
 

@@ -11,6 +11,7 @@ import dagster as dg
 import xarray as xr
 
 from ref_assets.batch import PeriodBatch, PeriodFailure, PeriodStream
+from ref_assets.defs.metadata import data_version_tags, materialization_metadata
 from ref_assets.defs.resources import IcechunkStorage
 from ref_assets.periods import Period
 from ref_assets.provenance import ProvenanceRecord
@@ -158,80 +159,3 @@ class _Progress:
             f"{self.dataset_id}: {done}/{self.total} periods committed "
             f"(snapshot {receipts[-1].snapshot_id}, {rate:.1f} periods/s, ETA {eta:.0f} s)"
         )
-
-
-def materialization_metadata(receipt: WriteReceipt) -> dict[str, dg.MetadataValue]:
-    """What Dagster shows for one period this run wrote."""
-    return {
-        **record_metadata(receipt.record),
-        "snapshot_id": dg.MetadataValue.text(receipt.snapshot_id),
-        "bytes_written": dg.MetadataValue.int(receipt.bytes_written),
-        "commit_attempts": dg.MetadataValue.int(receipt.attempts),
-    }
-
-
-# Dagster's tags for a materialization's data version (dagster/_core/definitions/data_version.py
-# has no public constants for them; a test pins these against it).
-DATA_VERSION_TAG = "dagster/data_version"
-DATA_VERSION_IS_USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
-CODE_VERSION_TAG = "dagster/code_version"
-
-
-def data_version_tags(record: ProvenanceRecord) -> dict[str, str]:
-    """Tags that give a materialization reported outside a run (``report_runless_asset_event``)
-    the record's checksum as data version, as a run's materialization of one partition has."""
-    tags = {DATA_VERSION_TAG: record.checksum, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
-    if record.code_version:
-        tags[CODE_VERSION_TAG] = record.code_version
-    return tags
-
-
-def record_metadata(record: ProvenanceRecord) -> dict[str, dg.MetadataValue]:
-    """A period's provenance record as Dagster metadata: the whole record as JSON, and its
-    checksums, versions and statistics as readable fields."""
-    numeric = ("min", "mean", "max", "nan_fraction")
-    variables = [
-        dg.TableRecord(
-            {
-                "variable": name,
-                "units": info.units,
-                "shape": "x".join(map(str, info.shape)),
-                "min": info.minimum,
-                "mean": info.mean,
-                "max": info.maximum,
-                "nan_fraction": info.nan_fraction,
-            }
-        )
-        for name, info in record.variables.items()
-    ]
-    sources = [
-        dg.TableRecord({"uri": s.uri, "size": s.size, "sha256": s.sha256}) for s in record.sources
-    ]
-    return {
-        "period": dg.MetadataValue.text(record.period),
-        "time_index": dg.MetadataValue.int(record.time_index),
-        "checksum": dg.MetadataValue.text(record.checksum),
-        "provider": dg.MetadataValue.text(f"{record.provider} {record.provider_version}"),
-        "code_version": dg.MetadataValue.text(record.code_version or "unknown"),
-        "spec_fingerprint": dg.MetadataValue.text(record.spec_fingerprint),
-        "variables": dg.MetadataValue.table(
-            variables,
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn(c, "float" if c in numeric else "string")
-                    for c in ("variable", "units", "shape", *numeric)
-                ]
-            ),
-        ),
-        "sources": dg.MetadataValue.table(
-            sources,
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn("uri", "string"),
-                    dg.TableColumn("size", "int"),
-                    dg.TableColumn("sha256", "string"),
-                ]
-            ),
-        ),
-        "record": dg.MetadataValue.json(record.model_dump(mode="json", exclude_none=True)),
-    }

@@ -23,6 +23,7 @@ import zarr
 from zarr.core.sync import sync
 
 from ref_assets.batch import PeriodBatch
+from ref_assets.preview import Preview
 from ref_assets.provenance import ProvenanceRecord, build_record
 from ref_assets.store.layout import (
     RECORDS_PATH,
@@ -53,6 +54,8 @@ class WriteReceipt:
     bytes_written: int
     record: ProvenanceRecord
     attempts: int
+    preview: Preview | None = None  # drawn from the batch, so nothing is read back
+    preview_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,16 @@ class PeriodWriter:
                 )
                 continue
             receipts = [
-                WriteReceipt(batch.period.key, snapshot_id, batch.time_index, size, record, attempt)
+                WriteReceipt(
+                    batch.period.key,
+                    snapshot_id,
+                    batch.time_index,
+                    size,
+                    record,
+                    attempt,
+                    batch.preview,
+                    batch.preview_problem,
+                )
                 for batch, record, size in self._pending
             ]
             self._pending, self._session = [], None
