@@ -33,7 +33,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 build_dataset_asset(spec, registry, PreviewStyle.for_spec(spec, vocabulary))
                 for spec in specs
             ),
-            *(source_asset(spec, _doc(registry.classes.get(spec.provider))) for spec in specs),
+            *(source_asset(spec, _version(registry.classes.get(spec.provider))) for spec in specs),
         ],
         resources={
             # The root is resolved in each process that writes (REF_STORAGE_ROOT, ref.toml).
@@ -44,8 +44,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     )
 
 
-def _doc(provider_class: type | None) -> str | None:
-    return provider_class.__doc__ if provider_class else None
+def _version(provider_class: type | None) -> str | None:
+    return provider_class.version if provider_class else None
 
 
 @dg.definitions

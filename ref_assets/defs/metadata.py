@@ -162,22 +162,21 @@ def source_asset_key(spec: DatasetSpec) -> dg.AssetKey:
     return dg.AssetKey([SOURCE_PREFIX, spec.id])
 
 
-def source_asset(spec: DatasetSpec, provider_doc: str | None) -> dg.AssetSpec:
+def source_asset(spec: DatasetSpec, provider_version: str | None) -> dg.AssetSpec:
     """The external asset a dataset is read from, upstream of it in the lineage graph: Dagster
     does not materialize it; it says where the data comes from."""
-    summary = (provider_doc or "").strip().splitlines()[0:1]
-    about = f"{summary[0].rstrip('.')}. " if summary else ""
+    provider = f"{spec.provider} {provider_version}" if provider_version else spec.provider
     return dg.AssetSpec(
         key=source_asset_key(spec),
         description=(
-            f"Source of {spec.id}: {about}Read by the {spec.provider} provider from "
-            f"{source_location(spec)}."
+            f"Where {spec.id} ({redact(spec.title)}) comes from: read by the provider "
+            f"{provider} from {source_location(spec)}."
         ),
         group_name=spec.group,
         kinds={"source", spec.provider},
         owners=spec.owners,
         metadata={
-            f"{DATASET_PREFIX}provider": dg.MetadataValue.text(spec.provider),
+            f"{DATASET_PREFIX}provider": dg.MetadataValue.text(provider),
             f"{DATASET_PREFIX}source": dg.MetadataValue.text(source_location(spec)),
         },
     )
