@@ -28,7 +28,7 @@ MAX_SIDE = 256  # pixels on the long side, at most
 # base64 of this many bytes plus the markdown around it stays under Dagster's 1,000 characters.
 INLINE_PNG_BYTES = 700
 # Pixels on the long side, tried largest first; the smallest (32 x 32 at 4 bits, 512 bytes
-# before compression) always fits. The one chosen is drawn twice as large if that fits too.
+# before compression) always fits. The one chosen is then drawn larger if that fits too.
 SAMPLED_SIDES = (128, 96, 64, 48, 32)
 # Cells averaged into a pixel along each axis, at most: a finer grid is strided first, so a
 # 0.1 degree global field costs about what a small one does.
@@ -101,11 +101,16 @@ def render_preview(
         png = _encode(indices, palette)
         if len(png) <= budget:
             break
-    if 2 * max(indices.shape) <= MAX_SIDE:
-        doubled = np.repeat(np.repeat(indices, 2, axis=0), 2, axis=1)
-        larger = _encode(doubled, palette)
-        if len(larger) <= budget:
-            png, indices = larger, doubled
+    # Drawn larger, each pixel a square of pixels, as far as MAX_SIDE and the budget allow: a
+    # small grid would otherwise be a few pixels wide.
+    scale = MAX_SIDE // max(indices.shape)
+    while scale > 1:
+        larger = np.repeat(np.repeat(indices, scale, axis=0), scale, axis=1)
+        larger_png = _encode(larger, palette)
+        if len(larger_png) <= budget:
+            png, indices = larger_png, larger
+            break
+        scale //= 2
     height, width = indices.shape
     where = f" {selection}" if selection else ""
     caption = f"{style.variable}{where}, {style.colormap} {_number(low)} to {_number(high)}"

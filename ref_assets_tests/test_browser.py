@@ -1,0 +1,162 @@
+"""The Dagster UI as a person sees it: the real webserver over an instance holding a few
+materialized partitions, driven by Debian's headless Chromium through Playwright.
+
+Playwright is used with the system browser (``/usr/bin/chromium``); its own browser download
+(``playwright install``) is never needed. ``./dev test`` installs Chromium when it is missing and
+sets ``REF_BROWSER_TEST=required``, so there a missing browser is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ref_assets.definitions import build_definitions
+from ref_assets.defs.assets import range_run_tags
+from ref_assets.defs.instance_init import init_instance
+
+CHROMIUM = Path("/usr/bin/chromium")
+DATASET = "browser_t2m"
+# A guard against a hung server, not a timing check: loading the code location takes a few
+# seconds, and far longer on a busy machine.
+WEBSERVER_START_SECONDS = 240
+# The UI fills the page in as its queries answer (the asset's definition arrives after its
+# events): how long to wait for an element before failing, also a guard only.
+UI_TIMEOUT_MS = 60_000
+
+
+def require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    message = (
+        f"the browser test needs Debian's Chromium at {CHROMIUM}: install it with "
+        "`apt-get install -y chromium` (./dev test does this itself)"
+    )
+    if os.environ.get("REF_BROWSER_TEST") == "required":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    init_instance(home)
+    return home
+
+
+@pytest.fixture
+def materialized(settings, write_spec, dagster_home: Path) -> list[str]:
+    """A daily dataset starting a few days ago with three partitions materialized in one range
+    run; Dagster's UI pages partition keys from the newest, so these are among those it plots."""
+    today = datetime.now(UTC).date()
+    write_spec(DATASET, start=str(today - timedelta(days=6)))
+    keys = [str(today - timedelta(days=days)) for days in (5, 4, 3)]
+    job = build_definitions().resolve_implicit_job_def_def_for_assets([dg.AssetKey(DATASET)])
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            asset_selection=[dg.AssetKey(DATASET)],
+            instance=instance,
+            tags=range_run_tags(keys[0], keys[-1]),
+        )
+    assert result.success
+    return keys
+
+
+@pytest.fixture
+def webserver(materialized, dagster_home: Path, tmp_path: Path):
+    """``dagster-webserver`` on a free loopback port over ``dagster_home``; stopped by its pid."""
+    port = free_port()
+    log = (tmp_path / "webserver.log").open("wb")
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("dagster-webserver")),
+            *("-h", "127.0.0.1", "-p", str(port), "-m", "ref_assets.definitions"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WEBSERVER_START_SECONDS
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/server_info", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail(
+                        "dagster-webserver did not answer: "
+                        + (tmp_path / "webserver.log").read_text()[-3000:]
+                    )
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def test_the_asset_page_shows_the_map_preview_and_plotted_statistics(webserver, tmp_path):
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            # A fresh browser profile on localhost is greeted by Dagster's community dialog,
+            # which covers the page; its dismissal is kept in local storage (CommunityNux.tsx).
+            page.add_init_script("localStorage.setItem('communityNux', JSON.stringify('1'))")
+            page.goto(f"{webserver}/assets/{DATASET}?view=overview")
+
+            # The newest partition's map preview, drawn in place (markdown under 1,000 chars).
+            preview = page.locator('img[src^="data:image/png;base64,"]').first
+            expect(preview).to_be_visible(timeout=UI_TIMEOUT_MS)
+            assert preview.evaluate("image => image.complete && image.naturalWidth") > 0
+            assert preview.get_attribute("alt") == "t2m, RdYlBu_r -40 to 45"
+            # The dataset-level definition metadata beside it, not hidden by the partition's.
+            expect(page.get_by_text("dataset/provider", exact=True).first).to_be_visible(
+                timeout=UI_TIMEOUT_MS
+            )
+            page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+            # The statistics, plotted per partition.
+            page.get_by_role("button", name="Plots").click()
+            for label in ("t2m/mean", "t2m/min", "t2m/max", "t2m/nan_fraction"):
+                expect(page.get_by_text(label, exact=True).first).to_be_visible(
+                    timeout=UI_TIMEOUT_MS
+                )
+            expect(page.locator("canvas").first).to_be_visible(timeout=UI_TIMEOUT_MS)
+            assert page.locator("canvas").count() >= 4
+            page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+        finally:
+            browser.close()
