@@ -16,6 +16,7 @@ from dagster._utils.tags import is_valid_strict_tag_value, is_valid_tag_key
 from PIL import Image
 from pydantic import ValidationError
 
+import ref_assets
 from ref_assets.definitions import build_definitions
 from ref_assets.defs.metadata import DATASET_PREFIX, round_significant
 from ref_assets.preview import LEVELS, MAX_SIDE, PreviewStyle, render_preview
@@ -24,6 +25,7 @@ from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
 from ref_assets_tests.conftest import spec_dict
+from ref_assets_tests.test_extra_dimensions import levels_spec, write_levels_file
 
 # Dagster's UI draws a markdown value in place only below this many characters.
 INLINE_MARKDOWN_CHARS = 1000
@@ -297,3 +299,21 @@ def test_a_source_asset_upstream_shows_where_the_data_comes_from(settings, write
     description = remote.specs_by_key[dg.AssetKey(["source", "remote_t2m"])].description
     assert description.endswith("from https://***@data.example/t2m.")
     assert "s3cret" not in description
+
+
+def test_a_variable_with_levels_is_previewed_at_its_first_level(
+    settings, write_spec, materialize, register_providers, tmp_path
+):
+    register_providers("ref_assets.providers.local_files:LocalFilesProvider")
+    write_levels_file(tmp_path / "archive" / "t_20240102.nc", 2)
+    write_spec("upper_air", **levels_spec(tmp_path / "archive"))
+    result = materialize("upper_air", "2024-01-02")
+    caption, png = decode_preview(
+        event_metadata(result, "upper_air", "2024-01-02")["preview"].value
+    )
+    assert caption == "t level=850, RdYlBu_r 190 to 310"
+    stored = ref_assets.open_dataset("upper_air", settings=settings)["t"].sel(
+        time="2024-01-02", level=850
+    )
+    style = PreviewStyle("t", "RdYlBu_r", (190.0, 310.0))
+    assert png == render_preview(stored.values, stored.y.values, stored.x.values, style).png
