@@ -7,7 +7,9 @@ metadata value in place only below 1,000 characters (longer ones hide behind "Sh
 and every byte is kept in the event log once per partition.
 
 >>> style = PreviewStyle("t2m", "RdYlBu_r", (-40.0, 45.0))
->>> png = render_preview(values, y, style)  # doctest: +SKIP
+>>> preview = render_preview(values, y, x, style)  # doctest: +SKIP
+>>> preview.png[:4], preview.caption  # doctest: +SKIP
+(b"\x89PNG", "t2m, RdYlBu_r -40 to 45")
 """
 
 from __future__ import annotations
