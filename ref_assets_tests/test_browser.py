@@ -63,12 +63,17 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def materialized(settings, write_spec, dagster_home: Path) -> list[str]:
-    """A daily dataset starting a few days ago with three partitions materialized in one range
-    run; Dagster's UI pages partition keys from the newest, so these are among those it plots."""
+def browser_dataset(settings, write_spec) -> list[str]:
+    """A daily dataset starting a few days ago, and three of its partitions: Dagster's UI pages
+    partition keys from the newest, so these are among those it plots."""
+    require_chromium()  # before the costly set-up
     today = datetime.now(UTC).date()
     write_spec(DATASET, start=str(today - timedelta(days=6)))
-    keys = [str(today - timedelta(days=days)) for days in (5, 4, 3)]
+    return [str(today - timedelta(days=days)) for days in (5, 4, 3)]
+
+
+def materialize_range(keys: list[str]) -> None:
+    """Materialize ``keys`` of the dataset in one range run, into ``DAGSTER_HOME``'s instance."""
     job = build_definitions().resolve_implicit_job_def_def_for_assets([dg.AssetKey(DATASET)])
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
@@ -77,12 +82,12 @@ def materialized(settings, write_spec, dagster_home: Path) -> list[str]:
             tags=range_run_tags(keys[0], keys[-1]),
         )
     assert result.success
-    return keys
 
 
 @pytest.fixture
-def webserver(materialized, dagster_home: Path, tmp_path: Path):
-    """``dagster-webserver`` on a free loopback port over ``dagster_home``; stopped by its pid."""
+def webserver(browser_dataset: list[str], dagster_home: Path, tmp_path: Path):
+    """``dagster-webserver`` on a free loopback port over ``dagster_home``, once the dataset's
+    partitions are materialized (while the server loads the code location); stopped by pid."""
     port = free_port()
     log = (tmp_path / "webserver.log").open("wb")
     server = subprocess.Popen(
@@ -98,6 +103,7 @@ def webserver(materialized, dagster_home: Path, tmp_path: Path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
+        materialize_range(browser_dataset)
         deadline = time.monotonic() + WEBSERVER_START_SECONDS
         while True:
             try:
@@ -123,7 +129,6 @@ def webserver(materialized, dagster_home: Path, tmp_path: Path):
 
 
 def test_the_asset_page_shows_the_map_preview_and_plotted_statistics(webserver, tmp_path):
-    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
