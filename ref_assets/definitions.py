@@ -7,6 +7,7 @@ import dagster as dg
 from ref_assets.catalog import configured_vocabulary, load_catalog
 from ref_assets.config import Settings, load_settings
 from ref_assets.defs.assets import IO_MANAGER_KEY, build_dataset_asset
+from ref_assets.defs.checks import build_check_job, build_quality_check
 from ref_assets.defs.io_manager import IcechunkIOManager
 from ref_assets.defs.metadata import source_asset
 from ref_assets.defs.resources import (
@@ -27,14 +28,20 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     catalog = load_catalog(settings, vocabulary)
     registry = installed_providers(settings.providers)
     specs = list(catalog.specs.values())
+    datasets = [
+        build_dataset_asset(spec, registry, PreviewStyle.for_spec(spec, vocabulary))
+        for spec in specs
+    ]
     return dg.Definitions(
         assets=[
-            *(
-                build_dataset_asset(spec, registry, PreviewStyle.for_spec(spec, vocabulary))
-                for spec in specs
-            ),
+            *datasets,
             *(source_asset(spec, _version(registry.classes.get(spec.provider))) for spec in specs),
         ],
+        asset_checks=[
+            build_quality_check(spec, asset.partitions_def)
+            for spec, asset in zip(specs, datasets, strict=True)
+        ],
+        jobs=[build_check_job(spec) for spec in specs],
         resources={
             # The root is resolved in each process that writes (REF_STORAGE_ROOT, ref.toml).
             IO_MANAGER_KEY: IcechunkIOManager(storage=IcechunkStorage()),

@@ -217,6 +217,32 @@ class RunSpec(_Strict):
     )
 
 
+NanFraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class VariableChecksSpec(_Strict):
+    """Per-variable overrides of the dataset's check bounds."""
+
+    max_nan_fraction: NanFraction
+
+
+class ChecksSpec(_Strict):
+    """Bounds of the partitioned asset checks every stored period gets (none changes stored
+    values). The default allows any NaN fraction: a land-only product over a box that is mostly
+    sea is NaN almost everywhere, so only the operator knows the bound."""
+
+    max_nan_fraction: NanFraction = Field(
+        default=1.0, description="the largest NaN fraction a variable may have in one period"
+    )
+    variables: dict[VariableName, VariableChecksSpec] = Field(
+        default_factory=dict, description="per-variable overrides, by variable name"
+    )
+
+    def max_nan_fraction_of(self, variable: str) -> float:
+        override = self.variables.get(variable)
+        return override.max_nan_fraction if override else self.max_nan_fraction
+
+
 class DatasetSpec(_Strict):
     """A dataset: what it is, where its periods come from and how the store lays it out."""
 
@@ -249,6 +275,7 @@ class DatasetSpec(_Strict):
         Annotated[str, AfterValidator(_tag_key)], Annotated[str, AfterValidator(_tag_value)]
     ] = Field(default_factory=dict)
     group: Annotated[str, AfterValidator(_group)] = "datasets"
+    checks: ChecksSpec = Field(default_factory=ChecksSpec)
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -282,6 +309,9 @@ class DatasetSpec(_Strict):
         if duplicated:
             raise ValueError(f"variables: duplicated names {duplicated}")
         self._check_dimensions(names)
+        unknown = sorted(set(self.checks.variables) - set(names))
+        if unknown:
+            raise ValueError(f"checks.variables: {unknown} are not variables of this dataset")
         return self
 
     def _check_dimensions(self, variable_names: list[str]) -> None:
@@ -399,7 +429,7 @@ class DatasetSpec(_Strict):
 
 # Fields that never change a stored value.
 _NOT_SHAPING_VALUES = frozenset(
-    {"title", "description", "attributes", "runs", "owners", "tags", "group"}
+    {"title", "description", "attributes", "runs", "owners", "tags", "group", "checks"}
 )
 
 

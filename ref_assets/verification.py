@@ -72,20 +72,29 @@ def verify_dataset(
     records = store_reader.read_records(session, written)
     for index, recomputed in store_reader.stored_checksums(session, axis, written):
         key = axis.period_at(index).key
-        try:
-            record = ProvenanceRecord.from_stored(records[index], dataset_id, key)
-        except RecordFormatError as err:
-            problem = str(err).removeprefix(f"{dataset_id} period {key}: ")
-            checks.append(PeriodCheck(key, None, recomputed, problem))
-            continue
-        if record.period != key:
-            problem = f"the record at this position describes period {record.period}"
-        elif record.checksum != recomputed:
-            problem = "stored values differ from the values the record describes"
-        else:
-            problem = None
-        checks.append(PeriodCheck(key, record.checksum, recomputed, problem))
+        checks.append(check_against_record(dataset_id, key, records.get(index), recomputed))
     return sorted(checks, key=lambda check: check.period)
+
+
+def check_against_record(
+    dataset_id: str, key: str, stored_record: dict | None, recomputed: str
+) -> PeriodCheck:
+    """Compare the checksum ``recomputed`` from period ``key``'s stored values with the one
+    its stored record (raw, as read) holds."""
+    if stored_record is None:
+        return PeriodCheck(key, None, recomputed, "the period has no record")
+    try:
+        record = ProvenanceRecord.from_stored(stored_record, dataset_id, key)
+    except RecordFormatError as err:
+        problem = str(err).removeprefix(f"{dataset_id} period {key}: ")
+        return PeriodCheck(key, None, recomputed, problem)
+    if record.period != key:
+        problem = f"the record at this position describes period {record.period}"
+    elif record.checksum != recomputed:
+        problem = "stored values differ from the values the record describes"
+    else:
+        problem = None
+    return PeriodCheck(key, record.checksum, recomputed, problem)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,20 @@
 """One time-partitioned asset per dataset spec: fetch a period, check it, hand it to the store."""
 
 import warnings
+from collections.abc import Iterator
 from datetime import datetime
 
 import dagster as dg
 
 from ref_assets.batch import PeriodStream, fetch_batch
+from ref_assets.defs.checks import quality_evaluations
+from ref_assets.defs.io_manager import IcechunkIOManager
 from ref_assets.defs.metadata import dataset_metadata, source_asset_key
-from ref_assets.defs.resources import ProviderRegistryResource
-from ref_assets.periods import last_complete_period
+from ref_assets.defs.resources import PackagedFilesResource, ProviderRegistryResource
+from ref_assets.periods import Period, last_complete_period
 from ref_assets.preview import PreviewStyle
 from ref_assets.provenance import code_version
+from ref_assets.providers.protocol import Provider
 from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
@@ -58,6 +62,28 @@ def _masked_failure(prefix: str, err: Exception) -> dg.Failure:
     return dg.Failure(description=redact(f"{prefix}{type(err).__name__}: {err}"))
 
 
+def _range_events(
+    context: dg.AssetExecutionContext,
+    spec: DatasetSpec,
+    provider: Provider,
+    periods: tuple[Period, ...],
+    io_manager: IcechunkIOManager,
+    packaged_files: PackagedFilesResource,
+    preview_style: PreviewStyle | None,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """A range run's events, each commit's as soon as it lands: a materialization per period
+    (its checksum as data version: Dagster takes one data version per output, so a range run
+    yields no output but these), then the period's quality check (Dagster skips the check's own
+    step when the asset yields no output, so it is evaluated here, by the same code). Periods
+    are fetched while earlier ones are written, so memory stays flat over long ranges."""
+    vocabulary = packaged_files.variables_cv()
+    stream = PeriodStream(spec, provider, periods, spec.runs.fetch_workers, preview_style)
+    for materializations in io_manager.write_range(context, stream):
+        yield from materializations
+        keys = [materialization.partition for materialization in materializations]
+        yield from quality_evaluations(context.instance, spec, io_manager, vocabulary, keys)
+
+
 def build_dataset_asset(
     spec: DatasetSpec, registry: ProviderRegistry, preview_style: PreviewStyle | None = None
 ) -> dg.AssetsDefinition:
@@ -66,21 +92,22 @@ def build_dataset_asset(
     provider_class = registry.classes.get(spec.provider)
 
     def dataset_asset(
-        context: dg.AssetExecutionContext, providers: ProviderRegistryResource
-    ) -> dg.Output:  # a PeriodBatch (one partition) or a PeriodStream (a range)
+        context: dg.AssetExecutionContext,
+        providers: ProviderRegistryResource,
+        icechunk_io_manager: dg.ResourceParam[IcechunkIOManager],
+        packaged_files: PackagedFilesResource,
+    ) -> Iterator:
         periods = tuple(spec.period_for_key(key) for key in context.partition_keys)
         try:
             provider = providers.create(spec)
         except Exception as err:
             raise _masked_failure("", err) from None
         if len(periods) > 1:
-            # Fetched while the IO manager writes: memory stays flat over long ranges. Dagster
-            # takes one data version per output, so a range's partitions carry their checksums
-            # as metadata only.
             context.log.info(f"{spec.id}: {len(periods)} periods from provider {provider.name}")
-            return dg.Output(
-                PeriodStream(spec, provider, periods, spec.runs.fetch_workers, preview_style)
+            yield from _range_events(
+                context, spec, provider, periods, icechunk_io_manager, packaged_files, preview_style
             )
+            return
         context.log.info(f"{spec.id} {periods[0].key}: fetching from provider {provider.name}")
         try:
             batch = fetch_batch(spec, provider, periods[0], preview_style)
@@ -88,7 +115,7 @@ def build_dataset_asset(
             raise _masked_failure(f"{spec.id} {periods[0].key}: ", err) from None
         with warnings.catch_warnings():  # data_version is beta, and exactly what we want
             warnings.simplefilter("ignore", dg.BetaWarning)
-            return dg.Output(batch, data_version=dg.DataVersion(batch.checksum))
+            yield dg.Output(batch, data_version=dg.DataVersion(batch.checksum))
 
     # backfill_policy is beta too; one warning per dataset per code-location load is only noise.
     with warnings.catch_warnings():
@@ -99,6 +126,8 @@ def build_dataset_asset(
             partitions_def=partitions_for(spec),
             code_version=code_version(spec, provider_class.version if provider_class else None),
             io_manager_key=IO_MANAGER_KEY,
+            # A range run writes through `IcechunkIOManager.write_range` and yields no output.
+            output_required=False,
             backfill_policy=(
                 dg.BackfillPolicy.multi_run(spec.runs.max_partitions_per_run)
                 if spec.runs.max_partitions_per_run

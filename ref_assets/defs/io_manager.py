@@ -1,11 +1,13 @@
 """The Icechunk IO manager: a thin Dagster adapter over `ref_assets.store`.
 
-``handle_output`` writes the period (or the stream of periods of a multi-partition run) into the
-dataset's store, committing in batches, and gives every partition its own metadata;
+``handle_output`` writes the period of a single-partition run into the dataset's store;
+`IcechunkIOManager.write_range` (called by the asset in a range run) streams many periods into it,
+committing in batches and yielding each partition's materialization as its commit lands;
 ``load_input`` returns the requested periods of an upstream dataset, lazily.
 """
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import xarray as xr
@@ -14,91 +16,100 @@ from ref_assets.batch import PeriodBatch, PeriodFailure, PeriodStream
 from ref_assets.defs.metadata import data_version_tags, materialization_metadata
 from ref_assets.defs.resources import IcechunkStorage
 from ref_assets.periods import Period
-from ref_assets.provenance import ProvenanceRecord
 from ref_assets.secrets import redact
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import StoreError
-from ref_assets.store.writer import CommitPolicy, PeriodWriter, WriteReceipt
+from ref_assets.store.writer import CommitPolicy, PeriodWriter, WriteReceipt, write_period
 
 
 class IcechunkIOManager(dg.ConfigurableIOManager):
-    """Stores each partition of a dataset asset in the dataset's Icechunk repository."""
+    """Stores each partition of a dataset asset in the dataset's Icechunk repository: one
+    partition through ``handle_output``, the partitions of a range run through `write_range`."""
 
     storage: IcechunkStorage
 
-    def handle_output(self, context: dg.OutputContext, obj: PeriodBatch | PeriodStream) -> None:
-        if isinstance(obj, PeriodBatch):
-            spec, periods, items = obj.spec, (obj.period,), [obj]
-        elif isinstance(obj, PeriodStream):
-            spec, periods, items = obj.spec, obj.periods, obj
-        else:
+    def handle_output(self, context: dg.OutputContext, obj: PeriodBatch) -> None:
+        if not isinstance(obj, PeriodBatch):
             raise TypeError(
-                f"{context.asset_key.to_user_string()}: the Icechunk IO manager stores PeriodBatch "
-                f"or PeriodStream outputs, got {type(obj).__name__}"
+                f"{context.asset_key.to_user_string()}: the Icechunk IO manager stores a "
+                f"PeriodBatch output (ranges go through write_range), got {type(obj).__name__}"
             )
-        keys = [period.key for period in periods]
         partition_keys = list(context.asset_partition_keys)
-        if keys != partition_keys:
-            # A guard, not a path: the asset builds its periods from these very partition keys.
-            unasked = sorted(set(keys) - set(partition_keys))
-            unmade = sorted(set(partition_keys) - set(keys))
+        if partition_keys != [obj.period.key]:
+            # A guard, not a path: the asset builds its period from this very partition key.
             raise ValueError(
-                f"{spec.id}: the asset produced {len(keys)} periods for {len(partition_keys)} "
-                f"partitions (produced but not asked: {unasked[:5]}; asked but not produced: "
-                f"{unmade[:5]}); nothing was written. Report this with the run id "
+                f"{obj.spec.id}: the asset produced period {obj.period.key} for partitions "
+                f"{partition_keys[:5]}; nothing was written. Report this with the run id "
                 f"{context.run_id}: it is a bug"
             )
+        store = self.storage.store(obj.spec.id)
+        try:
+            receipt = write_period(store, obj, run_id=context.run_id)
+        except Exception as err:
+            raise _writing_stopped(obj.spec.id, 0, 1, err, []) from None
+        context.step_context.add_asset_metadata(
+            {**materialization_metadata(receipt), "store": dg.MetadataValue.path(store.location)},
+            partition_key=obj.period.key,
+        )
+
+    def write_range(
+        self, context: dg.AssetExecutionContext, stream: PeriodStream
+    ) -> Iterator[list[dg.AssetMaterialization]]:
+        """Write the periods of a range run, committing in batches, and yield each commit's
+        materializations (one per period, with its metadata and its checksum as data version)
+        as soon as the commit lands, for the asset to hand to Dagster.
+
+        A period that failed to fetch or validate is logged and left out; after the last commit
+        the run fails naming every failed period with its error (``failed_periods``). If writing
+        itself fails, the periods committed before were already yielded; the run fails saying
+        how many were not written.
+        """
+        spec = stream.spec
         store = self.storage.store(spec.id)
-        progress = _Progress(context, spec.id, len(periods))
+        progress = _Progress(context.log, spec.id, len(stream.periods))
         writer = PeriodWriter(
             store,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             policy=CommitPolicy(spec.runs.commit_every, spec.runs.commit_seconds),
-            on_commit=progress.committed,
         )
         failures: list[PeriodFailure] = []
+
+        def landed(receipts: list[WriteReceipt]) -> list[dg.AssetMaterialization]:
+            progress.committed(receipts)
+            return [
+                dg.AssetMaterialization(
+                    context.asset_key,
+                    partition=receipt.period_key,
+                    metadata={
+                        **materialization_metadata(receipt),
+                        "store": dg.MetadataValue.path(store.location),
+                    },
+                    tags=data_version_tags(receipt.record),
+                )
+                for receipt in receipts
+            ]
+
         try:
-            for item in items:
+            for item in stream:
                 if isinstance(item, PeriodFailure):
                     context.log.error(f"{spec.id} {item.period.key}: {item.error}")
                     failures.append(item)
-                else:
-                    writer.add(item)
-            writer.flush()
-        except BaseException as err:
-            # Disk full, a lock timeout, an interruption: the periods committed before it are in
-            # the store, so Dagster must hear of them although the step fails.
-            progress.report_committed()
-            if not isinstance(err, Exception):
-                raise
-            committed = len(progress.metadata_by_partition)
-            raise dg.Failure(
-                description=redact(
-                    f"{spec.id}: writing stopped after {committed} of {len(periods)} periods "
-                    f"were committed ({len(periods) - committed} not written): "
-                    f"{type(err).__name__}: {str(err).rstrip('.')}. The committed periods are "
-                    "kept and recorded; once the cause is fixed, run the range again to write "
-                    "the others."
-                ),
-                metadata={
-                    "committed_periods": committed,
-                    "unwritten_periods": len(periods) - committed,
-                    "failed_periods": {f.period.key: f.error for f in failures},
-                },
+                elif receipts := writer.add(item):
+                    yield landed(receipts)
+            if receipts := writer.flush():
+                yield landed(receipts)
+        except Exception as err:
+            # Disk full, a lock timeout: the periods committed before it were yielded already.
+            raise _writing_stopped(
+                spec.id, progress.done, len(stream.periods), err, failures
             ) from None
-        for key, metadata in progress.metadata_by_partition.items():
-            context.step_context.add_asset_metadata(
-                {**metadata, "store": dg.MetadataValue.path(store.location)}, partition_key=key
-            )
         if failures:
-            # The step fails, so Dagster records none of this run's partitions.
-            progress.report_committed()
             raise dg.Failure(
                 description=(
-                    f"{spec.id}: {len(failures)} of {len(periods)} periods failed "
+                    f"{spec.id}: {len(failures)} of {len(stream.periods)} periods failed "
                     f"({', '.join(f.period.key for f in failures[:10])}"
                     f"{'...' if len(failures) > 10 else ''}); the "
-                    f"{len(progress.metadata_by_partition)} others were committed and kept"
+                    f"{progress.done} others were committed and kept"
                 ),
                 metadata={"failed_periods": {f.period.key: f.error for f in failures}},
             )
@@ -126,36 +137,38 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
         return data.isel(time=sorted(wanted))
 
 
+def _writing_stopped(
+    dataset_id: str, committed: int, total: int, err: Exception, failures: list[PeriodFailure]
+) -> dg.Failure:
+    """The step failure for a write that failed after ``committed`` of ``total`` periods."""
+    return dg.Failure(
+        description=redact(
+            f"{dataset_id}: writing stopped after {committed} of {total} periods were committed "
+            f"({total - committed} not written): {type(err).__name__}: {str(err).rstrip('.')}. "
+            "The committed periods are kept and recorded; once the cause is fixed, run the range "
+            "again to write the others."
+        ),
+        metadata={
+            "committed_periods": committed,
+            "unwritten_periods": total - committed,
+            "failed_periods": {f.period.key: f.error for f in failures},
+        },
+    )
+
+
 class _Progress:
-    """Per-partition metadata and a progress line for each commit of a run."""
+    """A progress line after each commit of a range run."""
 
-    def __init__(self, context: dg.OutputContext, dataset_id: str, total: int) -> None:
-        self.context, self.dataset_id, self.total = context, dataset_id, total
+    def __init__(self, log: dg.DagsterLogManager, dataset_id: str, total: int) -> None:
+        self.log, self.dataset_id, self.total = log, dataset_id, total
         self.started = time.monotonic()
-        self.metadata_by_partition: dict[str, dict[str, dg.MetadataValue]] = {}
-        self.records: dict[str, ProvenanceRecord] = {}
-
-    def report_committed(self) -> None:
-        """Report the periods committed so far as runless materializations: a failing step has
-        Dagster record none of its partitions, and the UI must agree with the store."""
-        for key, metadata in self.metadata_by_partition.items():
-            self.context.step_context.instance.report_runless_asset_event(
-                dg.AssetMaterialization(
-                    self.context.asset_key,
-                    partition=key,
-                    metadata=metadata,
-                    tags=data_version_tags(self.records[key]),
-                )
-            )
+        self.done = 0
 
     def committed(self, receipts: list[WriteReceipt]) -> None:
-        for receipt in receipts:
-            self.metadata_by_partition[receipt.period_key] = materialization_metadata(receipt)
-            self.records[receipt.period_key] = receipt.record
-        done = len(self.metadata_by_partition)
-        rate = done / max(time.monotonic() - self.started, 1e-9)
-        eta = (self.total - done) / rate
-        self.context.log.info(
-            f"{self.dataset_id}: {done}/{self.total} periods committed "
+        self.done += len(receipts)
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        eta = (self.total - self.done) / rate
+        self.log.info(
+            f"{self.dataset_id}: {self.done}/{self.total} periods committed "
             f"(snapshot {receipts[-1].snapshot_id}, {rate:.1f} periods/s, ETA {eta:.0f} s)"
         )

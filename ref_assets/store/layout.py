@@ -46,19 +46,26 @@ def structure(spec: DatasetSpec, description: Description) -> dict:
     grid = description.grid
     return {
         "layout_version": LAYOUT_VERSION,
-        "period": spec.period.value,
-        "start": spec.start.isoformat(),
+        **spec_structure(spec),
         "grid_shape": list(grid.shape),
         "grid_first_last": [grid.y[0], grid.y[-1], grid.x[0], grid.x[-1]],
+        "chunks": list(_spatial_chunks(spec, description)),
+        "time_block": spec.time_block,
+        "manifest_split": spec.manifest_split,
+    }
+
+
+def spec_structure(spec: DatasetSpec) -> dict:
+    """The part of `structure` the spec alone decides (the rest needs the provider's grid)."""
+    return {
+        "period": spec.period.value,
+        "start": spec.start.isoformat(),
         "variables": {
             # A variable's extra dimensions only when it has some, so that stores laid out
             # before extra dimensions existed keep the structure they were written with.
             v.name: [v.dtype, v.units, *([v.dimensions] if v.dimensions else [])]
             for v in spec.variables
         },
-        "chunks": list(_spatial_chunks(spec, description)),
-        "time_block": spec.time_block,
-        "manifest_split": spec.manifest_split,
         **(
             {"dimensions": {d.name: d.coordinate().tolist() for d in spec.dimensions}}
             if spec.dimensions

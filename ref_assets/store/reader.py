@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import icechunk as ic
+import numpy as np
 import xarray as xr
 import zarr
 from zarr.core.sync import sync
@@ -104,17 +105,78 @@ def open_store_dataset(session: ic.Session) -> xr.Dataset:
     return data.isel(time=slice(0, indices[-1] + 1 if indices else 0))
 
 
+@dataclass(frozen=True)
+class StoredPeriod:
+    """One period as the store holds it: its decoded values with their dimension names, the
+    coordinates, the stored time, its raw record and the structure the store was laid out with
+    (for checks that compare what landed with what the spec asks for)."""
+
+    index: int
+    start: datetime  # from the stored time coordinate
+    y: np.ndarray
+    x: np.ndarray
+    dimensions: dict[str, np.ndarray]  # extra dimensions' coordinate values
+    variables: dict[str, np.ndarray]  # (*extra dimensions, y, x)
+    variable_dims: dict[str, tuple[str, ...]]  # stored dimension names, time first
+    variable_units: dict[str, str | None]
+    record: dict | None  # None: no record at this index
+    structure: dict
+
+    def checksum(self) -> str:
+        """The output checksum recomputed from the stored values and stored time."""
+        return period_checksum(self.start, self.y, self.x, self.variables, self.dimensions)
+
+
+class PeriodReader:
+    """Reads stored periods of one session, opening the store's arrays once.
+
+    >>> reader = PeriodReader(session_for(store))  # doctest: +SKIP
+    >>> reader.read(12).checksum()  # doctest: +SKIP
+    'sha256:...'
+    """
+
+    def __init__(self, session: ic.Session) -> None:
+        group = open_laid_out_root(session.store)
+        if group is None:
+            raise StoreError("the store holds no periods yet (it has no layout)")
+        self.structure: dict = group.attrs["ref_assets"]["structure"]
+        self._arrays = {name: group[name] for name in self.structure["variables"]}
+        self._records = group[RECORDS_PATH]
+        self._times = group["time"]
+        self.y, self.x = group["y"][:], group["x"][:]
+        self.dimensions = {name: group[name][:] for name in self.structure.get("dimensions", {})}
+
+    def values(self, index: int) -> tuple[datetime, dict[str, np.ndarray]]:
+        """The stored time and the values of every variable at ``index``."""
+        start = datetime.fromtimestamp(int(self._times[index]), UTC).replace(tzinfo=None)
+        return start, {name: array[index] for name, array in self._arrays.items()}
+
+    def read(self, index: int) -> StoredPeriod:
+        start, values = self.values(index)
+        text = self._records[index] if index < self._records.shape[0] else ""
+        return StoredPeriod(
+            index=index,
+            start=start,
+            y=self.y,
+            x=self.x,
+            dimensions=self.dimensions,
+            variables=values,
+            variable_dims={
+                name: tuple(array.metadata.dimension_names or ())
+                for name, array in self._arrays.items()
+            },
+            variable_units={name: array.attrs.get("units") for name, array in self._arrays.items()},
+            record=json.loads(str(text)) if text else None,
+            structure=self.structure,
+        )
+
+
 def stored_checksums(
     session: ic.Session, axis: StoreAxis, indices: Iterable[int]
 ) -> Iterator[tuple[int, str]]:
     """Recompute the output checksum of each index from what is stored: the values and the
     stored time coordinate (so an altered time is caught too), one period in memory at a time."""
-    group = open_laid_out_root(session.store)
-    structure = group.attrs["ref_assets"]["structure"]
-    arrays = {name: group[name] for name in structure["variables"]}
-    dimensions = {name: group[name][:] for name in structure.get("dimensions", {})}
-    times, y, x = group["time"], group["y"][:], group["x"][:]
+    reader = PeriodReader(session)
     for index in indices:
-        start = datetime.fromtimestamp(int(times[index]), UTC).replace(tzinfo=None)
-        values = {name: array[index] for name, array in arrays.items()}
-        yield index, period_checksum(start, y, x, values, dimensions)
+        start, values = reader.values(index)
+        yield index, period_checksum(start, reader.y, reader.x, values, reader.dimensions)
