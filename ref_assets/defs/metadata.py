@@ -190,8 +190,9 @@ CODE_VERSION_TAG = "dagster/code_version"
 
 
 def data_version_tags(record: ProvenanceRecord) -> dict[str, str]:
-    """Tags that give a materialization reported outside a run (``report_runless_asset_event``)
-    the record's checksum as data version, as a run's materialization of one partition has."""
+    """Tags that give a materialization the record's checksum as data version, as a run's
+    output of one partition has: for the partitions of a range run (`write_range`) and those
+    reported outside a run (``report_runless_asset_event``, `instance_sync`)."""
     tags = {DATA_VERSION_TAG: record.checksum, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
     if record.code_version:
         tags[CODE_VERSION_TAG] = record.code_version
