@@ -20,7 +20,14 @@ from ref_assets.checksum import period_checksum
 from ref_assets.periods import Period
 from ref_assets.preview import Preview, PreviewStyle, render_preview
 from ref_assets.providers.normalize import GridShapeError, select_dimension
-from ref_assets.providers.protocol import Description, FetchedPeriod, Grid, Provider, SourceItem
+from ref_assets.providers.protocol import (
+    Description,
+    FetchedPeriod,
+    Grid,
+    Provider,
+    SourceFingerprint,
+    SourceItem,
+)
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 from ref_assets.store.layout import check_period_fits
@@ -69,6 +76,7 @@ class PeriodBatch:
     # A map of the main variable, drawn while the values are in memory; or why there is none.
     preview: Preview | None = None
     preview_problem: str | None = None
+    fingerprint: SourceFingerprint | None = None  # the source version read (revisions)
 
     @property
     def time_index(self) -> int:
@@ -159,6 +167,7 @@ def prepare_batch(
         flags=dict(fetched.flags),
         preview=preview,
         preview_problem=preview_problem,
+        fingerprint=fetched.fingerprint,
     )
 
 

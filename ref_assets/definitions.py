@@ -15,6 +15,7 @@ from ref_assets.defs.resources import (
     PackagedFilesResource,
     ProviderRegistryResource,
 )
+from ref_assets.defs.sensors import build_updates_sensor
 from ref_assets.preview import PreviewStyle
 from ref_assets.providers.registry import installed_providers
 
@@ -42,9 +43,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             for spec, asset in zip(specs, datasets, strict=True)
         ],
         jobs=[build_check_job(spec) for spec in specs],
+        sensors=[build_updates_sensor(spec) for spec in specs],
         resources={
             # The root is resolved in each process that writes (REF_STORAGE_ROOT, ref.toml).
             IO_MANAGER_KEY: IcechunkIOManager(storage=IcechunkStorage()),
+            "icechunk_storage": IcechunkStorage(),
             "providers": ProviderRegistryResource(),
             "packaged_files": PackagedFilesResource(),
         },

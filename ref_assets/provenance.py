@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ref_assets.config import Settings, load_settings
 from ref_assets.files import atomic_write_bytes
 from ref_assets.periods import Period
+from ref_assets.providers.protocol import SourceFingerprint
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
@@ -38,7 +39,7 @@ from ref_assets.store.repository import DatasetStore, StoreError
 if TYPE_CHECKING:
     from ref_assets.batch import PeriodBatch
 
-RECORD_FORMAT = "ref-assets/record-v3"  # v3 added flags
+RECORD_FORMAT = "ref-assets/record-v4"  # v3 added flags; v4 fingerprint and previous
 # The distributions whose versions shape a period's values or its storage.
 RECORDED_PACKAGES = ("ref-assets", "dagster", "icechunk", "zarr", "xarray", "numpy")
 
@@ -61,6 +62,17 @@ class SourceRecord(BaseModel):
     sha256: str
     etag: str | None = None
     last_modified: str | None = None
+
+
+class PreviousVersion(BaseModel):
+    """What a period held before it was written again (a revision, or a plain re-run): the
+    source fingerprint and output checksum of the replaced version, and when it was written."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    fingerprint: dict[str, Any] | None = None
+    checksum: str
+    written_at: datetime | None = None
+    run_id: str | None = None
 
 
 class VariableRecord(BaseModel):
@@ -102,6 +114,14 @@ class ProvenanceRecord(BaseModel):
     flags: dict[str, str] | None = Field(
         default=None, description="per-step source flags, such as ERA5 expver (0005: ERA5T)"
     )
+    fingerprint: dict[str, Any] | None = Field(
+        default=None,
+        description="the source version read (ETag, Last-Modified, size, stage, preliminary), "
+        "compared with the provider's current one to find revisions",
+    )
+    previous: PreviousVersion | None = Field(
+        default=None, description="the version this write replaced, if the period was stored"
+    )
     versions: dict[str, str] | None = None
     run_id: str
     fetched_at: datetime | None = None
@@ -114,6 +134,19 @@ class ProvenanceRecord(BaseModel):
         if self.versions is None and v1_version:
             object.__setattr__(self, "versions", {"ref-assets": v1_version})
         return self
+
+    @property
+    def source_fingerprint(self) -> SourceFingerprint | None:
+        return SourceFingerprint.from_dict(self.fingerprint) if self.fingerprint else None
+
+    def as_previous(self) -> PreviousVersion:
+        """This record as the `previous` of the record that replaces it."""
+        return PreviousVersion(
+            fingerprint=self.fingerprint,
+            checksum=self.checksum,
+            written_at=self.written_at,
+            run_id=self.run_id,
+        )
 
     def to_json(self) -> str:
         """Compact JSON, as stored."""
@@ -160,8 +193,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def build_record(batch: PeriodBatch, *, run_id: str) -> ProvenanceRecord:
-    """The record of a prepared period, written by whoever commits it."""
+def build_record(
+    batch: PeriodBatch, *, run_id: str, previous: PreviousVersion | None = None
+) -> ProvenanceRecord:
+    """The record of a prepared period, written by whoever commits it; ``previous`` is what
+    the period held before (when it was already stored)."""
     spec = batch.spec
     return ProvenanceRecord(
         format=RECORD_FORMAT,
@@ -188,6 +224,8 @@ def build_record(batch: PeriodBatch, *, run_id: str) -> ProvenanceRecord:
             for name, values in batch.variables.items()
         },
         flags=batch.flags or None,
+        fingerprint=redact(batch.fingerprint.to_dict()) if batch.fingerprint else None,
+        previous=previous,
         versions=package_versions(),
         run_id=run_id,
         fetched_at=batch.fetched_at,

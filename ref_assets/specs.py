@@ -243,6 +243,41 @@ class ChecksSpec(_Strict):
         return override.max_nan_fraction if override else self.max_nan_fraction
 
 
+class UpdatesSpec(_Strict):
+    """How the dataset's availability sensor keeps it current (`ref_assets.updates`)."""
+
+    default_status: Literal["running", "stopped"] = Field(
+        default="stopped",
+        description="whether the sensor runs as soon as the code location loads; `stopped`: "
+        "an operator turns it on in the UI (or `dagster sensor start`)",
+    )
+    min_interval: int = Field(
+        default=3600,
+        ge=1,
+        description="seconds between two evaluations of the sensor (Dagster's "
+        "minimum_interval_seconds)",
+    )
+    revision_window: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_TIME_BLOCK,
+        description="how many of the newest stored periods have their source fingerprint "
+        "compared with their record on each evaluation (one cheap request each); 0: off",
+    )
+    max_periods_per_tick: int = Field(
+        default=1000,
+        gt=0,
+        description="at most this many periods requested by one evaluation; the rest follow "
+        "in the next ones",
+    )
+    retry_after: int = Field(
+        default=600,
+        gt=0,
+        description="seconds to wait after a provider error before asking again (doubled on "
+        "each further error, up to a day)",
+    )
+
+
 class DatasetSpec(_Strict):
     """A dataset: what it is, where its periods come from and how the store lays it out."""
 
@@ -276,6 +311,7 @@ class DatasetSpec(_Strict):
     ] = Field(default_factory=dict)
     group: Annotated[str, AfterValidator(_group)] = "datasets"
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
+    updates: UpdatesSpec = Field(default_factory=UpdatesSpec)
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -429,7 +465,7 @@ class DatasetSpec(_Strict):
 
 # Fields that never change a stored value.
 _NOT_SHAPING_VALUES = frozenset(
-    {"title", "description", "attributes", "runs", "owners", "tags", "group", "checks"}
+    {"title", "description", "attributes", "runs", "owners", "tags", "group", "checks", "updates"}
 )
 
 

@@ -1,6 +1,7 @@
 """Providers that exist only to be named in test ref.toml files (``[[providers]]``)."""
 
 import io
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -9,10 +10,13 @@ import numpy as np
 import xarray as xr
 
 from ref_assets.periods import Period
+from ref_assets.providers.http import SourceNotFoundError
 from ref_assets.providers.protocol import (
     Description,
     FetchedPeriod,
     Grid,
+    ProviderError,
+    SourceFingerprint,
     SourceItem,
     periods_between,
 )
@@ -71,3 +75,52 @@ class NpyArchiveProvider:
 
     def _path(self, period: Period) -> Path:
         return self.directory / f"{period.key}.npy"
+
+
+class MovableProvider:
+    """The synthetic fields, published as a test says: ``params.availability`` names a JSON file
+    ``{"latest": KEY, "error": TEXT, "versions": {KEY: N}}`` read on every call, so a test moves
+    the newest published period, makes the source fail, or republishes a period (version N adds
+    N - 1 to its values and changes its ETag). Periods from the spec's start to ``latest`` are
+    published; ``error`` makes every question fail with that text."""
+
+    name: ClassVar[str] = "movable"
+    version: ClassVar[str] = "1.0"
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        params = dict(spec.params)
+        self.availability = Path(params.pop("availability"))
+        self.spec = spec
+        self.fields = SyntheticProvider(spec.model_copy(update={"params": params}))
+
+    def _published(self) -> dict:
+        state = json.loads(self.availability.read_text())
+        if state.get("error"):
+            raise ProviderError(f"{self.spec.id}: {state['error']}")
+        return state
+
+    def describe(self) -> Description:
+        return self.fields.describe()
+
+    def latest_available(self) -> Period | None:
+        latest = self._published().get("latest")
+        return Period.from_key(self.spec.period, latest) if latest else None
+
+    def available_periods(self, first: Period, last: Period) -> list[Period]:
+        latest = self.latest_available()
+        return [p for p in periods_between(first, last) if latest is not None and p <= latest]
+
+    def fingerprint(self, period: Period) -> SourceFingerprint | None:
+        latest = self.latest_available()
+        if latest is None or period > latest:
+            return None
+        version = self._published().get("versions", {}).get(period.key, 1)
+        return SourceFingerprint(etag=f'"{period.key}-v{version}"', size=1000 + version)
+
+    def fetch(self, period: Period) -> FetchedPeriod:
+        fingerprint = self.fingerprint(period)
+        if fingerprint is None:
+            raise SourceNotFoundError(f"{self.spec.id} period {period.key}: not published")
+        fetched = self.fields.fetch(period)
+        data = fetched.data + (fingerprint.size - 1001)
+        return FetchedPeriod(data, fetched.sources, fingerprint=fingerprint)

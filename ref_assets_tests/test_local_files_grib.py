@@ -409,7 +409,7 @@ def test_expver_of_each_step_is_kept_in_its_periods_record(
     }
     assert records["2024-01-02"].flags == {"expver": "0001"}
     assert records["2024-01-03"].flags == {"expver": "0005"}
-    assert records["2024-01-03"].format == "ref-assets/record-v3"
+    assert records["2024-01-03"].format == "ref-assets/record-v4"
     assert describe_record(records["2024-01-03"]).endswith("\n  flags            expver 0005")
     older = records["2024-01-03"].model_dump(mode="json", exclude={"flags"})
     older["format"] = "ref-assets/record-v2"  # as written before flags existed

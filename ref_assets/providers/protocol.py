@@ -188,14 +188,67 @@ class Description:
 
 
 @dataclass(frozen=True)
+class SourceFingerprint:
+    """What a source says of a period's published version without it being downloaded (an
+    HTTP HEAD, a file's stat): when it differs from the fingerprint in the period's record,
+    the source was republished and the period is fetched again (a revision).
+
+    ``stage`` names the product stage where a source has several (CHIRPS ``prelim``/``final``);
+    ``preliminary`` marks data the source will replace (CHIRPS prelim, ERA5T). Two fingerprints
+    are the same version when their ETag, Last-Modified, size and stage agree (`identity`):
+    ``preliminary`` describes a version, it does not tell two apart.
+
+    >>> a = SourceFingerprint(etag='"abc"', size=10, stage="prelim", preliminary=True)
+    >>> a.same_version(SourceFingerprint(etag='"abc"', size=10, stage="prelim"))
+    True
+    """
+
+    etag: str | None = None
+    last_modified: str | None = None
+    size: int | None = None
+    stage: str | None = None
+    preliminary: bool = False
+
+    @property
+    def identity(self) -> tuple:
+        return (self.etag, self.last_modified, self.size, self.stage)
+
+    def same_version(self, other: SourceFingerprint) -> bool:
+        return self.identity == other.identity
+
+    def to_dict(self) -> dict[str, str | int | bool]:
+        """As a record stores it (unset fields left out)."""
+        fields = {
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "size": self.size,
+            "stage": self.stage,
+        }
+        stored: dict[str, str | int | bool] = {k: v for k, v in fields.items() if v is not None}
+        if self.preliminary:
+            stored["preliminary"] = True
+        return stored
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> SourceFingerprint:
+        return cls(
+            **{k: stored.get(k) for k in ("etag", "last_modified", "size", "stage")},
+            preliminary=bool(stored.get("preliminary", False)),
+        )
+
+
+@dataclass(frozen=True)
 class FetchedPeriod:
     """One period as the provider read it: variables on ``(y, x)`` or ``(time, y, x)`` with one
-    time step, every source item read to build it, and the source's per-step flags, kept in the
-    period's record (such as ERA5's ``expver``: ``0001`` final, ``0005`` preliminary ERA5T)."""
+    time step, every source item read to build it, the source's per-step flags, kept in the
+    period's record (such as ERA5's ``expver``: ``0001`` final, ``0005`` preliminary ERA5T), and
+    the fingerprint of the version read (from the very responses or stat of the fetch), which a
+    later `Provider.fingerprint` is compared with to find revisions."""
 
     data: xr.Dataset
     sources: tuple[SourceItem, ...]
     flags: dict[str, str] = field(default_factory=dict)
+    fingerprint: SourceFingerprint | None = None
 
 
 @runtime_checkable
@@ -204,7 +257,13 @@ class Provider(Protocol):
 
     Optional: a class attribute ``extra_dimensions = True`` says the provider delivers the spec's
     extra dimensions (pressure levels...) on variables shaped ``(*dimensions, y, x)``; without
-    it, a spec declaring `dimensions` is refused when the provider is built."""
+    it, a spec declaring `dimensions` is refused when the provider is built.
+
+    Optional: ``fingerprint(period) -> SourceFingerprint | None``, the published version of a
+    period found cheaply (a HEAD, a stat; never a download), None when it is not published. A
+    provider that has it, and sets `FetchedPeriod.fingerprint` when fetching, gets revisions:
+    the dataset's sensor re-materializes a stored period whose fingerprint changed (see
+    `source_fingerprint`)."""
 
     name: ClassVar[str]
     version: ClassVar[str]
@@ -224,6 +283,17 @@ class Provider(Protocol):
     def fetch(self, period: Period) -> FetchedPeriod:
         """Read one period; raise ProviderError naming the period and source on failure."""
         ...
+
+
+def source_fingerprint(provider: Provider, period: Period) -> SourceFingerprint | None:
+    """The provider's fingerprint of ``period``; None when the provider has no `fingerprint`
+    method (its periods are never revised) or the period is not published."""
+    fingerprint = getattr(provider, "fingerprint", None)
+    return fingerprint(period) if fingerprint is not None else None
+
+
+def has_fingerprints(provider: Provider) -> bool:
+    return callable(getattr(provider, "fingerprint", None))
 
 
 def parse_params[Params: BaseModel](model: type[Params], spec: DatasetSpec) -> Params:

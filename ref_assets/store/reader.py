@@ -65,6 +65,42 @@ def written_indices(session: ic.Session) -> list[int]:
     return sorted(sync(collect()))
 
 
+# Chunk coordinates fetched per call into Icechunk's runtime when listing a whole store.
+_LISTING_BATCH = 65_536
+
+
+def written_index_array(session: ic.Session) -> np.ndarray:
+    """`written_indices` as a sorted int64 array, listed in large batches (a sensor lists a whole
+    store only when its cursor is new or reset; otherwise it reads `written_between`)."""
+
+    async def collect() -> list[int]:
+        coordinates = session.chunk_coordinates(f"/{RECORDS_PATH}", batch_size=_LISTING_BATCH)
+        return [coords[0] async for coords in coordinates]
+
+    return np.unique(np.asarray(sync(collect()), dtype="int64"))
+
+
+def tip_snapshot(store: DatasetStore) -> str | None:
+    """The snapshot id of the store's ``main`` branch; None when there is no store yet."""
+    if not store.exists():
+        return None
+    with store.reporting("reading the store's tip"):
+        return store.open().lookup_branch("main")
+
+
+def written_between(store: DatasetStore, since: str, tip: str) -> np.ndarray | None:
+    """Time indices whose record changed from snapshot ``since`` to ``tip`` (periods written or
+    rewritten), from Icechunk's diff: it costs the commits in between, not the store's size.
+    None when ``since`` is no ancestor of ``tip`` (the branch was reset, the snapshot expired):
+    the caller lists the whole store instead."""
+    try:
+        diff = store.open().diff(from_snapshot_id=since, to_snapshot_id=tip)
+    except ic.IcechunkError:
+        return None
+    coordinates = diff.updated_chunks.get(f"/{RECORDS_PATH}", [])
+    return np.unique(np.asarray([c[0] for c in coordinates], dtype="int64"))
+
+
 def read_records(session: ic.Session, indices: list[int]) -> dict[int, dict]:
     """The stored record of each index (indices without a period are left out)."""
     return dict(iter_records(session, indices))

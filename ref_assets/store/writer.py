@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import random
 import time
@@ -24,7 +25,7 @@ from zarr.core.sync import sync
 
 from ref_assets.batch import PeriodBatch
 from ref_assets.preview import Preview
-from ref_assets.provenance import ProvenanceRecord, build_record
+from ref_assets.provenance import PreviousVersion, ProvenanceRecord, build_record
 from ref_assets.store.layout import (
     RECORDS_PATH,
     axis_length,
@@ -111,7 +112,7 @@ class PeriodWriter:
                 # Growing the axis is its own commit; uncommitted writes would conflict with it.
                 receipts += self.flush()
                 self._capacity = ensure_capacity(self.store, self._repo, batch, run_id=self.run_id)
-            record = build_record(batch, run_id=self.run_id)
+            record = build_record(batch, run_id=self.run_id, previous=self._replaced(batch))
             bytes_written = self._write(batch, record)
         if not self._pending:
             self._oldest_pending = time.monotonic()
@@ -200,6 +201,19 @@ class PeriodWriter:
         if len(keys) == 1:
             return f"period {keys[0]}"
         return f"periods {keys[0]}..{keys[-1]} ({len(keys)}, uncommitted)"
+
+    def _replaced(self, batch: PeriodBatch) -> PreviousVersion | None:
+        """The version of the period this write replaces (its stored record), if any: one
+        chunk read, so a revision's record keeps the fingerprint and checksum it replaced."""
+        if self._session is None:
+            self._session = self._repo.writable_session("main")
+        text = zarr.open_array(self._session.store, path=RECORDS_PATH, mode="r")[batch.time_index]
+        if not text:
+            return None
+        stored = ProvenanceRecord.from_stored(
+            json.loads(str(text)), batch.spec.id, batch.period.key
+        )
+        return stored.as_previous()
 
     def _write(self, batch: PeriodBatch, record: ProvenanceRecord) -> int:
         """Write one period into the open session; return its stored bytes."""

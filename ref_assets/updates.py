@@ -1,0 +1,341 @@
+"""Keeping a dataset current: which periods to request, from the provider's availability and
+the store's written periods (the store is the truth, not an event log), and which stored
+periods the source has revised.
+
+`plan_updates` is the whole decision, free of Dagster: the dataset's sensor
+(`ref_assets.defs.sensors`) turns its plan into run requests and keeps its `UpdateState` as the
+sensor's cursor. Periods are integer indices on the dataset's time axis, held as sorted ranges
+(`IndexRanges`), never one Python object per stored period: a tick over 100,000 stored periods
+costs what one over 100 does.
+
+>>> state = None
+>>> plan = plan_updates(spec, provider, store, state)  # doctest: +SKIP
+>>> [(r.first.key, r.last.key) for r in plan.missing]  # doctest: +SKIP
+[('2024-01-01', '2024-01-31')]
+>>> state = plan.state  # the next tick starts from here  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from ref_assets.periods import Period
+from ref_assets.provenance import ProvenanceRecord
+from ref_assets.providers.protocol import (
+    Provider,
+    SourceFingerprint,
+    has_fingerprints,
+    source_fingerprint,
+)
+from ref_assets.specs import DatasetSpec
+from ref_assets.store import reader as store_reader
+from ref_assets.store.repository import DatasetStore
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class IndexRanges:
+    """A set of time indices as sorted, disjoint, non-adjacent half-open ranges
+    ``[starts[i], stops[i])``: a store of 674,000 contiguous hours is one range.
+
+    >>> r = IndexRanges.of([1, 2, 3, 7]) | IndexRanges.of([4, 9])
+    >>> r.pairs(), len(r)
+    ([(1, 5), (7, 8), (9, 10)], 6)
+    >>> (r - IndexRanges.of([2, 9])).pairs()
+    [(1, 2), (3, 5), (7, 8)]
+    """
+
+    starts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
+    stops: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
+
+    @classmethod
+    def of(cls, indices: Iterable[int] | np.ndarray) -> IndexRanges:
+        values = np.unique(
+            np.asarray(
+                list(indices) if not isinstance(indices, np.ndarray) else indices, dtype="int64"
+            )
+        )
+        if values.size == 0:
+            return cls()
+        breaks = np.flatnonzero(np.diff(values) != 1) + 1
+        starts = values[np.concatenate(([0], breaks))]
+        stops = values[np.concatenate((breaks - 1, [values.size - 1]))] + 1
+        return cls(starts, stops)
+
+    @classmethod
+    def span(cls, first: int, stop: int) -> IndexRanges:
+        """``[first, stop)``; empty when ``stop <= first``."""
+        if stop <= first:
+            return cls()
+        return cls(np.array([first], dtype="int64"), np.array([stop], dtype="int64"))
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[Iterable[int]]) -> IndexRanges:
+        rows = np.asarray(list(pairs), dtype="int64").reshape(-1, 2)
+        return cls._merged(rows[:, 0], rows[:, 1])
+
+    @classmethod
+    def _merged(cls, starts: np.ndarray, stops: np.ndarray) -> IndexRanges:
+        """Ranges in any order, overlapping or adjacent, merged."""
+        keep = stops > starts
+        starts, stops = starts[keep], stops[keep]
+        if starts.size == 0:
+            return cls()
+        order = np.argsort(starts, kind="stable")
+        starts, stops = starts[order], stops[order]
+        reach = np.maximum.accumulate(stops)
+        # A range starts a new group where it begins after everything before it has ended.
+        new = np.concatenate(([True], starts[1:] > reach[:-1]))
+        group_starts = starts[new]
+        group_stops = reach[np.concatenate((np.flatnonzero(new)[1:] - 1, [starts.size - 1]))]
+        return cls(group_starts, group_stops)
+
+    def indices(self) -> np.ndarray:
+        """Every index, ascending (for small sets: tests, a tick's requests)."""
+        if not self:
+            return np.empty(0, dtype="int64")
+        return np.concatenate([np.arange(a, b) for a, b in self.pairs()])
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts.tolist(), self.stops.tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return int((self.stops - self.starts).sum())
+
+    def __bool__(self) -> bool:
+        return bool(self.starts.size)
+
+    def __or__(self, other: IndexRanges) -> IndexRanges:
+        return self._merged(
+            np.concatenate((self.starts, other.starts)), np.concatenate((self.stops, other.stops))
+        )
+
+    def __sub__(self, other: IndexRanges) -> IndexRanges:
+        if not self or not other:
+            return self
+        # Boundaries of both sets, swept once: inside self and not inside other.
+        edges = np.unique(np.concatenate((self.starts, self.stops, other.starts, other.stops)))
+        lefts, rights = edges[:-1], edges[1:]
+        keep = self.contains(lefts) & ~other.contains(lefts)
+        return self._merged(lefts[keep], rights[keep])
+
+    def contains(self, indices: np.ndarray) -> np.ndarray:
+        """A boolean mask: which of ``indices`` lie in the set."""
+        indices = np.asarray(indices, dtype="int64")
+        position = np.searchsorted(self.starts, indices, side="right") - 1
+        inside = position >= 0
+        inside[inside] = indices[inside] < self.stops[position[inside]]
+        return inside
+
+    def last(self, count: int) -> np.ndarray:
+        """The ``count`` highest indices, ascending."""
+        taken: list[np.ndarray] = []
+        for start, stop in zip(self.starts[::-1].tolist(), self.stops[::-1].tolist(), strict=True):
+            if count <= 0:
+                break
+            low = max(start, stop - count)
+            taken.append(np.arange(low, stop, dtype="int64"))
+            count -= stop - low
+        return np.concatenate(taken[::-1]) if taken else np.empty(0, dtype="int64")
+
+    def first(self, count: int) -> IndexRanges:
+        """The ``count`` lowest indices."""
+        sizes = self.stops - self.starts
+        before = np.cumsum(sizes) - sizes  # indices in the ranges before each
+        keep = before < count
+        stops = np.minimum(self.stops, self.starts + np.maximum(count - before, 0))
+        return IndexRanges(self.starts[keep], stops[keep])
+
+    def chunks(self, size: int | None) -> Iterator[tuple[int, int]]:
+        """Each range as ``(first, last)`` inclusive, split into pieces of at most ``size``."""
+        for start, stop in self.pairs():
+            step = size or stop - start
+            for first in range(start, stop, step):
+                yield first, min(first + step, stop) - 1
+
+
+@dataclass(frozen=True)
+class UpdateState:
+    """What a dataset's sensor knows between ticks (kept as its cursor, in JSON):
+
+    - ``snapshot``: the store's tip when it last looked, and ``written``: the periods stored
+      then; the next tick reads only the commits since (Icechunk's diff), or lists the store
+      again when that snapshot is no ancestor of the tip any more;
+    - ``checked_through``: the newest index whose availability the provider was asked about,
+      and ``missing``: the available periods not stored at that time."""
+
+    snapshot: str | None = None
+    written: IndexRanges = field(default_factory=IndexRanges)
+    checked_through: int = -1
+    missing: IndexRanges = field(default_factory=IndexRanges)
+
+    def to_json(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "snapshot": self.snapshot,
+            "written": self.written.pairs(),
+            "checked_through": self.checked_through,
+            "missing": self.missing.pairs(),
+        }
+
+    @classmethod
+    def from_json(cls, stored: dict | None) -> UpdateState | None:
+        """The state a cursor holds; None (start afresh) for none, or for one of another format."""
+        if not stored or stored.get("format") != STATE_FORMAT:
+            return None
+        return cls(
+            snapshot=stored["snapshot"],
+            written=IndexRanges.from_pairs(stored["written"]),
+            checked_through=int(stored["checked_through"]),
+            missing=IndexRanges.from_pairs(stored["missing"]),
+        )
+
+
+@dataclass(frozen=True)
+class PeriodRange:
+    """Periods ``first`` to ``last`` (inclusive) to request in one run."""
+
+    first: Period
+    last: Period
+    count: int
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A stored period whose source was republished: the record's fingerprint and the
+    provider's current one."""
+
+    period: Period
+    stored: SourceFingerprint
+    current: SourceFingerprint
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """What one tick asks for: ranges of missing periods (each at most the spec's
+    `max_partitions_per_run`, all together at most its `max_periods_per_tick`), revised
+    periods, and the state for the next tick. ``snapshot`` is the store's tip the plan was made
+    on, ``latest`` the provider's newest period, and ``full_scan`` whether the whole store was
+    listed (a new or reset state)."""
+
+    missing: list[PeriodRange]
+    revisions: list[Revision]
+    state: UpdateState
+    snapshot: str | None
+    latest: Period | None
+    full_scan: bool
+    missing_total: int  # missing periods not in flight, before the per-tick bound
+
+
+def plan_updates(
+    spec: DatasetSpec,
+    provider: Provider,
+    store: DatasetStore,
+    state: UpdateState | None,
+    *,
+    in_flight: IndexRanges | None = None,
+    now: datetime | None = None,
+) -> UpdatePlan:
+    """What to request for ``spec`` now (see `UpdatePlan`).
+
+    The provider is asked about periods it has not been asked about before (all of them on a
+    first tick, then those after `UpdateState.checked_through`), and, within the spec's
+    `revision_window`, for the fingerprint of each of the newest stored periods. ``in_flight``
+    periods (being written by runs not yet finished) are neither requested nor revised again.
+    Provider errors propagate: the caller reports them and backs off.
+    """
+    in_flight = in_flight or IndexRanges()
+    snapshot = store_reader.tip_snapshot(store)
+    written, full_scan = _written(store, state, snapshot)
+    checked_through = state.checked_through if state is not None else -1
+    missing = state.missing if state is not None else IndexRanges()
+
+    latest = provider.latest_available()
+    last = spec.last_period(now)
+    if latest is not None and last is not None:
+        latest = min(latest, last)
+        newest = spec.time_index(latest)
+        if newest > checked_through and latest.start >= spec.start:
+            first = spec.period.at(checked_through + 1, spec.start)
+            asked = provider.available_periods(Period(spec.period, first), latest)
+            missing = missing | IndexRanges.of(spec.time_index(p) for p in asked)
+            checked_through = newest
+    missing = missing - written
+    wanted = missing - in_flight
+    bounded = wanted.first(spec.updates.max_periods_per_tick)
+    ranges = [
+        PeriodRange(_period(spec, first), _period(spec, last), last - first + 1)
+        for first, last in bounded.chunks(spec.runs.max_partitions_per_run)
+    ]
+    revisions = _revisions(spec, provider, store, snapshot, written - in_flight)
+    return UpdatePlan(
+        missing=ranges,
+        revisions=revisions,
+        state=UpdateState(snapshot, written, checked_through, missing),
+        snapshot=snapshot,
+        latest=latest,
+        full_scan=full_scan,
+        missing_total=len(wanted),
+    )
+
+
+def _written(
+    store: DatasetStore, state: UpdateState | None, snapshot: str | None
+) -> tuple[IndexRanges, bool]:
+    """The stored periods at ``snapshot``, and whether the whole store had to be listed."""
+    if snapshot is None:
+        return IndexRanges(), False
+    if state is not None and state.snapshot == snapshot:
+        return state.written, False
+    if state is not None and state.snapshot is not None:
+        changed = store_reader.written_between(store, state.snapshot, snapshot)
+        if changed is not None:
+            return state.written | IndexRanges.of(changed), False
+    session = store_reader.session_for(store, snapshot)
+    return IndexRanges.of(store_reader.written_index_array(session)), True
+
+
+def _revisions(
+    spec: DatasetSpec,
+    provider: Provider,
+    store: DatasetStore,
+    snapshot: str | None,
+    candidates: IndexRanges,
+) -> list[Revision]:
+    """The newest `revision_window` stored periods whose source fingerprint changed. A record
+    without a fingerprint (written before fingerprints, or by a provider without them) is never
+    a revision: there is nothing to compare."""
+    window = spec.updates.revision_window
+    if not window or snapshot is None or not has_fingerprints(provider):
+        return []
+    indices = candidates.last(window)
+    if indices.size == 0:
+        return []
+    session = store_reader.session_for(store, snapshot)
+    revisions = []
+    for index, raw in store_reader.iter_records(session, indices.tolist()):
+        period = _period(spec, index)
+        stored = ProvenanceRecord.from_stored(raw, spec.id, period.key).source_fingerprint
+        if stored is None:
+            continue
+        current = source_fingerprint(provider, period)
+        if current is not None and not current.same_version(stored):
+            revisions.append(Revision(period, stored, current))
+    return revisions
+
+
+def _period(spec: DatasetSpec, index: int) -> Period:
+    return Period(spec.period, spec.period.at(index, spec.start))
+
+
+def fingerprint_token(fingerprints: Iterable[SourceFingerprint]) -> str:
+    """A short digest of fingerprints, for run keys of revisions."""
+    text = json.dumps([f.to_dict() for f in fingerprints], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
