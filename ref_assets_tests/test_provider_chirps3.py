@@ -389,3 +389,42 @@ def test_a_corrupt_day_commits_nothing_and_the_others_are_stored(
     status = ref_assets.dataset_status("chirps_test", end=end, settings=settings)
     assert [p.key for p in status.missing] == ["2024-01-02"]
     assert [p.key for p in status.present] == ["2024-01-01", "2024-01-03"]
+
+
+@pytest.fixture
+def staged_archive(tmp_path):
+    """Prelim files for every day of `DAYS`, a final one for the first day only."""
+    root = tmp_path / "chc"
+    for seed, key in enumerate(DAYS):
+        day = datetime.strptime(key, "%Y-%m-%d")
+        write_cog(root / prelim_path(day).lstrip("/"), 10 + seed)
+    write_cog(root / final_path(datetime(2024, 1, 1)).lstrip("/"), 0)
+    with FileServer(root) as server:
+        yield server
+
+
+def test_stage_auto_takes_prelim_days_until_their_final_file_and_fingerprints_say_which(
+    staged_archive,
+):
+    spec = make_spec(staged_archive.url("/"), stage="auto")
+    spec = spec.model_copy(update={"end": datetime(2024, 1, 3)})
+    provider = Chirps3Provider(spec, quick_client()[0])
+    days = [Period.from_key(PeriodType.DAILY, key) for key in DAYS]
+    assert provider.latest_available() == days[-1]
+    assert provider.available_periods(days[0], days[-1]) == days
+
+    final = provider.fingerprint(days[0])
+    prelim = provider.fingerprint(days[1])
+    assert (final.stage, final.preliminary) == ("final", False)
+    assert (prelim.stage, prelim.preliminary) == ("prelim", True)
+    file = staged_archive.root / prelim_path(datetime(2024, 1, 2)).lstrip("/")
+    assert prelim.size == file.stat().st_size and prelim.etag and prelim.last_modified
+
+    fetched = provider.fetch(days[1])
+    assert fetched.fingerprint.same_version(prelim)
+    np.testing.assert_array_equal(fetched.data["precip"].values, local_window(file))
+    # The fingerprint costs HEADs only, never a byte of the file.
+    heads = {r.path for r in staged_archive.requests if r.method == "HEAD"}
+    assert final_path(datetime(2024, 1, 3)) in heads
+    assert not [r for r in staged_archive.requests if r.method == "GET" and "01.03" in r.path]
+    assert Chirps3Provider(spec, quick_client()[0]).fetch(days[0]).fingerprint.stage == "final"

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
+import yaml
 
+import ref_assets
 from ref_assets.definitions import build_definitions
 from ref_assets.provenance import read_provenance
 from ref_assets.updates import IndexRanges
+from ref_assets_tests.http_server import FileServer
 
 MOVABLE = "ref_assets_tests.example_providers:MovableProvider"
 
@@ -220,3 +224,49 @@ def test_index_ranges_match_python_sets():
         assert ra.contains(probe).tolist() == [int(i) in a for i in probe]
         assert [i for f, last in ra.chunks(4) for i in range(f, last + 1)] == sorted(a)
         assert all(last - f < 4 for f, last in ra.chunks(4))
+
+
+def test_chirps_prelim_days_are_replaced_when_their_final_file_is_published(
+    settings, register_providers, instance, materialize, tmp_path
+):
+    from ref_assets_tests.test_provider_chirps3 import (
+        chirps_spec_dict,
+        final_path,
+        local_window,
+        prelim_path,
+        write_cog,
+    )
+
+    register_providers("ref_assets.providers.chirps3:Chirps3Provider")
+    root = tmp_path / "chc"
+    for seed, day in enumerate((1, 2, 3)):
+        write_cog(root / prelim_path(datetime(2024, 1, day)).lstrip("/"), 10 + seed)
+    write_cog(root / final_path(datetime(2024, 1, 1)).lstrip("/"), 0)
+    with FileServer(root) as server:
+        spec = chirps_spec_dict(server.url("/"), "chirps_auto", stage="auto")
+        spec.update(end="2024-01-03", updates={"revision_window": 10})
+        (settings.user_spec_dir / "chirps_auto.yaml").write_text(yaml.safe_dump(spec))
+
+        first = tick(instance, "chirps_auto")
+        assert requested(first) == [("2024-01-01", "2024-01-03")]
+        run_all(materialize, "chirps_auto", first)
+        stored = read_provenance("chirps_auto", "2024-01-02")
+        assert stored.fingerprint["stage"] == "prelim" and stored.fingerprint["preliminary"]
+        assert requested(tick(instance, "chirps_auto", first.cursor)) == []
+
+        final = root / final_path(datetime(2024, 1, 2)).lstrip("/")
+        write_cog(final, 99)  # CHC publishes the final day
+        revision = tick(instance, "chirps_auto", first.cursor)
+        assert requested(revision) == [("2024-01-02", "2024-01-02")]
+        assert revision.run_requests[0].tags["ref_assets/revision"] == "true"
+        run_all(materialize, "chirps_auto", revision)
+
+        replaced = read_provenance("chirps_auto", "2024-01-02")
+        assert (
+            replaced.fingerprint["stage"] == "final" and "preliminary" not in replaced.fingerprint
+        )
+        assert replaced.previous.fingerprint == stored.fingerprint
+        assert replaced.previous.checksum == stored.checksum != replaced.checksum
+        values = ref_assets.open_dataset("chirps_auto")["precip"].sel(time="2024-01-02").values
+        np.testing.assert_array_equal(values, local_window(final))
+        assert requested(tick(instance, "chirps_auto", revision.cursor)) == []

@@ -3,7 +3,9 @@ bounding-box windows of the published GeoTIFFs over HTTP range requests.
 
 Parameters (``params`` in the spec)::
 
-    stage: final                    # final (published monthly) or prelim (every pentad)
+    stage: final                    # final (published monthly), prelim (every pentad), or
+                                    # auto: prelim days until their final file is published,
+                                    # which then replaces them (a revision, see fingerprint)
     flavour: rnl                    # final only: rnl (ERA5-disaggregated, from 1981) or sat
                                     # (IMERG-disaggregated); prelim exists only as sat
     bbox: [28.0, -12.0, 42.0, 5.0]  # west, south, east, north (degrees), snapped outward to cells
@@ -23,8 +25,11 @@ chirps-v3.0.rnl.2026.01.31.tif and .../daily/prelim/sat/YYYY/chirps-v3.0.prelim.
 Values are mm/day; the files' no-data (-9999, the sea) becomes NaN. The newest published day is
 found by HEAD requests walking back from yesterday (never an assumed publication lag), one at a
 time and at most `LOOKBACK_DAYS`; `available_periods` HEADs the newest days of its range the same
-way. Each fetch is one HEAD plus range GETs of the header and the window's tiles, and each file's
-CRS, transform and size are checked against ``source_grid``.
+way (with ``stage: auto``, a day counts as published at either stage). Each fetch is one HEAD
+plus range GETs of the header and the window's tiles, and each file's
+CRS, transform and size are checked against ``source_grid``. `Chirps3Provider.fingerprint` is
+one HEAD (ETag, Last-Modified, size and the stage): a day stored from its prelim file differs
+from its final one, so the dataset's sensor fetches it again once the final file is out.
 
 >>> provider = Chirps3Provider(spec)  # doctest: +SKIP  (no network until asked)
 >>> provider.latest_available()  # doctest: +SKIP
@@ -46,13 +51,14 @@ from rasterio.windows import Window
 
 from ref_assets.periods import Period, PeriodType
 from ref_assets.providers.cog import open_remote_cog
-from ref_assets.providers.http import HttpClient, SourceNotFoundError
+from ref_assets.providers.http import HeadResult, HttpClient, SourceNotFoundError
 from ref_assets.providers.protocol import (
     BoundingBox,
     Description,
     FetchedPeriod,
     Grid,
     ProviderError,
+    SourceFingerprint,
     last_complete_period,
     parse_params,
     periods_between,
@@ -66,7 +72,7 @@ UNITS = "mm/day"
 # How far back from yesterday availability probing looks: final days come out a month at a time,
 # around the third week of the next month (so up to ~56 days old); prelim two days after each
 # pentad ends (up to ~8 days old). Both bounds leave slack for a late release.
-LOOKBACK_DAYS = {"final": 62, "prelim": 20}
+LOOKBACK_DAYS = {"final": 62, "prelim": 20, "auto": 62}
 # Georeferencing within this fraction of a cell is the same grid (files store float64 origins).
 _GRID_TOLERANCE = 1e-6
 
@@ -88,7 +94,7 @@ class SourceGrid(BaseModel):
 class Chirps3Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    stage: Literal["final", "prelim"] = "final"
+    stage: Literal["final", "prelim", "auto"] = "final"
     flavour: Literal["rnl", "sat"] | None = None
     bbox: BoundingBox
     base_url: str = DEFAULT_BASE_URL
@@ -99,8 +105,13 @@ class Chirps3Params(BaseModel):
         if self.stage == "prelim" and self.flavour == "rnl":
             raise ValueError("the prelim stage exists only as flavour 'sat'")
         if self.flavour is None:
-            self.flavour = "rnl" if self.stage == "final" else "sat"
+            self.flavour = "sat" if self.stage == "prelim" else "rnl"
         return self
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages a day is looked for at, preferred first."""
+        return ("final", "prelim") if self.stage == "auto" else (self.stage,)
 
 
 class Chirps3Provider:
@@ -122,15 +133,18 @@ class Chirps3Provider:
         self.variable = spec.variables[0].name
         self.client = client or HttpClient()
         self.window, self.grid = _window_and_grid(spec.id, self.params)
-        self._probed: dict[Period, bool] = {}  # HEAD answers, kept for this instance
+        # HEAD answers (None: not published), kept for this instance.
+        self._heads: dict[tuple[Period, str], HeadResult | None] = {}
         self._latest: Period | None = None
         self._latest_probed = False
         self._probe_lock = threading.Lock()
         self._latest_lock = threading.Lock()
 
-    def url(self, period: Period) -> str:
+    def url(self, period: Period, stage: str | None = None) -> str:
+        """The file of ``period`` at ``stage`` (default: the spec's; `auto` means final)."""
         day = period.start
-        stage, flavour = self.params.stage, self.params.flavour
+        stage = stage or self.params.stages[0]
+        flavour = "sat" if stage == "prelim" else self.params.flavour
         product = "prelim" if stage == "prelim" else flavour
         return (
             f"{self.params.base_url.rstrip('/')}/{stage}/{flavour}/{day:%Y}/"
@@ -165,12 +179,37 @@ class Chirps3Provider:
         older = candidates[: len(candidates) - len(confirmed)]
         return older + [period for period in confirmed if self._published(period)]
 
+    def fingerprint(self, period: Period) -> SourceFingerprint | None:
+        """The published version of the day: one HEAD per stage looked at (final first with
+        ``stage: auto``), None when no file is published."""
+        for stage in self.params.stages:
+            head = self._head(period, stage)
+            if head is not None:
+                return SourceFingerprint(
+                    etag=head.etag,
+                    last_modified=head.last_modified,
+                    size=head.size,
+                    stage=stage,
+                    preliminary=stage == "prelim",
+                )
+        return None
+
     def fetch(self, period: Period) -> FetchedPeriod:
-        url = self.url(period)
+        stage = self.params.stages[0]
+        if self.params.stage == "auto" and self._head(period, "final") is None:
+            stage = "prelim"
+        url = self.url(period, stage)
         try:
             with open_remote_cog(self.client, url) as cog:
                 self._check_georeferencing(cog.dataset, url)
                 values = cog.read(self.window, nodata=NODATA)
+                fingerprint = SourceFingerprint(
+                    etag=cog.etag,
+                    last_modified=cog.last_modified,
+                    size=cog.cache.size,
+                    stage=stage,
+                    preliminary=stage == "prelim",
+                )
         except SourceNotFoundError as err:
             raise SourceNotFoundError(
                 f"{self.spec.id} period {period.key}: not published ({err})"
@@ -180,7 +219,7 @@ class Chirps3Provider:
         data = xr.Dataset(
             {self.variable: (("y", "x"), values, {"units": UNITS})}, coords=self.grid.coords()
         )
-        return FetchedPeriod(data, (cog.source,))
+        return FetchedPeriod(data, (cog.source,), fingerprint=fingerprint)
 
     def _walk_back(self) -> Period | None:
         newest = last_complete_period(PeriodType.DAILY)
@@ -200,11 +239,19 @@ class Chirps3Provider:
         )
 
     def _published(self, period: Period) -> bool:
-        """Whether the period's file exists (one HEAD, remembered by this instance)."""
+        """Whether the day is published at any stage looked at."""
+        return any(self._head(period, stage) is not None for stage in self.params.stages)
+
+    def _head(self, period: Period, stage: str) -> HeadResult | None:
+        """The HEAD of the day's file at ``stage``, None if not published (remembered)."""
         with self._probe_lock:
-            if period not in self._probed:
-                self._probed[period] = self.client.exists(self.url(period))
-            return self._probed[period]
+            if (period, stage) not in self._heads:
+                try:
+                    head = self.client.head(self.url(period, stage))
+                except SourceNotFoundError:
+                    head = None
+                self._heads[period, stage] = head
+            return self._heads[period, stage]
 
     def _check_georeferencing(self, dataset: DatasetReader, url: str) -> None:
         """The file must be on the product's grid, or the window would be the wrong cells."""
