@@ -438,3 +438,18 @@ def test_an_expver_dimension_with_data_in_both_slices_is_refused_naming_the_file
         "told: each step needs data in exactly one slice (the CDS's current files carry one "
         "expver per step)"
     )
+
+
+def test_the_fingerprint_is_a_stat_and_an_era5t_step_is_fetched_as_preliminary(tmp_path):
+    path = write_grib(
+        tmp_path / "t2m_202401.grib",
+        grib_message(T2M, "2024-01-01", expver="0001"),
+        grib_message(T2M, "2024-01-02", expver="0005"),
+    )
+    provider = LocalFilesProvider(make_spec(tmp_path, "t2m_{year}{month}.grib", {"t2m": "t2m"}))
+    fingerprint = provider.fingerprint(day("2024-01-02"))
+    assert fingerprint.size == path.stat().st_size and fingerprint.last_modified
+    assert provider.fingerprint(day("2024-02-01")) is None  # no file holds it
+    assert provider.fetch(day("2024-01-02")).fingerprint.preliminary
+    final = provider.fetch(day("2024-01-01")).fingerprint
+    assert not final.preliminary and final.same_version(fingerprint)

@@ -428,3 +428,18 @@ def test_a_header_longer_than_the_probe_falls_back_to_the_whole_file(tmp_path):
         grid = WorldPopProvider(spec, http=HttpClient(sleep=lambda _: None)).describe().grid
     assert grid.shape == (rows, cols)
     assert grid.x[0] == pytest.approx(33.9005) and grid.y[0] == pytest.approx(4.9995)
+
+
+def test_the_fingerprint_is_one_head_and_changes_when_a_year_is_replaced(server):
+    path = publish(server, "global2", "KEN", 2016)
+    provider = provider_for(server)
+    fingerprint = provider.fingerprint(year(2016))
+    assert fingerprint.size == path.stat().st_size and fingerprint.etag
+    assert [r.method for r in server.requests] == ["HEAD"]
+    assert provider.fingerprint(year(2017)) is None
+    fetched = provider.fetch(year(2016))
+    assert fetched.fingerprint.same_version(fingerprint)
+
+    write_geotiff(path, "KEN", 2099)  # WorldPop corrects the year's file in place
+    replaced = provider_for(server).fingerprint(year(2016))
+    assert not replaced.same_version(fingerprint)

@@ -5,6 +5,7 @@ request executed for real into the store."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -270,3 +271,43 @@ def test_chirps_prelim_days_are_replaced_when_their_final_file_is_published(
         values = ref_assets.open_dataset("chirps_auto")["precip"].sel(time="2024-01-02").values
         np.testing.assert_array_equal(values, local_window(final))
         assert requested(tick(instance, "chirps_auto", revision.cursor)) == []
+
+
+def test_an_era5t_step_is_replaced_when_its_file_is_republished_final(
+    settings, write_spec, register_providers, instance, materialize, tmp_path
+):
+    from ref_assets_tests.test_local_files_grib import T2M, grib_message, make_spec, write_grib
+
+    archive = tmp_path / "era5"
+    for d, expver in ((1, "0001"), (2, "0005")):
+        write_grib(
+            archive / f"t2m_2024010{d}.grib",
+            grib_message(T2M, f"2024-01-0{d}", seed=d, expver=expver),
+        )
+    register_providers("ref_assets.providers.local_files:LocalFilesProvider")
+    spec = make_spec(archive, "t2m_{year}{month}{day}.grib", {"t2m": "t2m"})
+    write_spec(
+        "local_grib",
+        **spec.model_dump(include={"provider", "params", "variables"}),
+        end="2024-01-31",
+        updates={"revision_window": 31},
+    )
+    first = tick(instance, "local_grib")
+    assert requested(first) == [("2024-01-01", "2024-01-02")]
+    run_all(materialize, "local_grib", first)
+    era5t = read_provenance("local_grib", "2024-01-02")
+    assert era5t.flags == {"expver": "0005"} and era5t.fingerprint["preliminary"] is True
+    assert requested(tick(instance, "local_grib", first.cursor)) == []
+
+    final = write_grib(
+        archive / "t2m_20240102.grib", grib_message(T2M, "2024-01-02", seed=7, expver="0001")
+    )
+    os.utime(final, (final.stat().st_atime, final.stat().st_mtime + 60))  # a later file
+    revision = tick(instance, "local_grib", first.cursor)
+    assert requested(revision) == [("2024-01-02", "2024-01-02")]
+    assert revision.run_requests[0].tags["ref_assets/revision"] == "true"
+    run_all(materialize, "local_grib", revision)
+    replaced = read_provenance("local_grib", "2024-01-02")
+    assert replaced.flags == {"expver": "0001"} and "preliminary" not in replaced.fingerprint
+    assert replaced.previous.fingerprint == era5t.fingerprint
+    assert replaced.previous.checksum == era5t.checksum != replaced.checksum

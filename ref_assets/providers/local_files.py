@@ -33,7 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, ClassVar
@@ -54,6 +54,7 @@ from ref_assets.providers.local_files_formats import (
     period_steps,
     step_flags,
 )
+from ref_assets.providers.local_files_grib import EXPVER, PRELIMINARY_EXPVER
 from ref_assets.providers.local_files_names import FINENESS, FileNamePattern
 from ref_assets.providers.normalize import (
     GridShapeError,
@@ -68,6 +69,7 @@ from ref_assets.providers.protocol import (
     FetchedPeriod,
     Grid,
     ProviderError,
+    SourceFingerprint,
     SourceItem,
     parse_params,
     periods_between,
@@ -154,6 +156,7 @@ class LocalFilesProvider:
         self._grid: tuple[Grid, str] | None = None  # and the file it came from
         self._steps: dict[str, dict[Period, int]] = {}
         self._payloads: OrderedDict[str, tuple[bytes, SourceItem]] = OrderedDict()
+        self._fingerprints: dict[str, SourceFingerprint] = {}  # of each file as it was read
 
     def describe(self) -> Description:
         return Description.from_spec(self.spec, self._dataset_grid()[0])
@@ -183,6 +186,29 @@ class LocalFilesProvider:
                 return max(periods)
         return None
 
+    def fingerprint(self, period: Period) -> SourceFingerprint | None:
+        """The version of the file holding ``period``: its size and modification time (and
+        ETag on object stores), from a stat, never a read; None when no file holds it. With
+        date placeholders in the pattern the file is known from its name; with a glob, the
+        archive's files are indexed first (headers read once per provider instance)."""
+        where = f"{self.spec.id} period {period.key}"
+        try:
+            file = self._file_holding(period, where)
+        except SourceNotFoundError:
+            return None
+        if file.broken:
+            return None
+        fs, _ = self._filesystem
+        try:
+            info = fs.info(file.path)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise SourceUnavailableError(
+                f"{where}: cannot stat {redact(file.uri)}: {redact(str(err))}"
+            ) from None
+        return _stat_fingerprint(fs, file.path, info)
+
     def fetch(self, period: Period) -> FetchedPeriod:
         where = f"{self.spec.id} period {period.key}"
         file = self._file_holding(period, where)
@@ -197,9 +223,16 @@ class LocalFilesProvider:
                 variable.name: self._values(data, variable, index, where, file)
                 for variable in self.spec.variables
             }
+        # The version read: the stat taken with the bytes; an ERA5T step (expver 0005) is
+        # marked preliminary, so its record says so until a changed file replaces it.
+        fingerprint = replace(
+            self._fingerprints[file.path], preliminary=flags.get(EXPVER) == PRELIMINARY_EXPVER
+        )
         # Fresh numpy-backed variables: no encoding of the source (packing, chunks, compressors)
         # travels with the data.
-        return FetchedPeriod(xr.Dataset(variables, coords=grid.coords()), (source,), flags)
+        return FetchedPeriod(
+            xr.Dataset(variables, coords=grid.coords()), (source,), flags, fingerprint
+        )
 
     # -- the archive: its files, the periods they hold, their bytes
 
@@ -327,17 +360,11 @@ class LocalFilesProvider:
                 f"{where}: cannot read {redact(file.uri)}: {redact(str(err))}; check that it is "
                 "reachable from here, then run again"
             ) from None
-        try:
-            modified = fs.modified(file.path)
-        except (NotImplementedError, OSError):
-            modified = None
-        if modified is not None and modified.tzinfo is None:
-            modified = modified.replace(tzinfo=UTC)  # fsspec's naive times are UTC
+        fingerprint = _stat_fingerprint(fs, file.path, info)
+        with self._lock:
+            self._fingerprints[file.path] = fingerprint
         source = SourceItem.from_bytes(
-            file.uri,
-            payload,
-            etag=info.get("ETag") or info.get("etag"),
-            last_modified=modified.isoformat() if modified else None,
+            file.uri, payload, etag=fingerprint.etag, last_modified=fingerprint.last_modified
         )
         if file.named is None or file.named.type is not self.spec.period:
             with self._lock:
@@ -514,6 +541,23 @@ class LocalFilesProvider:
         return period.start >= self.spec.start and (
             self.spec.end is None or period.start <= self.spec.end
         )
+
+
+def _stat_fingerprint(
+    fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]
+) -> SourceFingerprint:
+    """A file's version from its listing entry: size, modification time (UTC) and ETag."""
+    try:
+        modified = fs.modified(path)
+    except (NotImplementedError, OSError):
+        modified = None
+    if modified is not None and modified.tzinfo is None:
+        modified = modified.replace(tzinfo=UTC)  # fsspec's naive times are UTC
+    return SourceFingerprint(
+        etag=info.get("ETag") or info.get("etag"),
+        last_modified=modified.isoformat() if modified else None,
+        size=info.get("size"),
+    )
 
 
 def _archive_file(

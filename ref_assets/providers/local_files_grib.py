@@ -49,6 +49,7 @@ GRIB_SIGNATURE = b"GRIB"
 TIME = "valid_time"
 AXES = (TIME, "latitude", "longitude")
 EXPVER = "expver"  # ERA5's per-step experiment version (see local_files_formats.step_flags)
+PRELIMINARY_EXPVER = "0005"  # ERA5T, replaced by the final ERA5 (0001) two to three months on
 _UNDEFINED = "undef"  # cfgrib's value of a key that a message lacks
 
 

@@ -24,7 +24,8 @@ header of the first published year of the dataset (a ranged read of its first 64
 server allows it), and every fetched year is checked against it. A year is fetched whole (HEAD
 for its ETag, Last-Modified and size, then GET) and decoded from memory, so its sha256 is of
 exactly the bytes decoded. Availability is one HEAD per year, one at a time, cached per
-provider instance.
+provider instance; so is `WorldPopProvider.fingerprint` (ETag, Last-Modified, size), which tells
+the dataset's sensor when a year's file was replaced.
 
 Parameters (``params`` in the spec)::
 
@@ -60,6 +61,7 @@ from ref_assets.providers.protocol import (
     FetchedPeriod,
     Grid,
     ProviderError,
+    SourceFingerprint,
     SourceItem,
     parse_params,
     periods_between,
@@ -213,6 +215,13 @@ class WorldPopProvider:
                 return Period.from_key(PeriodType.YEARLY, str(year))
         return None
 
+    def fingerprint(self, period: Period) -> SourceFingerprint | None:
+        """The year's published version: one HEAD (ETag, Last-Modified, size), None when the
+        year is not published. WorldPop replaces files in place when it corrects a release."""
+        year = period.start.year
+        head = self._head(year) if year in self.years else None
+        return _fingerprint(head) if head is not None else None
+
     def fetch(self, period: Period) -> FetchedPeriod:
         year, key = period.start.year, period.key
         url = self.params.url(year)
@@ -239,7 +248,7 @@ class WorldPopProvider:
         source = SourceItem.from_bytes(
             redact(url), payload, etag=head.etag, last_modified=head.last_modified
         )
-        return FetchedPeriod(data, (source,))
+        return FetchedPeriod(data, (source,), fingerprint=_fingerprint(head))
 
     def _head(self, year: int) -> HeadResult | None:
         """The HEAD of ``year``'s file, None if it is not published (cached)."""
@@ -313,6 +322,10 @@ class WorldPopProvider:
             cols = slice(int(keep_x[0]), int(keep_x[-1]) + 1)
             rows = slice(int(keep_y[0]), int(keep_y[-1]) + 1)
         return _Layout(origin, raster, rows, cols, Grid(y=y[rows], x=x[cols]))
+
+
+def _fingerprint(head: HeadResult) -> SourceFingerprint:
+    return SourceFingerprint(etag=head.etag, last_modified=head.last_modified, size=head.size)
 
 
 def _georeference(payload: bytes) -> _Raster | None:
