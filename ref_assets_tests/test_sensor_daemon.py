@@ -1,0 +1,118 @@
+"""End to end: the real ``dagster-daemon run`` on a fresh DAGSTER_HOME, with a dataset's sensor
+on from its spec; a period the source newly publishes lands in the store and in the instance
+with no other action. (Loopback only: the daemon talks to its own code server.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from ref_assets.defs.instance_init import init_instance
+from ref_assets.store import reader as store_reader
+from ref_assets.store.repository import DatasetStore
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEADLINE_SECONDS = 150.0
+
+
+@pytest.fixture
+def daemon(settings, write_spec, register_providers, tmp_path, monkeypatch):
+    """The daemon running over a movable dataset that publishes nothing yet; yields the file
+    that says what it publishes and the daemon's log."""
+    register_providers("ref_assets_tests.example_providers:MovableProvider")
+    availability = tmp_path / "availability.json"
+    availability.write_text(json.dumps({"latest": None}))
+    write_spec(
+        "moving",
+        provider="movable",
+        params={
+            "bbox": [0.0, 40.0, 6.0, 44.0],
+            "resolution": 1.0,
+            "availability": str(availability),
+        },
+        end="2024-12-31",
+        updates={"default_status": "running", "min_interval": 1},
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # ref_assets' instance config, but runs launched as the sensor requests them: the run
+    # queue's daemon would add up to its polling interval (20 s measured) to the wait.
+    config = yaml.safe_load((REPOSITORY / "dagster.yaml").read_text())
+    config["run_coordinator"] = {
+        "module": "dagster.core.run_coordinator",
+        "class": "DefaultRunCoordinator",
+    }
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    init_instance(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    log = tmp_path / "daemon.log"
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "dagster-daemon"),
+                "run",
+                "-w",
+                str(REPOSITORY / "workspace.yaml"),
+            ],
+            cwd=home,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped with its code server
+        )
+    try:
+        yield availability, log
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for(condition, what: str, log: Path) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            tail = "\n".join(log.read_text().splitlines()[-40:])
+            pytest.fail(
+                f"{what} did not happen within {DEADLINE_SECONDS:.0f} s; daemon log:\n{tail}"
+            )
+        time.sleep(1.0)
+
+
+def test_a_newly_published_period_lands_in_the_store_and_the_instance(daemon, settings):
+    availability, log = daemon
+    # The sensor has evaluated on the daemon (and found nothing published) before the source
+    # publishes its first period.
+    wait_for(lambda: "Sensor moving_updates skipped" in log.read_text(), "a first tick", log)
+    availability.write_text(json.dumps({"latest": "2024-01-01"}))
+
+    store = DatasetStore(settings.storage_root, "moving")
+
+    def stored() -> list[int]:
+        return (
+            store_reader.written_indices(store_reader.session_for(store)) if store.exists() else []
+        )
+
+    wait_for(lambda: stored() == [0], "the period's commit (2024-01-01, index 0)", log)
+    instance = dg.DagsterInstance.get()
+    wait_for(
+        lambda: instance.get_materialized_partitions(dg.AssetKey("moving")) == {"2024-01-01"},
+        "the instance's materialization",
+        log,
+    )
+    [run] = instance.get_runs(filters=dg.RunsFilter(tags={"ref_assets/dataset": "moving"}))
+    assert run.tags["dagster/partition"] == "2024-01-01"
+    assert run.tags["dagster/sensor_name"] == "moving_updates"
