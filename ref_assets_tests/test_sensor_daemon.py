@@ -102,9 +102,9 @@ def test_a_newly_published_period_lands_in_the_store_and_the_instance(daemon, se
     store = DatasetStore(settings.storage_root, "moving")
 
     def stored() -> list[int]:
-        return (
-            store_reader.written_indices(store_reader.session_for(store)) if store.exists() else []
-        )
+        if not store.exists():
+            return []
+        return store_reader.written_index_array(store_reader.session_for(store)).tolist()
 
     wait_for(lambda: stored() == [0], "the period's commit (2024-01-01, index 0)", log)
     instance = dg.DagsterInstance.get()

@@ -18,6 +18,7 @@ import yaml
 import ref_assets
 from ref_assets.definitions import build_definitions
 from ref_assets.provenance import read_provenance
+from ref_assets.store.repository import DatasetStore
 from ref_assets.updates import IndexRanges
 from ref_assets_tests.http_server import FileServer
 
@@ -138,6 +139,13 @@ def test_the_store_is_the_truth_not_the_cursor(movable, instance, materialize):
     stale["state"]["written"] = []
     third = tick(instance, "moving", json.dumps(stale))
     assert requested(third) == requested(second)
+
+
+def test_a_store_being_created_is_a_store_without_periods(movable, instance, settings):
+    """A first run has created the repository but not committed its layout yet."""
+    movable(latest="2024-01-02")
+    DatasetStore(settings.storage_root, "moving").open_or_create(8)
+    assert requested(tick(instance, "moving")) == [("2024-01-01", "2024-01-02")]
 
 
 def test_run_keys_are_stable_and_in_flight_periods_are_left_out(movable, instance):

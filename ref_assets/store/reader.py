@@ -71,7 +71,10 @@ _LISTING_BATCH = 65_536
 
 def written_index_array(session: ic.Session) -> np.ndarray:
     """`written_indices` as a sorted int64 array, listed in large batches (a sensor lists a whole
-    store only when its cursor is new or reset; otherwise it reads `written_between`)."""
+    store only when its cursor is new or reset; otherwise it reads `written_between`). Empty
+    for a store whose layout is not committed yet (a first run is creating it)."""
+    if open_laid_out_root(session.store) is None:
+        return np.empty(0, dtype="int64")
 
     async def collect() -> list[int]:
         coordinates = session.chunk_coordinates(f"/{RECORDS_PATH}", batch_size=_LISTING_BATCH)
