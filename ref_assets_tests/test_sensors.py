@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import ref_assets
+from ref_assets.catalog import load_catalog
 from ref_assets.definitions import build_definitions
 from ref_assets.provenance import read_provenance
 from ref_assets.store.repository import DatasetStore
@@ -319,3 +320,32 @@ def test_an_era5t_step_is_replaced_when_its_file_is_republished_final(
     assert replaced.flags == {"expver": "0001"} and "preliminary" not in replaced.fingerprint
     assert replaced.previous.fingerprint == era5t.fingerprint
     assert replaced.previous.checksum == era5t.checksum != replaced.checksum
+
+
+@pytest.mark.parametrize(
+    ("updates", "field", "message"),
+    [
+        ({"min_interval": 0}, "updates.min_interval", "greater than or equal to 1"),
+        ({"default_status": "on"}, "updates.default_status", "'running' or 'stopped'"),
+        ({"revision_window": -1}, "updates.revision_window", "greater than or equal to 0"),
+        ({"retry_afer": 60}, "updates.retry_afer", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_updates_settings_name_the_field(settings, write_spec, updates, field, message):
+    write_spec("moving", updates=updates)
+    [error] = load_catalog(settings).errors
+    assert error.field == field and message in error.message
+
+
+def test_every_dataset_has_a_sensor_set_up_by_its_spec(settings, write_spec):
+    write_spec("quiet")
+    write_spec("eager", updates={"default_status": "running", "min_interval": 30})
+    defs = build_definitions()
+    quiet, eager = (
+        defs.resolve_sensor_def("quiet_updates"),
+        defs.resolve_sensor_def("eager_updates"),
+    )
+    assert quiet.default_status == dg.DefaultSensorStatus.STOPPED
+    assert quiet.minimum_interval_seconds == 3600
+    assert eager.default_status == dg.DefaultSensorStatus.RUNNING
+    assert eager.minimum_interval_seconds == 30
