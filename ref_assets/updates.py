@@ -38,6 +38,10 @@ from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
 
 STATE_FORMAT = 1
+# Periods this close to the newest published one that the provider did not list are asked
+# about again on every tick: a late file (a CHIRPS day published after the next ones, a gap in
+# an archive filled later) is picked up; older gaps only when the cursor is reset.
+RECHECK_PERIODS = 64
 
 
 @dataclass(frozen=True)
@@ -169,12 +173,14 @@ class UpdateState:
       then; the next tick reads only the commits since (Icechunk's diff), or lists the store
       again when that snapshot is no ancestor of the tip any more;
     - ``checked_through``: the newest index whose availability the provider was asked about,
-      and ``missing``: the available periods not stored at that time."""
+      ``missing``: the available periods not stored at that time, and ``unavailable``: the
+      periods among the newest `RECHECK_PERIODS` that the provider did not list (asked again)."""
 
     snapshot: str | None = None
     written: IndexRanges = field(default_factory=IndexRanges)
     checked_through: int = -1
     missing: IndexRanges = field(default_factory=IndexRanges)
+    unavailable: IndexRanges = field(default_factory=IndexRanges)
 
     def to_json(self) -> dict:
         return {
@@ -183,6 +189,7 @@ class UpdateState:
             "written": self.written.pairs(),
             "checked_through": self.checked_through,
             "missing": self.missing.pairs(),
+            "unavailable": self.unavailable.pairs(),
         }
 
     @classmethod
@@ -195,6 +202,7 @@ class UpdateState:
             written=IndexRanges.from_pairs(stored["written"]),
             checked_through=int(stored["checked_through"]),
             missing=IndexRanges.from_pairs(stored["missing"]),
+            unavailable=IndexRanges.from_pairs(stored.get("unavailable", [])),
         )
 
 
@@ -254,19 +262,24 @@ def plan_updates(
     in_flight = in_flight or IndexRanges()
     snapshot = store_reader.tip_snapshot(store)
     written, full_scan = _written(store, state, snapshot)
-    checked_through = state.checked_through if state is not None else -1
-    missing = state.missing if state is not None else IndexRanges()
+    state = state or UpdateState()
+    checked_through, missing, unavailable = state.checked_through, state.missing, state.unavailable
 
     latest = provider.latest_available()
     last = spec.last_period(now)
-    if latest is not None and last is not None:
+    if latest is not None and last is not None and min(latest, last).start >= spec.start:
         latest = min(latest, last)
         newest = spec.time_index(latest)
-        if newest > checked_through and latest.start >= spec.start:
-            first = spec.period.at(checked_through + 1, spec.start)
-            asked = provider.available_periods(Period(spec.period, first), latest)
-            missing = missing | IndexRanges.of(spec.time_index(p) for p in asked)
-            checked_through = newest
+        first = checked_through + 1
+        if unavailable:  # gaps near the head: ask again from the oldest
+            first = min(first, int(unavailable.starts[0]))
+        if first <= newest:
+            asked = provider.available_periods(_period(spec, first), latest)
+            listed = IndexRanges.of([spec.time_index(p) for p in asked])
+            missing = missing | listed
+            unavailable = (unavailable | IndexRanges.span(first, newest + 1)) - listed
+            checked_through = max(checked_through, newest)
+        unavailable = unavailable - written - IndexRanges.span(0, newest - RECHECK_PERIODS + 1)
     missing = missing - written
     wanted = missing - in_flight
     bounded = wanted.first(spec.updates.max_periods_per_tick)
@@ -278,7 +291,7 @@ def plan_updates(
     return UpdatePlan(
         missing=ranges,
         revisions=revisions,
-        state=UpdateState(snapshot, written, checked_through, missing),
+        state=UpdateState(snapshot, written, checked_through, missing, unavailable),
         snapshot=snapshot,
         latest=latest,
         full_scan=full_scan,

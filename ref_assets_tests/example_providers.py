@@ -79,10 +79,11 @@ class NpyArchiveProvider:
 
 class MovableProvider:
     """The synthetic fields, published as a test says: ``params.availability`` names a JSON file
-    ``{"latest": KEY, "error": TEXT, "versions": {KEY: N}}`` read on every call, so a test moves
-    the newest published period, makes the source fail, or republishes a period (version N adds
-    N - 1 to its values and changes its ETag). Periods from the spec's start to ``latest`` are
-    published; ``error`` makes every question fail with that text."""
+    ``{"latest": KEY, "gaps": [KEY], "error": TEXT, "versions": {KEY: N}}`` read on every call, so
+    a test moves the newest published period, leaves periods out, makes the source fail, or
+    republishes a period (version N adds N - 1 to its values and changes its ETag). Periods from
+    the spec's start to ``latest`` but ``gaps`` are published; ``error`` makes every question
+    fail with that text."""
 
     name: ClassVar[str] = "movable"
     version: ClassVar[str] = "1.0"
@@ -107,12 +108,17 @@ class MovableProvider:
         return Period.from_key(self.spec.period, latest) if latest else None
 
     def available_periods(self, first: Period, last: Period) -> list[Period]:
-        latest = self.latest_available()
-        return [p for p in periods_between(first, last) if latest is not None and p <= latest]
+        return [p for p in periods_between(first, last) if self._is_published(p)]
+
+    def _is_published(self, period: Period) -> bool:
+        state = self._published()
+        latest = state.get("latest")
+        if latest is None or period > Period.from_key(self.spec.period, latest):
+            return False
+        return period.key not in state.get("gaps", [])
 
     def fingerprint(self, period: Period) -> SourceFingerprint | None:
-        latest = self.latest_available()
-        if latest is None or period > latest:
+        if not self._is_published(period):
             return None
         version = self._published().get("versions", {}).get(period.key, 1)
         return SourceFingerprint(etag=f'"{period.key}-v{version}"', size=1000 + version)

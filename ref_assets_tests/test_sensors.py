@@ -32,9 +32,9 @@ def movable(settings, write_spec, register_providers, tmp_path):
     it publishes (``publish("d", latest=..., versions=..., error=...)``)."""
     register_providers(MOVABLE)
 
-    def dataset(dataset_id: str = "moving", *, latest: str | None = None, **spec) -> Path:
+    def dataset(dataset_id: str = "moving", *, latest: str | None = None, gaps=(), **spec) -> Path:
         availability = tmp_path / f"{dataset_id}.availability.json"
-        availability.write_text(json.dumps({"latest": latest}))
+        availability.write_text(json.dumps({"latest": latest, "gaps": list(gaps)}))
         params = {"bbox": [0.0, 40.0, 6.0, 44.0], "resolution": 1.0, "seed": 3}
         params["availability"] = str(availability)
         write_spec(dataset_id, provider="movable", params=params, end="2024-12-31", **spec)
@@ -122,6 +122,16 @@ def test_new_periods_give_runs_for_exactly_those_then_none(movable, instance, ma
     # The instance saw every period the store holds, from the sensor's runs alone.
     materialized = instance.get_materialized_partitions(dg.AssetKey("moving"))
     assert materialized == {f"2024-01-0{day}" for day in range(1, 8)}
+
+
+def test_a_late_period_is_requested_once_published(movable, instance):
+    """A period published after later ones (a late file) is asked about again until it is."""
+    availability = movable(latest="2024-01-05", gaps=["2024-01-03"])
+    first = tick(instance, "moving")
+    assert requested(first) == [("2024-01-01", "2024-01-02"), ("2024-01-04", "2024-01-05")]
+    publish(availability, gaps=[])
+    second = tick(instance, "moving", first.cursor)
+    assert requested(second) == [("2024-01-01", "2024-01-05")]
 
 
 def test_the_store_is_the_truth_not_the_cursor(movable, instance, materialize):
