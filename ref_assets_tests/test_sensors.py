@@ -14,12 +14,14 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
+import zarr
 
 import ref_assets
 from ref_assets.catalog import load_catalog
 from ref_assets.definitions import build_definitions
 from ref_assets.provenance import read_provenance
 from ref_assets.store.repository import DatasetStore
+from ref_assets.store.writer import write_period
 from ref_assets.updates import IndexRanges
 from ref_assets_tests.http_server import FileServer
 
@@ -359,3 +361,20 @@ def test_every_dataset_has_a_sensor_set_up_by_its_spec(settings, write_spec):
     assert quiet.minimum_interval_seconds == 3600
     assert eager.default_status == dg.DefaultSensorStatus.RUNNING
     assert eager.minimum_interval_seconds == 30
+
+
+def test_rewriting_a_period_keeps_the_replaced_version_even_past_a_damaged_record(
+    synthetic_dataset,
+):
+    spec, store, batch_for = synthetic_dataset
+    first = write_period(store, batch_for("2024-01-02"), run_id="first").record
+    second = write_period(store, batch_for("2024-01-02"), run_id="second").record
+    assert second.previous.checksum == first.checksum
+    assert (second.previous.run_id, second.previous.written_at) == ("first", first.written_at)
+
+    session = store.open().writable_session("main")
+    records = zarr.open_array(session.store, path="ref/records", mode="r+")
+    records[spec.time_index(spec.period_for_key("2024-01-02"))] = '{"format": "damaged"}'
+    session.commit("damage the record")
+    repaired = write_period(store, batch_for("2024-01-02"), run_id="repair").record
+    assert repaired.previous is None and repaired.checksum == first.checksum

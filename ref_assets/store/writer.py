@@ -25,7 +25,12 @@ from zarr.core.sync import sync
 
 from ref_assets.batch import PeriodBatch
 from ref_assets.preview import Preview
-from ref_assets.provenance import PreviousVersion, ProvenanceRecord, build_record
+from ref_assets.provenance import (
+    PreviousVersion,
+    ProvenanceRecord,
+    RecordFormatError,
+    build_record,
+)
 from ref_assets.store.layout import (
     RECORDS_PATH,
     axis_length,
@@ -204,15 +209,22 @@ class PeriodWriter:
 
     def _replaced(self, batch: PeriodBatch) -> PreviousVersion | None:
         """The version of the period this write replaces (its stored record), if any: one
-        chunk read, so a revision's record keeps the fingerprint and checksum it replaced."""
+        chunk read, so a revision's record keeps the fingerprint and checksum it replaced. A
+        stored record that does not read is no reason to refuse the write that replaces it."""
         if self._session is None:
             self._session = self._repo.writable_session("main")
         text = zarr.open_array(self._session.store, path=RECORDS_PATH, mode="r")[batch.time_index]
         if not text:
             return None
-        stored = ProvenanceRecord.from_stored(
-            json.loads(str(text)), batch.spec.id, batch.period.key
-        )
+        try:
+            stored = ProvenanceRecord.from_stored(
+                json.loads(str(text)), batch.spec.id, batch.period.key
+            )
+        except (ValueError, RecordFormatError) as err:
+            logger.warning(
+                "%s: the replaced record is not kept as previous: %s", batch.spec.id, err
+            )
+            return None
         return stored.as_previous()
 
     def _write(self, batch: PeriodBatch, record: ProvenanceRecord) -> int:
