@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import icechunk as ic
 import numpy as np
 
 from ref_assets.periods import Period
@@ -260,8 +261,10 @@ def plan_updates(
     Provider errors propagate: the caller reports them and backs off.
     """
     in_flight = in_flight or IndexRanges()
-    snapshot = store_reader.tip_snapshot(store)
-    written, full_scan = _written(store, state, snapshot)
+    with store.reporting("reading the store"):
+        repo = _repository(store)
+        snapshot = repo.lookup_branch("main") if repo is not None else None
+    written, full_scan = _written(repo, state, snapshot)
     state = state or UpdateState()
     checked_through, missing, unavailable = state.checked_through, state.missing, state.unavailable
 
@@ -287,7 +290,7 @@ def plan_updates(
         PeriodRange(_period(spec, first), _period(spec, last), last - first + 1)
         for first, last in bounded.chunks(spec.runs.max_partitions_per_run)
     ]
-    revisions = _revisions(spec, provider, store, snapshot, written - in_flight)
+    revisions = _revisions(spec, provider, repo, snapshot, written - in_flight)
     return UpdatePlan(
         missing=ranges,
         revisions=revisions,
@@ -299,8 +302,24 @@ def plan_updates(
     )
 
 
+# Repositories opened by this process, by location. A sensor runs in a long-lived process (the
+# code server), and a repository's caches of snapshots and manifests are what keep reading the
+# commits since the cursor cheap: a freshly opened one loads them again (measured on 20,000
+# stored periods: 30-130 ms a tick against 1-6 ms). The branch is read afresh on every tick.
+_REPOSITORIES: dict[str, ic.Repository] = {}
+
+
+def _repository(store: DatasetStore) -> ic.Repository | None:
+    if not store.exists():
+        _REPOSITORIES.pop(store.location, None)
+        return None
+    if store.location not in _REPOSITORIES:
+        _REPOSITORIES[store.location] = store.open()
+    return _REPOSITORIES[store.location]
+
+
 def _written(
-    store: DatasetStore, state: UpdateState | None, snapshot: str | None
+    repo: ic.Repository | None, state: UpdateState | None, snapshot: str | None
 ) -> tuple[IndexRanges, bool]:
     """The stored periods at ``snapshot``, and whether the whole store had to be listed."""
     if snapshot is None:
@@ -308,17 +327,17 @@ def _written(
     if state is not None and state.snapshot == snapshot:
         return state.written, False
     if state is not None and state.snapshot is not None:
-        changed = store_reader.written_between(store, state.snapshot, snapshot)
+        changed = store_reader.written_between(repo, state.snapshot, snapshot)
         if changed is not None:
             return state.written | IndexRanges.of(changed), False
-    session = store_reader.session_for(store, snapshot)
+    session = repo.readonly_session(snapshot_id=snapshot)
     return IndexRanges.of(store_reader.written_index_array(session)), True
 
 
 def _revisions(
     spec: DatasetSpec,
     provider: Provider,
-    store: DatasetStore,
+    repo: ic.Repository | None,
     snapshot: str | None,
     candidates: IndexRanges,
 ) -> list[Revision]:
@@ -326,12 +345,12 @@ def _revisions(
     without a fingerprint (written before fingerprints, or by a provider without them) is never
     a revision: there is nothing to compare."""
     window = spec.updates.revision_window
-    if not window or snapshot is None or not has_fingerprints(provider):
+    if not window or repo is None or snapshot is None or not has_fingerprints(provider):
         return []
     indices = candidates.last(window)
     if indices.size == 0:
         return []
-    session = store_reader.session_for(store, snapshot)
+    session = repo.readonly_session(snapshot_id=snapshot)
     revisions = []
     for index, raw in store_reader.iter_records(session, indices.tolist()):
         period = _period(spec, index)

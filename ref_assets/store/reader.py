@@ -83,21 +83,13 @@ def written_index_array(session: ic.Session) -> np.ndarray:
     return np.unique(np.asarray(sync(collect()), dtype="int64"))
 
 
-def tip_snapshot(store: DatasetStore) -> str | None:
-    """The snapshot id of the store's ``main`` branch; None when there is no store yet."""
-    if not store.exists():
-        return None
-    with store.reporting("reading the store's tip"):
-        return store.open().lookup_branch("main")
-
-
-def written_between(store: DatasetStore, since: str, tip: str) -> np.ndarray | None:
+def written_between(repo: ic.Repository, since: str, tip: str) -> np.ndarray | None:
     """Time indices whose record changed from snapshot ``since`` to ``tip`` (periods written or
     rewritten), from Icechunk's diff: it costs the commits in between, not the store's size.
     None when ``since`` is no ancestor of ``tip`` (the branch was reset, the snapshot expired):
     the caller lists the whole store instead."""
     try:
-        diff = store.open().diff(from_snapshot_id=since, to_snapshot_id=tip)
+        diff = repo.diff(from_snapshot_id=since, to_snapshot_id=tip)
     except ic.IcechunkError:
         return None
     coordinates = diff.updated_chunks.get(f"/{RECORDS_PATH}", [])
