@@ -255,7 +255,8 @@ def plan_updates(
     """What to request for ``spec`` now (see `UpdatePlan`).
 
     The provider is asked about periods it has not been asked about before (all of them on a
-    first tick, then those after `UpdateState.checked_through`), and, within the spec's
+    first tick, then those after `UpdateState.checked_through`, and again those among the
+    newest `RECHECK_PERIODS` it did not list before), and, within the spec's
     `revision_window`, for the fingerprint of each of the newest stored periods. ``in_flight``
     periods (being written by runs not yet finished) are neither requested nor revised again.
     Provider errors propagate: the caller reports them and backs off.
