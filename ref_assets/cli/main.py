@@ -206,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default="WARNING",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="Dagster's console log level (default: WARNING; INFO shows every step and commit)",
+        help="Dagster's console log level (default: WARNING; DEBUG shows every event)",
     )
     add_quiet(materialize)
     materialize.set_defaults(handler=_materialize)

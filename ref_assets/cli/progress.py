@@ -41,6 +41,7 @@ class Progress:
         self.clock = clock
         self.started = clock()
         self.done = 0
+        self._first: tuple[float, int] | None = None  # when the first items were done, how many
         self._shown_at: float | None = None
 
     def __enter__(self) -> Progress:
@@ -55,20 +56,29 @@ class Progress:
     def update(self, done: int) -> None:
         """``done`` of ``total`` items are done; show it unless shown very recently."""
         self.done = done
-        if not self.enabled or done >= self.total:
-            return  # the final line says it
+        if not self.enabled or done == 0 or done >= self.total:
+            return  # nothing to measure yet, or the final line says it
         now = self.clock()
+        if self._first is None:
+            self._first = (now, done)
         if self._shown_at is not None and now - self._shown_at < self.interval:
             return
         self._shown_at = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = done / elapsed
-        eta = f"ETA {format_duration((self.total - done) / rate)}" if rate > 0 else "ETA unknown"
+        rate = self._rate(now)
+        eta = format_duration((self.total - done) / rate)
         self._write(
             f"{self.label}: {done}/{self.total} {self.unit} ({100 * done // self.total}%), "
-            f"{format_rate(rate)} {self.unit}/s, {eta}",
+            f"{format_rate(rate)} {self.unit}/s, ETA {eta}",
             final=False,
         )
+
+    def _rate(self, now: float) -> float:
+        """Items per second since the first ones were done, so that a slow start (Dagster
+        launching a run, a store opened) does not inflate the ETA; until then, since the start."""
+        first_at, first_done = self._first
+        if self.done > first_done and now > first_at:
+            return (self.done - first_done) / (now - first_at)
+        return self.done / max(now - self.started, 1e-9)
 
     def finish(self) -> None:
         """The final line: how many were done, in how long, at what rate."""
@@ -91,7 +101,7 @@ class Progress:
 
 
 def format_rate(rate: float) -> str:
-    """``0.31``, ``24.5``, ``1,530``: three significant figures or whole numbers."""
+    """``0.31``, ``24.5``, ``1,530``: two decimals below 1, one below 100, whole numbers above."""
     if rate >= 100:
         return f"{rate:,.0f}"
     return f"{rate:.1f}" if rate >= 1 else f"{rate:.2f}"
