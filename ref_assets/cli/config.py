@@ -241,7 +241,8 @@ def validate(args: argparse.Namespace) -> int:
                 if problems:
                     report["errors"].extend(f"dataset {spec.id} ({path}): {p}" for p in problems)
                 else:
-                    _ok(args, report, f"dataset {spec.id} ({path}): provider {spec.provider} ok")
+                    taken = f"provider {spec.provider} takes it"
+                    _ok(args, report, f"dataset {spec.id} ({path}): {taken}")
             report["errors"].extend(f"dataset spec {error}" for error in catalog.errors)
     return _validation_report(args, report)
 
