@@ -3,6 +3,7 @@ every subcommand, ``--json`` documents, progress lines with rate and ETA, and pe
 form as well as Dagster's."""
 
 import argparse
+import importlib
 import io
 import json
 import re
@@ -15,9 +16,10 @@ import pytest
 
 import ref_assets
 from ref_assets.cli import main
-from ref_assets.cli.main import VERSIONED_PACKAGES, _parser
+from ref_assets.cli.main import USER_ERRORS, VERSIONED_PACKAGES, _parser
 from ref_assets.cli.progress import Progress
 from ref_assets.periods import Period, PeriodError, PeriodType
+from ref_assets.store.writer import CommitPolicy, PeriodWriter, observing_commits, write_period
 
 PROGRESS_LINE = re.compile(
     r"^(?P<label>\S+): (?P<done>\d+)/(?P<total>\d+) periods \(\d+%\), [\d.,]+ periods/s, "
@@ -75,6 +77,11 @@ def test_help_and_version_import_no_heavy_library():
     assert ref_assets.open_dataset.__module__ == "ref_assets.reader"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = ref_assets.nope
+
+
+def test_the_errors_shown_without_traceback_exist():
+    for module, name in USER_ERRORS:
+        assert issubclass(getattr(importlib.import_module(module), name), Exception)
 
 
 def test_every_subcommand_has_a_description_and_an_example():
@@ -230,6 +237,18 @@ def _assert_progress(stderr: str, label: str, *, total: int) -> None:
     assert [(m["label"], int(m["done"]), int(m["total"])) for m in finals] == [
         (label, total, total)
     ]
+
+
+def test_commit_observers_hear_every_commit_of_their_block(synthetic_dataset):
+    _, store, batch_for = synthetic_dataset
+    heard: list[list[str]] = []
+    writer = PeriodWriter(store, run_id="observed", policy=CommitPolicy(every=2))
+    with observing_commits(lambda receipts: heard.append([r.period_key for r in receipts])):
+        for key in ("2024-01-01", "2024-01-02", "2024-01-03"):
+            writer.add(batch_for(key))
+        writer.flush()
+    write_period(store, batch_for("2024-01-04"), run_id="unobserved")
+    assert heard == [["2024-01-01", "2024-01-02"], ["2024-01-03"]]
 
 
 class _Clock:

@@ -77,25 +77,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Failures shown as one line without a traceback (imported only when one is handled)."""
-    from ref_assets.config import ConfigError
-    from ref_assets.periods import PeriodError
-    from ref_assets.provenance import ProvenanceNotFoundError
-    from ref_assets.providers.protocol import ProviderError
-    from ref_assets.specs import UnknownDatasetError
-    from ref_assets.store.repository import StoreError
+# Failures shown as one line without a traceback, besides CommandError and OSError: module, class.
+USER_ERRORS = (
+    ("ref_assets.config", "ConfigError"),
+    ("ref_assets.periods", "PeriodError"),
+    ("ref_assets.provenance", "ProvenanceNotFoundError"),
+    ("ref_assets.providers.protocol", "ProviderError"),
+    ("ref_assets.specs", "UnknownDatasetError"),
+    ("ref_assets.store.repository", "StoreError"),
+)
 
-    return (
-        CommandError,
-        ConfigError,
-        StoreError,
-        PeriodError,
-        UnknownDatasetError,
-        ProvenanceNotFoundError,
-        ProviderError,
-        OSError,
-    )
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The classes of `USER_ERRORS` whose modules are loaded: an error of any other cannot have
+    been raised, and importing their modules (xarray, icechunk) would only delay the message."""
+    loaded = [
+        getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules
+    ]
+    return (CommandError, OSError, *loaded)
 
 
 def version_text() -> str:

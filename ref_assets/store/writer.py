@@ -71,7 +71,7 @@ _commit_observers: ContextVar[tuple[CommitObserver, ...]] = ContextVar(
 @contextlib.contextmanager
 def observing_commits(observer: CommitObserver) -> Iterator[None]:
     """Call ``observer(receipts)`` after each commit of any `PeriodWriter` in this context (this
-    thread, or a task started from it) until the block ends."""
+    thread, and asyncio tasks started from it) until the block ends."""
     token = _commit_observers.set((*_commit_observers.get(), observer))
     try:
         yield
