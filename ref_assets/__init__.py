@@ -12,10 +12,32 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from ref_assets.periods import Period, PeriodType
-from ref_assets.provenance import ProvenanceRecord, read_provenance
-from ref_assets.reader import dataset_status, open_dataset
-from ref_assets.specs import DatasetSpec
+# Imported on first use (PEP 562): the library pulls in xarray, zarr and icechunk, seconds that
+# `ref-assets --help`, `--version` and every submodule import would otherwise pay.
+_LAZY = {
+    "DatasetSpec": "ref_assets.specs",
+    "Period": "ref_assets.periods",
+    "PeriodType": "ref_assets.periods",
+    "ProvenanceRecord": "ref_assets.provenance",
+    "dataset_status": "ref_assets.reader",
+    "open_dataset": "ref_assets.reader",
+    "read_provenance": "ref_assets.provenance",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ref_assets' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "DatasetSpec",

@@ -14,10 +14,16 @@ be written in any order and by many processes at once.
 31
 >>> PeriodType.MONTHLY.at(13, origin=datetime(2023, 12, 1))
 datetime.datetime(2025, 1, 1, 0, 0)
+
+People may name a period in ISO form as well as by its key (`PeriodType.parse_text`):
+
+>>> PeriodType.HOURLY.parse_text("2020-01-01T05:00")
+datetime.datetime(2020, 1, 1, 5, 0)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -41,6 +47,11 @@ class PeriodType(StrEnum):
         return _KEY_FORMATS[self]
 
     @property
+    def with_article(self) -> str:
+        """``"an hourly"``, ``"a daily"``: for messages."""
+        return f"an {self.value}" if self is PeriodType.HOURLY else f"a {self.value}"
+
+    @property
     def cron_schedule(self) -> str:
         """The cron schedule whose ticks are the period starts (used for Dagster partitions)."""
         return _CRON_SCHEDULES[self]
@@ -57,9 +68,50 @@ class PeriodType(StrEnum):
         except ValueError:
             example = datetime(2024, 1, 1).strftime(self.key_format)
             raise PeriodError(
-                f"{key!r} is not a {self.value} period key (expected the form {example!r})"
+                f"{key!r} is not {self.with_article} period key (expected the form {example!r})"
             ) from None
         return start
+
+    def parse_text(self, text: str) -> datetime:
+        """The start of the period named by ``text``: its key (``2020-01-01-05:00``) or its start
+        in ISO 8601 form (``2020-01-01T05:00``, ``2020-01-01T05:00:00Z``, ``2020-01-01``,
+        ``2020-01``, ``2020``), as people type it. An ISO form must be at least as precise as the
+        period (a month does not name a day) and name a period's start; a time with an offset is
+        taken to UTC. A PeriodError otherwise, giving the forms expected.
+
+        >>> PeriodType.DAILY.parse_text("2024-03-05T00:00:00Z")
+        datetime.datetime(2024, 3, 5, 0, 0)
+        >>> PeriodType.MONTHLY.parse_text("2024-03")
+        datetime.datetime(2024, 3, 1, 0, 0)
+        """
+        text = text.strip()
+        try:
+            return self.parse(text)
+        except PeriodError:
+            pass
+        parsed = _parse_iso(text)
+        if parsed is None:
+            raise PeriodError(
+                f"{text!r} names no period: expected {self.with_article} period as "
+                f"{self.expected_forms}"
+            )
+        start, precision = parsed
+        if _PRECISIONS.index(precision) > _PRECISIONS.index(_PRECISION_OF[self]):
+            raise PeriodError(
+                f"{text!r} names a whole {precision}, not one {self.value} period: expected "
+                f"{self.expected_forms}"
+            )
+        if self.floor(start) != start:
+            raise PeriodError(
+                f"{text!r} is not the start of {self.with_article} period: expected "
+                f"{self.expected_forms} (the period holding it is {self.key(self.floor(start))})"
+            )
+        return start
+
+    @property
+    def expected_forms(self) -> str:
+        """The forms `parse_text` takes, shown in its errors."""
+        return " or ".join(repr(form) for form in _EXPECTED_FORMS[self])
 
     def check_boundary(self, start: datetime) -> None:
         """Raise PeriodError unless ``start`` is the first instant of a period of this type."""
@@ -75,7 +127,7 @@ class PeriodType(StrEnum):
         off = [name for name, value in fields.items() if value]
         if off:
             raise PeriodError(
-                f"{start.isoformat()} is not the start of a {self.value} period "
+                f"{start.isoformat()} is not the start of {self.with_article} period "
                 f"(non-zero {', '.join(off)})"
             )
 
@@ -129,6 +181,40 @@ _KEY_FORMATS = {
     PeriodType.YEARLY: "%Y",
 }
 
+# The precisions of ISO forms, finest first; a form names periods of its precision or coarser.
+_PRECISIONS = ("hour", "day", "month", "year")
+_PRECISION_OF = dict(zip(PeriodType, _PRECISIONS, strict=True))
+
+_EXPECTED_FORMS = {
+    PeriodType.HOURLY: ("2024-01-01T13:00", "2024-01-01-13:00"),
+    PeriodType.DAILY: ("2024-01-01",),
+    PeriodType.MONTHLY: ("2024-01",),
+    PeriodType.YEARLY: ("2024",),
+}
+
+_YEAR_OR_MONTH = re.compile(r"(?P<year>\d{4})(-(?P<month>\d{2}))?")
+
+
+def _parse_iso(text: str) -> tuple[datetime, str] | None:
+    """An ISO 8601 date or date-time as a naive UTC datetime and its precision (``"year"``,
+    ``"month"``, ``"day"`` or ``"hour"``: any time of day counts as ``"hour"``); None if
+    ``text`` is no such form."""
+    match = _YEAR_OR_MONTH.fullmatch(text)
+    if match:
+        month = match["month"]
+        try:
+            return datetime(int(match["year"]), int(month or 1), 1), "month" if month else "year"
+        except ValueError:
+            return None
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if instant.tzinfo is not None:
+        instant = instant.astimezone(UTC).replace(tzinfo=None)
+    return instant, "hour" if ("T" in text or " " in text) else "day"
+
+
 _CRON_SCHEDULES = {
     PeriodType.HOURLY: "0 * * * *",
     PeriodType.DAILY: "0 0 * * *",
@@ -154,7 +240,23 @@ class Period:
 
     @classmethod
     def from_key(cls, period_type: PeriodType, key: str) -> Period:
+        """The period of a partition key (exactly Dagster's form)."""
         return cls(period_type, period_type.parse(key))
+
+    @classmethod
+    def from_text(cls, period_type: PeriodType, text: str, *, dataset: str | None = None) -> Period:
+        """The period named by a key or an ISO form (`PeriodType.parse_text`); its errors start
+        with ``dataset``, when given.
+
+        >>> Period.from_text(PeriodType.HOURLY, "2020-01-01T05:00").key
+        '2020-01-01-05:00'
+        """
+        try:
+            return cls(period_type, period_type.parse_text(text))
+        except PeriodError as err:
+            if dataset is None:
+                raise
+            raise PeriodError(f"{dataset}: {err}") from None
 
     @property
     def key(self) -> str:

@@ -254,14 +254,15 @@ def read_provenance(
     snapshot: str | None = None,
     settings: Settings | None = None,
 ) -> ProvenanceRecord:
-    """The record of one period (a partition key or a `Period`), read from the store."""
+    """The record of one period (a partition key, its start in ISO form or a `Period`), read
+    from the store."""
     store = DatasetStore((settings or load_settings()).storage_root, dataset_id)
     session = store_reader.session_for(store, snapshot)
     axis = store_reader.store_axis(session)
     if axis is None:
         raise ProvenanceNotFoundError(f"{dataset_id}: the store at {store.location} is empty")
     if isinstance(period, str):
-        period = Period.from_key(axis.period, period)
+        period = Period.from_text(axis.period, period, dataset=dataset_id)
     index = axis.index_of(period)
     stored = store_reader.read_records(session, [index]) if index >= 0 else {}
     if index not in stored:

@@ -408,25 +408,26 @@ class DatasetSpec(_Strict):
         return last if last.start >= self.start else None
 
     def period_for_key(self, key: str, now: datetime | None = None) -> Period:
-        """The period named by a partition key, checked to lie within the dataset's range; a
-        PeriodError otherwise, saying which bound it crosses and what to do."""
-        period = Period.from_key(self.period, key)
+        """The period named by a partition key (or its start in ISO form, `Period.from_text`),
+        checked to lie within the dataset's range; a PeriodError otherwise, saying which bound it
+        crosses and what to do."""
+        period = Period.from_text(self.period, key, dataset=self.id)
         first = Period(self.period, self.start)
         if period < first:
             raise PeriodError(
-                f"{self.id}: period {key} is before the dataset's first period {first.key} "
+                f"{self.id}: period {period.key} is before the dataset's first period {first.key} "
                 "(its `start`); to ingest it, move `start` back in the spec"
             )
         last = self.last_period(now)
         if self.end is not None and last is not None and period > last:
             raise PeriodError(
-                f"{self.id}: period {key} is after the dataset's last period {last.key} (its "
-                "`end`); to ingest it, move `end` forward in the spec"
+                f"{self.id}: period {period.key} is after the dataset's last period {last.key} "
+                "(its `end`); to ingest it, move `end` forward in the spec"
             )
         if last is None or period > last:
             newest = last_complete_period(self.period, now).key
             raise PeriodError(
-                f"{self.id}: period {key} has not ended yet (the newest complete "
+                f"{self.id}: period {period.key} has not ended yet (the newest complete "
                 f"{self.period.value} period is {newest}); if the source publishes periods ahead "
                 "of time (projections, forecasts), set `end` in the spec to include them"
             )

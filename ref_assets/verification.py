@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ref_assets.batch import fetch_batch
@@ -51,8 +51,11 @@ def verify_dataset(
     periods: Iterable[str] | None = None,
     snapshot: str | None = None,
     settings: Settings | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[PeriodCheck]:
-    """Check every stored period (or only ``periods``, partition keys) against its record."""
+    """Check every stored period (or only ``periods``: partition keys or ISO starts) against its
+    record. ``on_progress(done, total)`` is called before the first period is read back
+    (``done`` 0) and after each."""
     store = DatasetStore((settings or load_settings()).storage_root, dataset_id)
     session = store_reader.session_for(store, snapshot)
     axis = store_reader.store_axis(session)
@@ -61,7 +64,8 @@ def verify_dataset(
     written = store_reader.written_indices(session)
     checks: list[PeriodCheck] = []
     if periods is not None:
-        wanted = {axis.index_of(Period.from_key(axis.period, key)): key for key in periods}
+        chosen = [Period.from_text(axis.period, text, dataset=dataset_id) for text in periods]
+        wanted = {axis.index_of(period): period.key for period in chosen}
         present = set(written)
         checks += [
             PeriodCheck(key, None, None, "not in the store")
@@ -70,7 +74,12 @@ def verify_dataset(
         ]
         written = sorted(index for index in wanted if index in present)
     records = store_reader.read_records(session, written)
-    for index, recomputed in store_reader.stored_checksums(session, axis, written):
+    if on_progress is not None:
+        on_progress(0, len(written))
+    read = store_reader.stored_checksums(session, axis, written)
+    for done, (index, recomputed) in enumerate(read, start=1):
+        if on_progress is not None:
+            on_progress(done, len(written))
         key = axis.period_at(index).key
         checks.append(check_against_record(dataset_id, key, records.get(index), recomputed))
     return sorted(checks, key=lambda check: check.period)

@@ -7,69 +7,110 @@ would not load.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tomlkit
-from tomlkit.exceptions import TOMLKitError
-from tomlkit.toml_document import TOMLDocument
+from ref_assets.cli.common import add_command, print_json
 
-from ref_assets.catalog import load_catalog
-from ref_assets.config import (
-    CONFIG_FILE_NAME,
-    ENV_OVERRIDES,
-    ConfigError,
-    Settings,
-    configuration_dir_from,
-    edit_ref_toml,
-    load_settings,
-    provider_entries,
-    remove_provider_tables,
-    rewrite_ref_toml,
-    storage_root_problem,
-)
-from ref_assets.packaged import PackagedFiles
-from ref_assets.providers.protocol import ProviderError, ProviderParamsError
-from ref_assets.providers.registry import ProviderRegistry, ProviderSource
-from ref_assets.secrets import redact
-from ref_assets.specs import DatasetSpec
-from ref_assets.vocabulary import load_vocabulary
+if TYPE_CHECKING:  # the rest is imported by the commands: `--help` stays fast
+    from pathlib import Path
 
-SETTABLE_KEYS = {f"{section}.{key}": variable for variable, (section, key) in ENV_OVERRIDES.items()}
+    from ref_assets.config import Settings
+    from ref_assets.providers.registry import ProviderRegistry, ProviderSource
+    from ref_assets.specs import DatasetSpec
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit status 2."""
+def settable_keys() -> dict[str, str]:
+    """``section.key`` -> the environment variable that overrides it."""
+    from ref_assets.config import ENV_OVERRIDES
+
+    return {f"{section}.{key}": variable for variable, (section, key) in ENV_OVERRIDES.items()}
+
+
+def _settable_key(text: str) -> str:
+    """argparse's check of `config set`'s KEY."""
+    keys = settable_keys()
+    if text not in keys:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a settable key (choose from {', '.join(sorted(keys))})"
+        )
+    return text
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """The ``config`` and ``providers`` commands, added to ref-assets' subcommands."""
-    config = commands.add_parser("config", help="show, check or change ref.toml settings")
+    config = add_command(
+        commands,
+        "config",
+        summary="show, check or change ref.toml settings",
+        description="Inspect, check and edit the settings of $REF_CONFIGURATION/ref.toml (edits "
+        "keep its comments).",
+        examples=["ref-assets config show", "ref-assets config validate"],
+        prints_data=False,
+    )
     actions = config.add_subparsers(required=True, metavar="ACTION")
-    parser = actions.add_parser("show", help="the effective settings (secrets masked)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser = add_command(
+        actions,
+        "show",
+        summary="the effective settings (secrets masked)",
+        description="Print the effective settings as TOML, each with where its value comes from "
+        "(file, environment, default); secrets are masked.",
+        examples=["ref-assets config show", "ref-assets config show --json"],
+    )
     parser.set_defaults(handler=show)
-    parser = actions.add_parser(
-        "validate", help="check ref.toml, the vocabulary, providers and dataset specs"
+    parser = add_command(
+        actions,
+        "validate",
+        summary="check ref.toml, the vocabulary, providers and dataset specs",
+        description="Check everything the code location loads, and build each dataset's provider "
+        "from its params (offline); report every problem with its file and field. Exit status 1 "
+        "on any error.",
+        examples=["ref-assets config validate", "ref-assets config validate --json"],
     )
     parser.set_defaults(handler=validate)
-    parser = actions.add_parser(
-        "set", help="set one key in ref.toml, keeping its comments (paths become durable)"
+    parser = add_command(
+        actions,
+        "set",
+        summary="set one key in ref.toml, keeping its comments (paths become durable)",
+        description="Set KEY in ref.toml atomically, keeping its comments; refused if the result "
+        "would not load.\n\nA path to a file inside an installed package is stored as its "
+        "durable packaged: reference.",
+        examples=["ref-assets config set paths.variables_cv /srv/ref/vocabulary.toml"],
     )
-    parser.add_argument("key", choices=sorted(SETTABLE_KEYS))
+    parser.add_argument(
+        "key", type=_settable_key, help="section.key, such as storage.root or paths.variables_cv"
+    )
     parser.add_argument("value")
     parser.set_defaults(handler=set_value)
 
-    providers = commands.add_parser("providers", help="list or prune declared providers")
+    providers = add_command(
+        commands,
+        "providers",
+        summary="list or prune declared providers",
+        description="The providers installed as entry points or declared in ref.toml "
+        "([[providers]]).",
+        examples=["ref-assets providers list", "ref-assets providers prune --dry-run"],
+        prints_data=False,
+    )
     actions = providers.add_subparsers(required=True, metavar="ACTION")
-    parser = actions.add_parser("list", help="each provider, its origin and state")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser = add_command(
+        actions,
+        "list",
+        summary="each provider, its origin and state",
+        description="List each provider: name, state (ok, skipped, replaced), version, origin, "
+        "reference and the datasets that use it, with the problem of any that does not load.",
+        examples=["ref-assets providers list", "ref-assets providers list --json"],
+    )
     parser.set_defaults(handler=list_providers)
-    parser = actions.add_parser(
-        "prune", help="remove [[providers]] entries of ref.toml that do not load"
+    parser = add_command(
+        actions,
+        "prune",
+        summary="remove [[providers]] entries of ref.toml that do not load",
+        description="Remove the [[providers]] entries of ref.toml that do not load (module gone, "
+        "attribute missing), keeping the file's comments; --dry-run only lists them.",
+        examples=["ref-assets providers prune --dry-run", "ref-assets providers prune"],
     )
     parser.add_argument("--dry-run", action="store_true", help="only show what would be removed")
     parser.set_defaults(handler=prune_providers)
@@ -88,11 +129,16 @@ def _quiet_library_logs():
 
 
 def show(args: argparse.Namespace) -> int:
+    import tomlkit
+
+    from ref_assets.config import load_settings
+    from ref_assets.secrets import redact
+
     with _quiet_library_logs():
         settings = load_settings(heal=False)
     cv_file = settings.resolve_path(settings.variables_cv)
     if args.json:
-        print(json.dumps(_effective(settings, cv_file), indent=2))
+        print_json(_effective(settings, cv_file))
         return 0
     document = tomlkit.document()
     document.add(tomlkit.comment("ref_assets: effective configuration (secrets masked)"))
@@ -124,6 +170,8 @@ def show(args: argparse.Namespace) -> int:
 
 
 def _effective(settings: Settings, cv_file: Path) -> dict:
+    from ref_assets.secrets import redact
+
     return {
         "configuration_dir": str(settings.configuration_dir),
         "config_file": str(settings.config_file),
@@ -144,55 +192,87 @@ def validate(args: argparse.Namespace) -> int:
     """Check everything the code location loads and every check a run makes before it reads
     any data (each dataset's provider is built from its params, offline); report every problem,
     not just the first, and exit 1 if anything would be skipped or fail."""
-    errors: list[str] = []
+    from ref_assets.catalog import load_catalog
+    from ref_assets.config import ConfigError, load_settings, storage_root_problem
+    from ref_assets.providers.registry import ProviderRegistry
+    from ref_assets.vocabulary import load_vocabulary
+
+    report: dict = {"settings_file": None, "ok": [], "warnings": [], "errors": []}
     with _quiet_library_logs():
         try:
             settings = load_settings(heal=False)
         except ConfigError as err:
-            print(f"error: {err}")
-            return 1
+            report["errors"].append(str(err))
+            return _validation_report(args, report)
         state = "present" if settings.config_file.exists() else "absent: defaults apply"
-        print(f"settings: {settings.config_file} ({state})")
+        report["settings_file"] = str(settings.config_file)
+        _note(args, f"settings: {settings.config_file} ({state})")
         for warning in settings.warnings:
-            print(f"warning: {warning}")
+            report["warnings"].append(warning)
+            _note(args, f"warning: {warning}")
         root = next(s for s in settings.values if s.key == "storage.root")
         problem = storage_root_problem(root.value)
         if problem:
-            errors.append(f"storage.root (from {root.origin}): {problem}")
+            report["errors"].append(f"storage.root (from {root.origin}): {problem}")
         try:
             vocabulary = load_vocabulary(settings.variables_cv, settings.resolve_path)
-            print(
-                f"ok: variable vocabulary {settings.variables_cv} "
-                f"({len(vocabulary.variables)} variables)"
+            _ok(
+                args,
+                report,
+                f"variable vocabulary {settings.variables_cv} "
+                f"({len(vocabulary.variables)} variables)",
             )
             catalog = load_catalog(settings)
         except ConfigError as err:
-            errors.append(str(err))
+            report["errors"].append(str(err))
             catalog = None
         registry = ProviderRegistry.discover(settings.providers)
         for source in registry.sources:
             if source.problem:
-                errors.append(f"provider {source.label} ({source.origin}): {source.problem}")
+                report["errors"].append(
+                    f"provider {source.label} ({source.origin}): {source.problem}"
+                )
             else:
-                print(f"ok: provider {source.name} {source.version} ({source.origin})")
+                _ok(args, report, f"provider {source.name} {source.version} ({source.origin})")
         if catalog is not None:
             for spec in catalog.specs.values():
                 path = catalog.sources[spec.id]
                 problems = _provider_problems(spec, registry)
                 if problems:
-                    errors.extend(f"dataset {spec.id} ({path}): {p}" for p in problems)
+                    report["errors"].extend(f"dataset {spec.id} ({path}): {p}" for p in problems)
                 else:
-                    print(f"ok: dataset {spec.id} ({path}): provider {spec.provider} takes it")
-            errors.extend(f"dataset spec {error}" for error in catalog.errors)
-    for error in errors:
-        print(f"error: {error}")
-    print(f"{len(errors)} error(s), {len(settings.warnings)} warning(s)")
-    return 1 if errors else 0
+                    taken = f"provider {spec.provider} takes it"
+                    _ok(args, report, f"dataset {spec.id} ({path}): {taken}")
+            report["errors"].extend(f"dataset spec {error}" for error in catalog.errors)
+    return _validation_report(args, report)
+
+
+def _note(args: argparse.Namespace, line: str) -> None:
+    if not args.json:
+        print(line)
+
+
+def _ok(args: argparse.Namespace, report: dict, what: str) -> None:
+    report["ok"].append(what)
+    _note(args, f"ok: {what}")
+
+
+def _validation_report(args: argparse.Namespace, report: dict) -> int:
+    """Print the errors (or the whole report as JSON); exit status 1 on any error."""
+    if args.json:
+        print_json(report)
+    else:
+        for error in report["errors"]:
+            print(f"error: {error}")
+        print(f"{len(report['errors'])} error(s), {len(report['warnings'])} warning(s)")
+    return 1 if report["errors"] else 0
 
 
 def _provider_problems(spec: DatasetSpec, registry: ProviderRegistry) -> list[str]:
     """What stops ``spec``'s provider from being built, one problem per line, each naming the
     field (the provider's own messages start with the dataset id, shown once by the caller)."""
+    from ref_assets.providers.protocol import ProviderError, ProviderParamsError
+
     if spec.provider not in registry.classes:
         return [registry.unavailable_reason(spec).removeprefix(f"{spec.id}: ")]
     try:
@@ -205,32 +285,52 @@ def _provider_problems(spec: DatasetSpec, registry: ProviderRegistry) -> list[st
 
 
 def set_value(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import tomlkit
+
+    from ref_assets.config import CONFIG_FILE_NAME, configuration_dir_from, edit_ref_toml
+    from ref_assets.packaged import PackagedFiles
+
     # Not load_settings(): this is how an operator repairs a file that does not load.
     configuration_dir = configuration_dir_from(os.environ)
     section, key = args.key.split(".")
     value = args.value
+    notes = []
     if section == "paths" and not value.startswith("packaged:"):
         # A file inside a Python environment is stored as its durable packaged reference.
         path = (configuration_dir / Path(value).expanduser()).absolute()
         ref = PackagedFiles(configuration_dir / "cache").packaged_ref_for(path)
         if ref is not None:
-            print(f"{value} is the packaged file {ref}; storing the durable reference")
+            notes.append(f"{value} is the packaged file {ref}; storing the durable reference")
             value = str(ref)
 
-    def assign(document: TOMLDocument) -> None:
+    def assign(document) -> None:
         if section not in document:
             document.add(section, tomlkit.table())
         document[section][key] = value
 
     edit_ref_toml(configuration_dir, assign)
-    print(f"{configuration_dir / CONFIG_FILE_NAME}: {args.key} = {value!r}")
-    variable = SETTABLE_KEYS[args.key]
+    variable = settable_keys()[args.key]
     if os.environ.get(variable):
-        print(f"note: {variable} is set in the environment and overrides this value")
+        notes.append(f"{variable} is set in the environment and overrides this value")
+    config_file = configuration_dir / CONFIG_FILE_NAME
+    if args.json:
+        print_json(
+            {"config_file": str(config_file), "key": args.key, "value": value, "notes": notes}
+        )
+        return 0
+    print(f"{config_file}: {args.key} = {value!r}")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
 def list_providers(args: argparse.Namespace) -> int:
+    from ref_assets.catalog import load_catalog
+    from ref_assets.config import ConfigError, load_settings
+    from ref_assets.providers.registry import ProviderRegistry
+
     with _quiet_library_logs():
         settings = load_settings()
         registry = ProviderRegistry.discover(settings.providers)
@@ -253,7 +353,7 @@ def list_providers(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     for row in rows:
         line = (
@@ -272,6 +372,19 @@ def _state(source: ProviderSource, registry: ProviderRegistry) -> str:
 
 
 def prune_providers(args: argparse.Namespace) -> int:
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    from ref_assets.config import (
+        CONFIG_FILE_NAME,
+        ConfigError,
+        configuration_dir_from,
+        provider_entries,
+        remove_provider_tables,
+        rewrite_ref_toml,
+    )
+    from ref_assets.providers.registry import ProviderRegistry
+
     path = configuration_dir_from(os.environ) / CONFIG_FILE_NAME
 
     def prune(text: str) -> tuple[str, list[ProviderSource]]:
@@ -292,6 +405,12 @@ def prune_providers(args: argparse.Namespace) -> int:
 
     with _quiet_library_logs():
         broken = rewrite_ref_toml(path.parent, prune)
+    if args.json:
+        entries = [
+            {"origin": s.origin, "reference": s.reference, "problem": s.problem} for s in broken
+        ]
+        print_json({"config_file": str(path), "dry_run": args.dry_run, "removed": entries})
+        return 0
     verb = "would remove" if args.dry_run else "removed"
     for source in broken:
         print(f"{verb} {source.origin}: {source.reference} ({source.problem})")

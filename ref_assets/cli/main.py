@@ -10,31 +10,54 @@ ref-assets providers list|prune [--dry-run]          # declared providers and th
 ref-assets provenance DATASET PERIOD | export DATASET DEST   # period records
 ref-assets verify DATASET | reproduce DATASET PERIOD  # stored data against its records
 ref-assets sync-instance [DATASET ...]               # report the stores to the Dagster instance
+
+Modules are imported by the command that needs them, so that ``--help`` and ``--version`` answer
+at once (importing the library, xarray and Dagster takes seconds).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import platform
 import sys
 from collections.abc import Sequence
-from importlib import resources
+from typing import TYPE_CHECKING
 
-from ref_assets.catalog import load_catalog
 from ref_assets.cli import config as config_cli
 from ref_assets.cli import provenance as provenance_cli
-from ref_assets.cli.config import CommandError
-from ref_assets.config import ConfigError, load_settings
-from ref_assets.defs.instance_init import InstanceInitError
-from ref_assets.periods import Period, PeriodError
-from ref_assets.provenance import ProvenanceNotFoundError
-from ref_assets.providers.protocol import ProviderError, periods_between
-from ref_assets.reader import dataset_status
-from ref_assets.secrets import redact
-from ref_assets.specs import DatasetSpec, SpecCatalog, UnknownDatasetError
-from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.cli.common import (
+    CommandError,
+    HelpFormatter,
+    add_command,
+    add_quiet,
+    json_output,
+    print_json,
+    wants_progress,
+)
+
+if TYPE_CHECKING:
+    from ref_assets.periods import Period
+    from ref_assets.specs import DatasetSpec, SpecCatalog
+
+# Shown by --version after ref-assets itself: what a bug report needs.
+VERSIONED_PACKAGES = ("dagster", "icechunk", "xarray", "zarr")
+
+DESCRIPTION = """\
+Analysis-ready climate datasets as time-partitioned Dagster assets on Icechunk: list datasets,
+materialize periods, check stores and their provenance, manage settings.
+
+Periods are named by their partition key (2024-01-01-13:00, 2024-01-01, 2024-01, 2024) or by their
+start in ISO form (2024-01-01T13:00, 2024-01-01T13:00:00Z). Every command that prints data takes
+--json (one JSON document on stdout); `ref-assets COMMAND --help` shows a command's options and an
+example."""
+
+EXAMPLES = """\
+Examples:
+  ref-assets datasets
+  ref-assets materialize demo_air_temperature --start 2024-01-01 --end 2024-03-31
+  ref-assets status demo_air_temperature --json"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,62 +65,169 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.handler(args)
-    except (
-        CommandError,
-        ConfigError,
-        StoreError,
-        PeriodError,
-        UnknownDatasetError,
-        ProvenanceNotFoundError,
-        ProviderError,
-        InstanceInitError,
-        OSError,
-    ) as err:
+        with json_output(getattr(args, "json", False)):
+            return args.handler(args)
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
+        from ref_assets.secrets import redact
+
         # Masked again here: an OSError's text may carry a path or URL with credentials.
         print(f"ref-assets: error: {redact(str(err))}", file=sys.stderr)
         return 2
 
 
+# Failures shown as one line without a traceback, besides CommandError and OSError: module, class.
+USER_ERRORS = (
+    ("ref_assets.config", "ConfigError"),
+    ("ref_assets.periods", "PeriodError"),
+    ("ref_assets.provenance", "ProvenanceNotFoundError"),
+    ("ref_assets.providers.protocol", "ProviderError"),
+    ("ref_assets.specs", "UnknownDatasetError"),
+    ("ref_assets.store.repository", "StoreError"),
+)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The classes of `USER_ERRORS` whose modules are loaded: an error of any other cannot have
+    been raised, and importing their modules (xarray, icechunk) would only delay the message."""
+    loaded = [
+        getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules
+    ]
+    return (CommandError, OSError, *loaded)
+
+
+def version_text() -> str:
+    """ref-assets' version and those of the packages it builds on, one per line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ref_assets import __version__
+
+    lines = [f"ref-assets {__version__}"]
+    for name in VERSIONED_PACKAGES:
+        try:
+            lines.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            lines.append(f"{name} not installed")
+    lines.append(f"Python {platform.python_version()}")
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, its text read from package metadata only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ref-assets", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="ref-assets",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the versions of ref-assets, dagster, icechunk, xarray and zarr, and exit",
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    datasets = commands.add_parser("datasets", help="list the datasets and any broken specs")
+    datasets = add_command(
+        commands,
+        "datasets",
+        summary="list the datasets and any broken specs",
+        description="List every dataset (packaged and yours): its provider, period, range and "
+        "spec file.\n\nSpecs that fail to load are reported on stderr, and the exit status is 1.",
+        examples=["ref-assets datasets", "ref-assets datasets --json"],
+    )
     datasets.set_defaults(handler=_datasets)
 
-    template = commands.add_parser(
+    template = add_command(
+        commands,
         "template",
-        help="list the packaged example specs, or print one to start a dataset from",
+        summary="list the packaged example specs, or print one to start a dataset from",
+        description="Without NAME, list the example specs (one per provider); with NAME, print "
+        "that spec to save into your datasets directory and edit.",
+        examples=[
+            "ref-assets template",
+            "ref-assets template chirps3 > $REF_CONFIGURATION/datasets/my_chirps.yaml",
+        ],
     )
     template.add_argument("name", nargs="?", help="a template (one per provider)")
     template.set_defaults(handler=_template)
 
-    status = commands.add_parser("status", help="list present and missing periods of a dataset")
-    status.add_argument("dataset")
-    status.add_argument("--start", help="first period key (default: the dataset's start)")
-    status.add_argument("--end", help="last period key (default: the newest complete period)")
-    status.add_argument("--json", action="store_true", help="print JSON")
+    status = add_command(
+        commands,
+        "status",
+        summary="list present and missing periods of a dataset",
+        description="Read the dataset's store (not Dagster's event log) and list which periods "
+        "of a range it holds.\n\nThe range defaults to the dataset's start and its last period.",
+        examples=[
+            "ref-assets status demo_air_temperature --start 2024-01-01 --end 2024-01-31",
+            "ref-assets status era5_land_east_africa --start 2024-01-01T00:00 --json",
+        ],
+    )
+    status.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
+    status.add_argument(
+        "--start", metavar="PERIOD", help="first period (default: the dataset's start)"
+    )
+    status.add_argument(
+        "--end", metavar="PERIOD", help="last period (default: the dataset's last period)"
+    )
     status.set_defaults(handler=_status)
 
-    materialize = commands.add_parser(
+    materialize = add_command(
+        commands,
         "materialize",
-        help="materialize a range of partitions in this process, recorded in the Dagster "
+        summary="materialize a range of partitions in this process, recorded in the Dagster "
         "instance of DAGSTER_HOME",
+        description="Run the dataset's asset for the periods --start..--end in this process, as "
+        "one Dagster run (or runs of `runs.max_partitions_per_run` periods), recorded in the "
+        "instance of DAGSTER_HOME.\n\nA progress line (periods done, periods/s, ETA) is printed "
+        "on stderr after each commit; Dagster's own log shows warnings and errors only, unless "
+        "--log-level says otherwise.",
+        examples=[
+            "ref-assets materialize demo_air_temperature --start 2024-01-01 --end 2024-03-31",
+            "ref-assets materialize era5_land_east_africa --start 2024-01-01T00:00 "
+            "--end 2024-01-01T23:00",
+        ],
     )
-    materialize.add_argument("dataset")
-    materialize.add_argument("--start", required=True, help="first period key")
-    materialize.add_argument("--end", help="last period key (default: --start)")
+    materialize.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
+    materialize.add_argument("--start", required=True, metavar="PERIOD", help="first period")
+    materialize.add_argument("--end", metavar="PERIOD", help="last period (default: --start)")
+    materialize.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="Dagster's console log level (default: WARNING; DEBUG shows every event)",
+    )
+    add_quiet(materialize)
     materialize.set_defaults(handler=_materialize)
 
-    instance = commands.add_parser(
-        "instance", help="the Dagster instance of DAGSTER_HOME (init: create it before runs)"
+    instance = add_command(
+        commands,
+        "instance",
+        summary="the Dagster instance of DAGSTER_HOME (init: create it before runs)",
+        description="Manage the Dagster instance that DAGSTER_HOME points to.",
+        examples=["DAGSTER_HOME=$PWD/.dagster ref-assets instance init"],
+        prints_data=False,
     )
     instance_commands = instance.add_subparsers(required=True, metavar="ACTION")
-    init = instance_commands.add_parser(
+    init = add_command(
+        instance_commands,
         "init",
-        help="create the instance (dagster.yaml and every storage) once, under a lock, so that "
-        "runs started at once on a new DAGSTER_HOME do not race creating it; safe to repeat",
+        summary="create the instance (dagster.yaml and every storage) once, under a lock; safe "
+        "to repeat",
+        description="Create the instance once, under a file lock: write ref_assets' dagster.yaml "
+        "if there is none, and create the run, event-log and schedule storage with every "
+        "table, so that runs started at once on a new DAGSTER_HOME do not race creating them.",
+        examples=["DAGSTER_HOME=/srv/dagster ref-assets instance init"],
     )
     init.set_defaults(handler=_instance_init)
 
@@ -107,10 +237,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _catalog() -> SpecCatalog:
+    from ref_assets.catalog import load_catalog
+    from ref_assets.config import load_settings
+
     return load_catalog(load_settings())
 
 
 def _period_range(spec: DatasetSpec, start: str, end: str | None) -> list[Period]:
+    from ref_assets.providers.protocol import periods_between
+
     first = spec.period_for_key(start)
     last = spec.period_for_key(end) if end else first
     if last < first:
@@ -120,38 +255,65 @@ def _period_range(spec: DatasetSpec, start: str, end: str | None) -> list[Period
 
 def _datasets(args: argparse.Namespace) -> int:
     catalog = _catalog()
-    for dataset_id, spec in sorted(catalog.specs.items()):
-        end = spec.period.key(spec.end) if spec.end else "ongoing"
-        print(
-            f"{dataset_id}\t{spec.provider}\t{spec.period.value}\t"
-            f"{spec.period.key(spec.start)}..{end}\t{catalog.sources[dataset_id]}"
-        )
-    for error in catalog.errors:
+    rows = [
+        {
+            "id": dataset_id,
+            "provider": spec.provider,
+            "period": spec.period.value,
+            "start": spec.period.key(spec.start),
+            "end": spec.period.key(spec.end) if spec.end else None,
+            "spec_file": str(catalog.sources[dataset_id]),
+        }
+        for dataset_id, spec in sorted(catalog.specs.items())
+    ]
+    errors = [str(error) for error in catalog.errors]
+    if args.json:
+        print_json({"datasets": rows, "broken_specs": errors})
+    else:
+        for row in rows:
+            print(
+                f"{row['id']}\t{row['provider']}\t{row['period']}\t"
+                f"{row['start']}..{row['end'] or 'ongoing'}\t{row['spec_file']}"
+            )
+    for error in errors:
         print(f"broken spec: {error}", file=sys.stderr)
-    return 1 if catalog.errors else 0
+    return 1 if errors else 0
 
 
 def _template(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from ref_assets.config import load_settings
+
     templates = resources.files("ref_assets").joinpath("data", "templates")
     names = sorted(
         p.name.removesuffix(".yaml") for p in templates.iterdir() if p.name.endswith(".yaml")
     )
     if args.name is None:
-        print("\n".join(names))
+        if args.json:
+            print_json({"templates": names})
+        else:
+            print("\n".join(names))
         return 0
     if args.name not in names:
         raise CommandError(f"no template {args.name!r} (templates: {', '.join(names)})")
     settings = load_settings()
     path = settings.resolve_path(f"packaged:ref_assets/data/templates/{args.name}.yaml")
-    print(path.read_text(encoding="utf-8"), end="")
-    print(
-        f"# save as {settings.user_spec_dir}/<id>.yaml, then edit id, title and params",
-        file=sys.stderr,
-    )
+    text = path.read_text(encoding="utf-8")
+    save_as = f"{settings.user_spec_dir}/<id>.yaml"
+    if args.json:
+        print_json({"template": args.name, "spec": text, "save_as": save_as})
+        return 0
+    print(text, end="")
+    print(f"# save as {save_as}, then edit id, title and params", file=sys.stderr)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ref_assets.config import load_settings
+    from ref_assets.reader import dataset_status
+    from ref_assets.store.repository import DatasetStore
+
     spec = _catalog().specs.get(args.dataset)
     if spec is None and (args.start or args.end):
         raise CommandError(
@@ -164,16 +326,15 @@ def _status(args: argparse.Namespace) -> int:
     status = dataset_status(args.dataset, start=start, end=end, settings=settings)
     location = DatasetStore(settings.storage_root, args.dataset).location
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "dataset": args.dataset,
-                    "store": location,
-                    "present": [p.key for p in status.present],
-                    "missing": [p.key for p in status.missing],
-                },
-                indent=2,
-            )
+        print_json(
+            {
+                "dataset": args.dataset,
+                "store": location,
+                "first": status.first.key if status.first else None,
+                "last": status.last.key if status.last else None,
+                "present": [p.key for p in status.present],
+                "missing": [p.key for p in status.missing],
+            }
         )
         return 0
     if status.first is None:
@@ -202,11 +363,29 @@ def _ranges(periods: list[Period]) -> str:
     return ", ".join(a.key if a == b else f"{a.key}..{b.key}" for a, b in runs)
 
 
-def _instance_init(args: argparse.Namespace) -> int:
-    from ref_assets.defs.instance_init import dagster_home, init_instance
+def _init_instance():
+    """The instance of DAGSTER_HOME, created if need be (an `InstanceReport`)."""
+    from ref_assets.defs.instance_init import InstanceInitError, dagster_home, init_instance
 
-    report = init_instance(dagster_home())
+    try:
+        return init_instance(dagster_home())
+    except InstanceInitError as err:
+        raise CommandError(str(err)) from None
+
+
+def _instance_init(args: argparse.Namespace) -> int:
+    report = _init_instance()
     config = "written (ref_assets' defaults)" if report.config_written else "kept"
+    if args.json:
+        print_json(
+            {
+                "home": str(report.home),
+                "config_file": str(report.home / "dagster.yaml"),
+                "config_written": report.config_written,
+                "storages": list(report.storages),
+            }
+        )
+        return 0
     print(f"Dagster instance ready in {report.home}")
     print(f"  {report.home / 'dagster.yaml'}: {config}")
     for storage in report.storages:
@@ -217,14 +396,15 @@ def _instance_init(args: argparse.Namespace) -> int:
 def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from ref_assets.cli.progress import Progress
     from ref_assets.definitions import build_definitions
     from ref_assets.defs.assets import range_run_tags
-    from ref_assets.defs.instance_init import dagster_home, init_instance
+    from ref_assets.store.writer import observing_commits
 
     spec = _catalog().get(args.dataset)
     periods = _period_range(spec, args.start, args.end)
     if os.environ.get("DAGSTER_HOME"):
-        init_instance(dagster_home())  # other runs may be starting on a new instance too
+        _init_instance()  # other runs may be starting on a new instance too
         instance = dg.DagsterInstance.get()
     else:
         print("DAGSTER_HOME is not set: runs are recorded in a temporary instance", file=sys.stderr)
@@ -232,26 +412,44 @@ def _materialize(args: argparse.Namespace) -> int:
     job = build_definitions().resolve_implicit_job_def_def_for_assets([dg.AssetKey(spec.id)])
     size = spec.runs.max_partitions_per_run or len(periods)
     chunks = [periods[i : i + size] for i in range(0, len(periods), size)]
-    failed_runs = []
-    with instance:
+    runs = []
+    progress = Progress(spec.id, len(periods), enabled=wants_progress(args))
+    with instance, progress, observing_commits(lambda receipts: progress.advance(len(receipts))):
         for chunk in chunks:
-            span = f"{chunk[0].key}..{chunk[-1].key}"
             result = job.execute_in_process(
                 asset_selection=[dg.AssetKey(spec.id)],
                 instance=instance,
                 raise_on_error=False,
                 # One run for the whole chunk, as a UI backfill with this policy would launch.
                 tags=range_run_tags(chunk[0].key, chunk[-1].key),
-                # The instance records every event; the console gets progress and problems.
-                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                # The instance records every event; the console shows what needs attention, so
+                # that the progress line stays readable.
+                run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
             )
-            state = "ok" if result.success else "FAILED"
-            print(f"{spec.id} {span} ({len(chunk)} periods): {state} (run {result.run_id})")
-            if not result.success:
-                failed_runs.append(span)
-    if failed_runs:
+            runs.append(
+                {
+                    "first": chunk[0].key,
+                    "last": chunk[-1].key,
+                    "periods": len(chunk),
+                    "run_id": result.run_id,
+                    "success": result.success,
+                }
+            )
+    failed = [f"{run['first']}..{run['last']}" for run in runs if not run["success"]]
+    if args.json:
+        print_json(
+            {"dataset": spec.id, "periods": len(periods), "runs": runs, "success": not failed}
+        )
+    else:
+        for run in runs:
+            state = "ok" if run["success"] else "FAILED"
+            print(
+                f"{spec.id} {run['first']}..{run['last']} ({run['periods']} periods): {state} "
+                f"(run {run['run_id']})"
+            )
+    if failed:
         print(
-            f"{spec.id}: runs failed for {', '.join(failed_runs)}; periods committed before a "
+            f"{spec.id}: runs failed for {', '.join(failed)}; periods committed before a "
             f"failure are kept (see `ref-assets status {spec.id}`)",
             file=sys.stderr,
         )

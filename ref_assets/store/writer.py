@@ -5,7 +5,8 @@
 '1CECHNKREP0F1RSTCMT0'
 
 Re-writing a period replaces exactly its chunks. `PeriodWriter` writes many periods with batched
-commits (see `CommitPolicy`).
+commits (see `CommitPolicy`); `observing_commits` lets a caller that does not build the writer
+(the command line, around a Dagster run) hear of each commit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import icechunk as ic
@@ -62,6 +64,25 @@ class WriteReceipt:
     attempts: int
     preview: Preview | None = None  # drawn from the batch, so nothing is read back
     preview_problem: str | None = None
+
+
+CommitObserver = Callable[[list[WriteReceipt]], None]
+
+# Observers of every commit made in this context, besides each writer's own ``on_commit``.
+_commit_observers: ContextVar[tuple[CommitObserver, ...]] = ContextVar(
+    "commit_observers", default=()
+)
+
+
+@contextlib.contextmanager
+def observing_commits(observer: CommitObserver) -> Iterator[None]:
+    """Call ``observer(receipts)`` after each commit of any `PeriodWriter` in this context (this
+    thread, and asyncio tasks started from it) until the block ends."""
+    token = _commit_observers.set((*_commit_observers.get(), observer))
+    try:
+        yield
+    finally:
+        _commit_observers.reset(token)
 
 
 @dataclass(frozen=True)
@@ -179,6 +200,8 @@ class PeriodWriter:
             self._pending, self._session = [], None
             if self.on_commit:
                 self.on_commit(receipts)
+            for observer in _commit_observers.get():
+                observer(receipts)
             return receipts
         self._pending, self._session = [], None
         which = f"period {first}" if len(batches) == 1 else f"periods {first}..{last}"
