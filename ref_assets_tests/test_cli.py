@@ -68,7 +68,12 @@ def test_ref_assets_materialize_records_runs_in_the_instance(settings, write_spe
 
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         materialized = instance.get_materialized_partitions(dg.AssetKey("test_t2m"))
+        logged = [
+            entry.message for run in instance.get_runs() for entry in instance.all_logs(run.run_id)
+        ]
     assert materialized == {"2024-01-01", "2024-01-02", "2024-01-03"}
+    # The instance `instance init` wrote keeps the run's progress lines (its python_log_level).
+    assert any("3/3 periods committed" in message for message in logged)
 
 
 @pytest.mark.parametrize(
