@@ -62,6 +62,7 @@ def test_ref_assets_materialize_records_runs_in_the_instance(settings, write_spe
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "test_t2m 2024-01-01..2024-01-03 (3 periods): ok" in done.stdout
+    assert "INFO" not in done.stderr  # the console shows warnings and the progress line only
     status = ref_assets.dataset_status("test_t2m", settings=settings)
     assert [p.key for p in status.present] == ["2024-01-01", "2024-01-02", "2024-01-03"]
     import dagster as dg

@@ -63,7 +63,12 @@ Examples:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The handler's own level: inside a run Dagster sets ref_assets' loggers to the instance's
+    # python_log_level (INFO), and those lines reach the console through Dagster's logger already.
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[console])
     try:
         with json_output(getattr(args, "json", False)):
             return args.handler(args)
