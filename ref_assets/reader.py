@@ -5,20 +5,30 @@
 >>> status = ref_assets.dataset_status("demo_air_temperature")  # doctest: +SKIP
 >>> [p.key for p in status.present][:2]  # doctest: +SKIP
 ['2024-01-01', '2024-01-02']
+>>> [(a.key, b.key) for a, b in status.missing.runs()]  # doctest: +SKIP
+[('2024-01-03', '2024-03-31')]
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-
-import xarray as xr
+from typing import TYPE_CHECKING
 
 from ref_assets.config import Settings, load_settings
-from ref_assets.periods import Period, PeriodError
-from ref_assets.providers.protocol import last_complete_period
+from ref_assets.periods import (
+    IndexRanges,
+    Period,
+    PeriodError,
+    PeriodRanges,
+    PeriodType,
+    last_complete_period,
+)
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore, StoreError
+
+if TYPE_CHECKING:  # xarray is imported by the functions that open data, not by `status`
+    import xarray as xr
 
 
 def _store(dataset_id: str, settings: Settings | None) -> DatasetStore:
@@ -47,13 +57,16 @@ def open_dataset(
 
 @dataclass(frozen=True)
 class DatasetStatus:
-    """Which periods of a range the store holds and which it lacks."""
+    """Which periods of a range the store holds and which it lacks. ``present`` and ``missing``
+    are sequences of `Period` held as index ranges (`PeriodRanges`): their ``runs()`` are the
+    gaps and stretches, and a status of decades of hourly periods costs what one of a week does.
+    """
 
     dataset_id: str
     first: Period | None
     last: Period | None
-    present: list[Period]
-    missing: list[Period]
+    present: PeriodRanges
+    missing: PeriodRanges
 
 
 def dataset_status(
@@ -65,30 +78,39 @@ def dataset_status(
     settings: Settings | None = None,
 ) -> DatasetStatus:
     """Present and missing periods from ``start`` (default: the dataset's start) to ``end``
-    (default: the newest complete period, or the newest written one if later), read from the store.
+    (default: the newest complete period, or the newest written one if later), read from the store
+    as arrays of written indices: the cost grows with the periods written, not with the range.
     """
     store = _store(dataset_id, settings)
     session = store_reader.session_for(store, snapshot)
     with store.reporting("reading the store"):
         axis = store_reader.store_axis(session)
         if axis is None:
-            return DatasetStatus(dataset_id, None, None, [], [])
-        written = set(store_reader.written_indices(session))
+            return DatasetStatus(dataset_id, None, None, _NO_PERIODS, _NO_PERIODS)
+        written = IndexRanges.of(store_reader.written_index_array(session))
     first = axis.index_of(Period(axis.period, start)) if start else 0
     if end is not None:
         last = axis.index_of(Period(axis.period, end))
     else:
-        last = max(axis.index_of(last_complete_period(axis.period)), max(written, default=0))
+        newest_written = int(written.stops[-1]) - 1 if written else 0
+        last = max(axis.index_of(last_complete_period(axis.period)), newest_written)
     if last < first:
         raise PeriodError(
             f"{dataset_id}: the range ends ({axis.period_at(last).key}) before it starts "
             f"({axis.period_at(first).key})"
         )
-    periods = [(i, axis.period_at(i)) for i in range(max(first, 0), last + 1)]
+    first = max(first, 0)  # periods before the dataset's start are none of its periods
+    if last < first:
+        return DatasetStatus(dataset_id, None, None, axis.periods(), axis.periods())
+    asked = IndexRanges.span(first, last + 1)
     return DatasetStatus(
         dataset_id,
-        first=periods[0][1] if periods else None,
-        last=periods[-1][1] if periods else None,
-        present=[p for i, p in periods if i in written],
-        missing=[p for i, p in periods if i not in written],
+        first=axis.period_at(first),
+        last=axis.period_at(last),
+        present=axis.periods(asked & written),
+        missing=axis.periods(asked - written),
     )
+
+
+# The status of a store with no layout: no axis to count on, so any will do.
+_NO_PERIODS = PeriodRanges(PeriodType.DAILY, datetime(1970, 1, 1))

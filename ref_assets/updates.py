@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import icechunk as ic
-import numpy as np
 
-from ref_assets.periods import Period
+from ref_assets.periods import IndexRanges, Period
 from ref_assets.provenance import ProvenanceRecord
 from ref_assets.providers.protocol import (
     Provider,
@@ -43,127 +42,6 @@ STATE_FORMAT = 1
 # about again on every tick: a late file (a CHIRPS day published after the next ones, a gap in
 # an archive filled later) is picked up; older gaps only when the cursor is reset.
 RECHECK_PERIODS = 64
-
-
-@dataclass(frozen=True)
-class IndexRanges:
-    """A set of time indices as sorted, disjoint, non-adjacent half-open ranges
-    ``[starts[i], stops[i])``: a store of 674,000 contiguous hours is one range.
-
-    >>> r = IndexRanges.of([1, 2, 3, 7]) | IndexRanges.of([4, 9])
-    >>> r.pairs(), len(r)
-    ([(1, 5), (7, 8), (9, 10)], 6)
-    >>> (r - IndexRanges.of([2, 9])).pairs()
-    [(1, 2), (3, 5), (7, 8)]
-    """
-
-    starts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
-    stops: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
-
-    @classmethod
-    def of(cls, indices: Iterable[int] | np.ndarray) -> IndexRanges:
-        values = np.unique(
-            np.asarray(
-                list(indices) if not isinstance(indices, np.ndarray) else indices, dtype="int64"
-            )
-        )
-        if values.size == 0:
-            return cls()
-        breaks = np.flatnonzero(np.diff(values) != 1) + 1
-        starts = values[np.concatenate(([0], breaks))]
-        stops = values[np.concatenate((breaks - 1, [values.size - 1]))] + 1
-        return cls(starts, stops)
-
-    @classmethod
-    def span(cls, first: int, stop: int) -> IndexRanges:
-        """``[first, stop)``; empty when ``stop <= first``."""
-        if stop <= first:
-            return cls()
-        return cls(np.array([first], dtype="int64"), np.array([stop], dtype="int64"))
-
-    @classmethod
-    def from_pairs(cls, pairs: Iterable[Iterable[int]]) -> IndexRanges:
-        rows = np.asarray(list(pairs), dtype="int64").reshape(-1, 2)
-        return cls._merged(rows[:, 0], rows[:, 1])
-
-    @classmethod
-    def _merged(cls, starts: np.ndarray, stops: np.ndarray) -> IndexRanges:
-        """Ranges in any order, overlapping or adjacent, merged."""
-        keep = stops > starts
-        starts, stops = starts[keep], stops[keep]
-        if starts.size == 0:
-            return cls()
-        order = np.argsort(starts, kind="stable")
-        starts, stops = starts[order], stops[order]
-        reach = np.maximum.accumulate(stops)
-        # A range starts a new group where it begins after everything before it has ended.
-        new = np.concatenate(([True], starts[1:] > reach[:-1]))
-        group_starts = starts[new]
-        group_stops = reach[np.concatenate((np.flatnonzero(new)[1:] - 1, [starts.size - 1]))]
-        return cls(group_starts, group_stops)
-
-    def indices(self) -> np.ndarray:
-        """Every index, ascending (for small sets: tests, a tick's requests)."""
-        if not self:
-            return np.empty(0, dtype="int64")
-        return np.concatenate([np.arange(a, b) for a, b in self.pairs()])
-
-    def pairs(self) -> list[tuple[int, int]]:
-        return list(zip(self.starts.tolist(), self.stops.tolist(), strict=True))
-
-    def __len__(self) -> int:
-        return int((self.stops - self.starts).sum())
-
-    def __bool__(self) -> bool:
-        return bool(self.starts.size)
-
-    def __or__(self, other: IndexRanges) -> IndexRanges:
-        return self._merged(
-            np.concatenate((self.starts, other.starts)), np.concatenate((self.stops, other.stops))
-        )
-
-    def __sub__(self, other: IndexRanges) -> IndexRanges:
-        if not self or not other:
-            return self
-        # Boundaries of both sets, swept once: inside self and not inside other.
-        edges = np.unique(np.concatenate((self.starts, self.stops, other.starts, other.stops)))
-        lefts, rights = edges[:-1], edges[1:]
-        keep = self.contains(lefts) & ~other.contains(lefts)
-        return self._merged(lefts[keep], rights[keep])
-
-    def contains(self, indices: np.ndarray) -> np.ndarray:
-        """A boolean mask: which of ``indices`` lie in the set."""
-        indices = np.asarray(indices, dtype="int64")
-        position = np.searchsorted(self.starts, indices, side="right") - 1
-        inside = position >= 0
-        inside[inside] = indices[inside] < self.stops[position[inside]]
-        return inside
-
-    def last(self, count: int) -> np.ndarray:
-        """The ``count`` highest indices, ascending."""
-        taken: list[np.ndarray] = []
-        for start, stop in zip(self.starts[::-1].tolist(), self.stops[::-1].tolist(), strict=True):
-            if count <= 0:
-                break
-            low = max(start, stop - count)
-            taken.append(np.arange(low, stop, dtype="int64"))
-            count -= stop - low
-        return np.concatenate(taken[::-1]) if taken else np.empty(0, dtype="int64")
-
-    def first(self, count: int) -> IndexRanges:
-        """The ``count`` lowest indices."""
-        sizes = self.stops - self.starts
-        before = np.cumsum(sizes) - sizes  # indices in the ranges before each
-        keep = before < count
-        stops = np.minimum(self.stops, self.starts + np.maximum(count - before, 0))
-        return IndexRanges(self.starts[keep], stops[keep])
-
-    def chunks(self, size: int | None) -> Iterator[tuple[int, int]]:
-        """Each range as ``(first, last)`` inclusive, split into pieces of at most ``size``."""
-        for start, stop in self.pairs():
-            step = size or stop - start
-            for first in range(start, stop, step):
-                yield first, min(first + step, stop) - 1
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from ref_assets.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from ref_assets.periods import Period
+    from ref_assets.periods import Period, PeriodRanges
     from ref_assets.specs import DatasetSpec, SpecCatalog
 
 # Shown by --version after ref-assets itself: what a bug report needs.
@@ -337,8 +337,8 @@ def _status(args: argparse.Namespace) -> int:
                 "store": location,
                 "first": status.first.key if status.first else None,
                 "last": status.last.key if status.last else None,
-                "present": [p.key for p in status.present],
-                "missing": [p.key for p in status.missing],
+                "present": status.present.keys(),
+                "missing": status.missing.keys(),
             }
         )
         return 0
@@ -355,16 +355,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ranges(periods: list[Period]) -> str:
+def _ranges(periods: PeriodRanges) -> str:
     """Consecutive periods folded into ``first..last`` runs."""
-    if not periods:
+    runs = periods.runs()
+    if not runs:
         return "none"
-    runs: list[list[Period]] = [[periods[0], periods[0]]]
-    for period in periods[1:]:
-        if period.start == runs[-1][1].end:
-            runs[-1][1] = period
-        else:
-            runs.append([period, period])
     return ", ".join(a.key if a == b else f"{a.key}..{b.key}" for a, b in runs)
 
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
 
-from ref_assets.providers.protocol import Description
 from ref_assets.secrets import redact
 from ref_assets.specs import TIME_AXIS_RANGE, DatasetSpec
+
+if TYPE_CHECKING:  # annotations only: the store's readers need no provider machinery (xarray)
+    from ref_assets.providers.protocol import Description
 
 LAYOUT_VERSION = 1
 RECORDS_PATH = "ref/records"

@@ -10,17 +10,20 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import icechunk as ic
 import numpy as np
-import xarray as xr
 import zarr
 from zarr.core.sync import sync
 
 from ref_assets.checksum import period_checksum
-from ref_assets.periods import Period, PeriodType
+from ref_assets.periods import IndexRanges, Period, PeriodRanges, PeriodType
 from ref_assets.store.layout import RECORDS_PATH, open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
+
+if TYPE_CHECKING:  # xarray is imported where data is opened: listing periods does without it
+    import xarray as xr
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class StoreAxis:
 
     def index_of(self, period: Period) -> int:
         return self.period.index(period.start, self.start)
+
+    def periods(self, indices: IndexRanges | None = None) -> PeriodRanges:
+        """The periods at ``indices`` (default: none), held as ranges."""
+        return PeriodRanges(self.period, self.start, indices or IndexRanges())
 
 
 def session_for(store: DatasetStore, snapshot: str | None = None) -> ic.Session:
@@ -131,6 +138,8 @@ def _blocks(indices: list[int]) -> Iterator[list[int]]:
 def open_store_dataset(session: ic.Session) -> xr.Dataset:
     """The dataset, lazily, cut after its newest written period (the rest of the pre-sized axis
     holds nothing). Periods never written read as NaN."""
+    import xarray as xr
+
     indices = written_indices(session)
     data = xr.open_zarr(session.store, consolidated=False, chunks=None)
     return data.isel(time=slice(0, indices[-1] + 1 if indices else 0))
