@@ -176,8 +176,8 @@ class PeriodType(StrEnum):
         """The starts of the periods at ``indices`` as datetime64[s], computed by numpy (no
         Python object per period).
 
-        >>> PeriodType.MONTHLY.starts_at(datetime(2023, 11, 1), np.array([0, 2]))
-        array(['2023-11-01T00:00:00', '2024-01-01T00:00:00'], dtype='datetime64[s]')
+        >>> PeriodType.MONTHLY.starts_at(datetime(2023, 11, 1), np.array([0, 2])).astype("<M8[D]")
+        array(['2023-11-01', '2024-01-01'], dtype='datetime64[D]')
         """
         indices = np.asarray(indices, dtype="int64")
         unit = _CALENDAR_UNITS.get(self)
