@@ -453,6 +453,13 @@ class PeriodRanges(Sequence["Period"]):
         """Each run of consecutive periods as ``(first, last)``."""
         return [(self.period(a), self.period(b - 1)) for a, b in self.indices.pairs()]
 
+    def run_keys(self) -> list[tuple[str, str]]:
+        """The keys of each run's first and last period, formatted by numpy (a store written
+        at every other hour has hundreds of thousands of runs)."""
+        firsts = self.type.keys_at(self.origin, self.indices.starts)
+        lasts = self.type.keys_at(self.origin, self.indices.stops - 1)
+        return list(zip(firsts, lasts, strict=True))
+
     def keys(self) -> list[str]:
         """Every period's key, ascending (one string each: for output that lists them all)."""
         return self.type.keys_at(self.origin, self.indices.indices())

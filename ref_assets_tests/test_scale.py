@@ -100,6 +100,12 @@ def test_period_ranges_behave_as_a_sequence_of_periods():
     assert [ranges[i] for i in range(-6, 6)] == listed + listed
     assert ranges[1:4] == listed[1:4]
     assert ranges.keys() == [p.key for p in listed]
+    assert ranges.run_keys() == [(a.key, b.key) for a, b in ranges.runs()]
+    assert ranges.run_keys() == [
+        ("2024-01-04", "2024-01-06"),
+        ("2024-01-10",) * 2,
+        ("2024-01-13", "2024-01-14"),
+    ]
     assert PeriodRanges(daily, origin) == [] and ranges != listed[:-1]
     with pytest.raises(IndexError):
         ranges[6]

@@ -357,10 +357,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _ranges(periods: PeriodRanges) -> str:
     """Consecutive periods folded into ``first..last`` runs."""
-    runs = periods.runs()
+    runs = periods.run_keys()
     if not runs:
         return "none"
-    return ", ".join(a.key if a == b else f"{a.key}..{b.key}" for a, b in runs)
+    return ", ".join(a if a == b else f"{a}..{b}" for a, b in runs)
 
 
 def _init_instance():
