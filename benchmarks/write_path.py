@@ -1,0 +1,222 @@
+"""Write-path benchmark: `PeriodWriter` against one bulk `to_icechunk`, same prepared periods.
+
+    .venv/bin/python benchmarks/write_path.py            # 365 periods; replaces its RESULTS.md section
+    .venv/bin/python benchmarks/write_path.py --quick    # 40 periods; prints only
+
+The periods (synthetic 400 x 400 float32, benchmarks/backfill.py's grid) are fetched and prepared
+(checked, checksummed, with statistics and preview) before any clock starts, so the provider's cost
+is excluded and only the write path is compared:
+
+  bulk     the periods already stacked into one in-memory array, written by one xarray
+           `to_icechunk` (chunk = one period, like ref_assets' layout) and one commit
+  writer   ref_assets' `PeriodWriter` in a new store, committing every ``runs.commit_every`` (32)
+           periods, as a range run does; includes creating the layout
+
+Both run in this one process, interleaved (bulk, writer, bulk, writer...), best of ``--repeat``.
+The writer's time is split into phases by wrapping the library calls it makes (exclusive time:
+a phase nested in another counts only once); "other" is what no wrapper saw (record building,
+Python bookkeeping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from backfill import keys, provider_and_spec
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Write path: PeriodWriter against one bulk to_icechunk (`benchmarks/write_path.py`)"
+
+
+def prepared_batches(count: int) -> list:
+    from ref_assets.batch import fetch_batch
+
+    provider, spec = provider_and_spec("write_path")
+    return [fetch_batch(spec, provider, spec.period_for_key(key)) for key in keys(count)]
+
+
+def write_bulk(workdir: Path, batches: list) -> float:
+    """Seconds for one `to_icechunk` of the stacked periods plus its commit."""
+    import icechunk as ic
+    import xarray as xr
+    from icechunk.xarray import to_icechunk
+
+    grid = batches[0].description.grid
+    stack = np.stack([batch.variables["t2m"] for batch in batches])
+    times = np.array([batch.period.start for batch in batches], dtype="datetime64[ns]")
+    data = xr.Dataset({"t2m": (("time", "y", "x"), stack)}, coords={"time": times, **grid.coords()})
+    start = time.perf_counter()
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(workdir / "bulk")))
+    session = repo.writable_session("main")
+    to_icechunk(data, session, encoding={"t2m": {"chunks": (1, *grid.shape)}})
+    session.commit("bulk")
+    return time.perf_counter() - start
+
+
+def write_with_period_writer(workdir: Path, batches: list) -> tuple[float, dict[str, float]]:
+    """Seconds for `PeriodWriter` to write and commit every batch, and its phases' seconds."""
+    from ref_assets.store.repository import DatasetStore
+    from ref_assets.store.writer import CommitPolicy, PeriodWriter
+
+    spec = batches[0].spec
+    store = DatasetStore(str(workdir / "stores"), spec.id)
+    writer = PeriodWriter(
+        store,
+        run_id="bench",
+        policy=CommitPolicy(spec.runs.commit_every, spec.runs.commit_seconds),
+    )
+    with _phase_timers() as phases:
+        start = time.perf_counter()
+        committed = sum(len(writer.add(batch)) for batch in batches) + len(writer.flush())
+        seconds = time.perf_counter() - start
+    assert committed == len(batches), (committed, len(batches))
+    return seconds, {**phases, "other": seconds - sum(phases.values())}
+
+
+@contextlib.contextmanager
+def _phase_timers() -> Iterator[dict[str, float]]:
+    """Time the library calls a writer makes, by phase, exclusive of nested phases."""
+    import icechunk as ic
+    import zarr
+
+    from ref_assets.store import writer as writer_module
+    from ref_assets.store.layout import RECORDS_PATH
+
+    totals: dict[str, float] = defaultdict(float)
+    nested: list[float] = []  # time spent in phases nested inside each open phase
+
+    def timed(phase: Callable[..., str], fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            nested.append(0.0)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                inner = nested.pop()
+                totals[phase(*args)] += elapsed - inner
+                if nested:
+                    nested[-1] += elapsed
+
+        return wrapper
+
+    def array_phase(kind: str) -> Callable[..., str]:
+        return lambda array, *_: f"record {kind}" if array.path == RECORDS_PATH else f"region {kind}"
+
+    def named(name: str) -> Callable[..., str]:
+        return lambda *_: name
+
+    targets = [
+        (zarr, "open_group", named("open group/arrays")),
+        (zarr, "open_array", named("open group/arrays")),
+        (zarr.Group, "__getitem__", named("open group/arrays")),
+        (zarr.Array, "__setitem__", array_phase("writes")),
+        (zarr.Array, "__getitem__", array_phase("reads")),
+        (ic.Session, "commit", named("commit")),
+        (writer_module, "ensure_capacity", named("layout / capacity")),
+        *(
+            [(writer_module, "_stored_bytes", named("stored-size look-ups"))]
+            if hasattr(writer_module, "_stored_bytes")
+            else []
+        ),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
+    for owner, name, phase in targets:
+        setattr(owner, name, timed(phase, getattr(owner, name)))
+    try:
+        yield totals
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+def versions() -> str:
+    import icechunk
+    import xarray
+    import zarr
+
+    return (
+        f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, "
+        f"Python {platform.python_version()}; icechunk {icechunk.__version__}, "
+        f"zarr {zarr.__version__}, xarray {xarray.__version__}, numpy {np.__version__}"
+    )
+
+
+def render(count: int, repeat: int, megabytes: float, bulk: float, writer: float, phases: dict) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Written by `.venv/bin/python benchmarks/write_path.py` on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. {versions()}.",
+        f"{count} prepared periods of 400 x 400 float32 ({megabytes:.0f} MB) held in memory; "
+        f"the provider's cost excluded; local filesystem; best of {repeat}, interleaved.",
+        "",
+        "| writer | seconds | MB/s | ratio to bulk |",
+        "| --- | --- | --- | --- |",
+        f"| one bulk `to_icechunk` + commit | {bulk:.2f} | {megabytes / bulk:.0f} | 1.00 |",
+        f"| `PeriodWriter`, commit every 32 | {writer:.2f} | {megabytes / writer:.0f} | "
+        f"{bulk / writer:.2f} |",
+        "",
+        "`PeriodWriter` phases (exclusive wall time of the best run):",
+        "",
+        "| phase | seconds | share | ms a period |",
+        "| --- | --- | --- | --- |",
+    ]
+    for phase, seconds in sorted(phases.items(), key=lambda item: -item[1]):
+        lines.append(
+            f"| {phase} | {seconds:.2f} | {seconds / writer:.0%} | {1000 * seconds / count:.2f} |"
+        )
+    target = "met" if bulk / writer >= 0.8 else "**missed**"
+    lines += ["", f"Target: `PeriodWriter` at least 0.8 of bulk: {bulk / writer:.2f}, {target}.", ""]
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, section: str) -> None:
+    """Put ``section`` in place of this benchmark's previous one (or at the end)."""
+    text = path.read_text() if path.exists() else ""
+    start = text.find(SECTION)
+    if start < 0:
+        path.write_text(text.rstrip("\n") + "\n\n" + section)
+        return
+    following = text.find("\n## ", start + len(SECTION))
+    rest = text[following + 1 :] if following >= 0 else ""
+    path.write_text(text[:start] + section + ("\n" + rest if rest else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="40 periods; no RESULTS.md")
+    parser.add_argument("--count", type=int, help="periods (default 365, or 40 with --quick)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each writer")
+    args = parser.parse_args()
+    count = args.count or (40 if args.quick else 365)
+    batches = prepared_batches(count)
+    megabytes = sum(b.variables["t2m"].nbytes for b in batches) / 1e6
+    bulk_runs, writer_runs = [], []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="bench-write-path-") as workdir:
+            bulk_runs.append(write_bulk(Path(workdir), batches))
+            writer_runs.append(write_with_period_writer(Path(workdir), batches))
+        print(f"bulk {bulk_runs[-1]:.2f} s, writer {writer_runs[-1][0]:.2f} s", file=sys.stderr)
+    writer, phases = min(writer_runs, key=lambda run: run[0])
+    report = render(count, args.repeat, megabytes, min(bulk_runs), writer, phases)
+    print(report)
+    if not args.quick and not args.count:
+        replace_section(HERE / "RESULTS.md", report)
+
+
+if __name__ == "__main__":
+    main()
