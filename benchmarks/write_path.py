@@ -1,7 +1,7 @@
 """Write-path benchmark: `PeriodWriter` against one bulk `to_icechunk`, same prepared periods.
 
-    .venv/bin/python benchmarks/write_path.py            # 365 periods; replaces its RESULTS.md section
-    .venv/bin/python benchmarks/write_path.py --quick    # 40 periods; prints only
+    .venv/bin/python benchmarks/write_path.py          # 365 periods; its RESULTS.md section
+    .venv/bin/python benchmarks/write_path.py --quick  # 40 periods; prints only
 
 The periods (synthetic 400 x 400 float32, benchmarks/backfill.py's grid) are fetched and prepared
 (checked, checksummed, with statistics and preview) before any clock starts, so the provider's cost
@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
 from backfill import keys, provider_and_spec
 
 HERE = Path(__file__).resolve().parent
@@ -114,7 +113,9 @@ def _phase_timers() -> Iterator[dict[str, float]]:
         return wrapper
 
     def array_phase(kind: str) -> Callable[..., str]:
-        return lambda array, *_: f"record {kind}" if array.path == RECORDS_PATH else f"region {kind}"
+        return lambda array, *_: (
+            f"record {kind}" if array.path == RECORDS_PATH else f"region {kind}"
+        )
 
     def named(name: str) -> Callable[..., str]:
         return lambda *_: name
@@ -155,7 +156,9 @@ def versions() -> str:
     )
 
 
-def render(count: int, repeat: int, megabytes: float, bulk: float, writer: float, phases: dict) -> str:
+def render(
+    count: int, repeat: int, megabytes: float, bulk: float, writer: float, phases: dict
+) -> str:
     lines = [
         SECTION,
         "",
@@ -180,7 +183,11 @@ def render(count: int, repeat: int, megabytes: float, bulk: float, writer: float
             f"| {phase} | {seconds:.2f} | {seconds / writer:.0%} | {1000 * seconds / count:.2f} |"
         )
     target = "met" if bulk / writer >= 0.8 else "**missed**"
-    lines += ["", f"Target: `PeriodWriter` at least 0.8 of bulk: {bulk / writer:.2f}, {target}.", ""]
+    lines += [
+        "",
+        f"Target: `PeriodWriter` at least 0.8 of bulk: {bulk / writer:.2f}, {target}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -11,18 +11,20 @@ commits (see `CommitPolicy`); `observing_commits` lets a caller that does not bu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import icechunk as ic
 import zarr
+import zarr.api.asynchronous
 from zarr.core.sync import sync
 
 from ref_assets.batch import PeriodBatch
@@ -33,6 +35,7 @@ from ref_assets.provenance import (
     RecordFormatError,
     build_record,
 )
+from ref_assets.specs import DatasetSpec
 from ref_assets.store.layout import (
     RECORDS_PATH,
     axis_length,
@@ -122,12 +125,11 @@ class PeriodWriter:
         self.on_commit = on_commit
         self._repo: ic.Repository | None = None
         self._capacity = 0
-        self._session: ic.Session | None = None
-        self._pending: list[tuple[PeriodBatch, ProvenanceRecord, int]] = []
+        self._pending: list[PeriodBatch] = []
         self._oldest_pending = 0.0
 
     def add(self, batch: PeriodBatch) -> list[WriteReceipt]:
-        """Write ``batch`` at its index; return the receipts of any commit this caused."""
+        """Queue ``batch`` for the next commit; return the receipts of any commit this caused."""
         receipts = []
         with self._storage("writing", batch):
             if self._repo is None:
@@ -138,21 +140,20 @@ class PeriodWriter:
                 # Growing the axis is its own commit; uncommitted writes would conflict with it.
                 receipts += self.flush()
                 self._capacity = ensure_capacity(self.store, self._repo, batch, run_id=self.run_id)
-            record = build_record(batch, run_id=self.run_id, previous=self._replaced(batch))
-            bytes_written = self._write(batch, record)
         if not self._pending:
             self._oldest_pending = time.monotonic()
-        self._pending.append((batch, record, bytes_written))
+        self._pending.append(batch)
         due = time.monotonic() - self._oldest_pending >= self.policy.seconds
         if len(self._pending) >= self.policy.every or due:
             receipts += self.flush()
         return receipts
 
     def flush(self) -> list[WriteReceipt]:
-        """Commit every pending period (redoing them from the new tip on conflict)."""
+        """Write every pending period and commit them together (rewriting them from the new
+        tip on conflict)."""
         if not self._pending:
             return []
-        batches = [batch for batch, _, _ in self._pending]
+        batches = self._pending
         spec = batches[0].spec
         first, last = batches[0].period.key, batches[-1].period.key
         if len(batches) == 1:
@@ -174,11 +175,10 @@ class PeriodWriter:
                     if attempt > 1:
                         # Bounded, jittered back-off, so racing writers stop colliding in step.
                         time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
-                        self._session = None
-                        for batch, record, _ in self._pending:
-                            self._write(batch, record)
+                    session = self._repo.writable_session("main")
+                    written = sync(_write_periods(session, batches, self.run_id))
                     with self.store.lock(run_id=self.run_id):
-                        snapshot_id = _commit(self._session, message, metadata)
+                        snapshot_id = _commit(session, message, metadata)
             except (ic.ConflictError, ic.RebaseFailedError) as err:
                 logger.info(
                     "%s: commit attempt %d conflicted (%s); retrying", message, attempt, err
@@ -195,15 +195,15 @@ class PeriodWriter:
                     batch.preview,
                     batch.preview_problem,
                 )
-                for batch, record, size in self._pending
+                for batch, (record, size) in zip(batches, written, strict=True)
             ]
-            self._pending, self._session = [], None
+            self._pending = []
             if self.on_commit:
                 self.on_commit(receipts)
             for observer in _commit_observers.get():
                 observer(receipts)
             return receipts
-        self._pending, self._session = [], None
+        self._pending = []
         which = f"period {first}" if len(batches) == 1 else f"periods {first}..{last}"
         raise StoreError(
             f"{spec.id} {which}: gave up after {MAX_COMMIT_ATTEMPTS} conflicting commit attempts "
@@ -219,46 +219,16 @@ class PeriodWriter:
             with self.store.reporting(lambda: f"{doing} {self._at_stake(batch)}"):
                 yield
         except StoreError:
-            self._pending, self._session = [], None
+            self._pending = []
             raise
 
     def _at_stake(self, batch: PeriodBatch | None) -> str:
         """The uncommitted periods: those pending, and ``batch`` (being written)."""
-        keys = [pending.period.key for pending, _, _ in self._pending]
+        keys = [pending.period.key for pending in self._pending]
         keys += [batch.period.key] if batch is not None else []
         if len(keys) == 1:
             return f"period {keys[0]}"
         return f"periods {keys[0]}..{keys[-1]} ({len(keys)}, uncommitted)"
-
-    def _replaced(self, batch: PeriodBatch) -> PreviousVersion | None:
-        """The version of the period this write replaces (its stored record), if any: one
-        chunk read, so a revision's record keeps the fingerprint and checksum it replaced. A
-        stored record that does not read is no reason to refuse the write that replaces it."""
-        if self._session is None:
-            self._session = self._repo.writable_session("main")
-        text = zarr.open_array(self._session.store, path=RECORDS_PATH, mode="r")[batch.time_index]
-        if not text:
-            return None
-        try:
-            stored = ProvenanceRecord.from_stored(
-                json.loads(str(text)), batch.spec.id, batch.period.key
-            )
-        except (ValueError, RecordFormatError) as err:
-            logger.warning(
-                "%s: the replaced record is not kept as previous: %s", batch.spec.id, err
-            )
-            return None
-        return stored.as_previous()
-
-    def _write(self, batch: PeriodBatch, record: ProvenanceRecord) -> int:
-        """Write one period into the open session; return its stored bytes."""
-        if self._session is None:
-            self._session = self._repo.writable_session("main")
-        group = zarr.open_group(self._session.store, mode="r+")
-        for name, values in batch.variables.items():
-            group[name][batch.time_index] = values
-        group[RECORDS_PATH][batch.time_index] = record.to_json()
-        return _stored_bytes(self._session, batch)
 
 
 def _commit(session: ic.Session, message: str, metadata: dict) -> str:
@@ -319,25 +289,113 @@ def _capacity(session: ic.Session, batch: PeriodBatch) -> int:
     return axis_length(group)
 
 
-def _stored_bytes(session: ic.Session, batch: PeriodBatch) -> int:
-    """Bytes of the chunks this period occupies after compression (all-NaN chunks take none)."""
-    keys = [key for name in batch.variables for key in _chunk_keys(session, name, batch.time_index)]
+async def _write_periods(
+    session: ic.Session, batches: list[PeriodBatch], run_id: str
+) -> list[tuple[ProvenanceRecord, int]]:
+    """Write the periods and their records into ``session``; return each one's record and
+    stored bytes.
 
-    async def sizes() -> int:
-        total = 0
-        for key in keys:
+    The arrays are opened once for all periods, and the periods' chunks are written (and
+    compressed, in zarr's codec threads) concurrently rather than one period after another.
+    A period given twice is written once, as its last batch, whose record keeps the earlier
+    one as the version it replaced.
+    """
+    arrays, records_array = await _open_arrays(session, batches[0].spec)
+    last = {batch.time_index: batch for batch in batches}
+    replaced = await _replaced_versions(records_array, list(last.values()))
+    records, texts = [], {}
+    for batch in batches:
+        record = build_record(batch, run_id=run_id, previous=replaced[batch.time_index])
+        replaced[batch.time_index] = record.as_previous()
+        records.append(record)
+        texts[batch.time_index] = record.to_json()  # the last of a period given twice wins
+    await _write_values(arrays, list(last.values()))
+    await _write_records(records_array, texts)
+    sizes = await _stored_sizes(session, arrays, batches)
+    return list(zip(records, sizes, strict=True))
+
+
+async def _gather_bounded(work: Iterable[Awaitable]) -> list:
+    """Await all of ``work`` concurrently, at most zarr's ``async.concurrency`` at a time."""
+    limit = asyncio.Semaphore(zarr.config.get("async.concurrency"))
+
+    async def bounded(one: Awaitable):
+        async with limit:
+            return await one
+
+    return await asyncio.gather(*(bounded(one) for one in work))
+
+
+async def _open_arrays(
+    session: ic.Session, spec: DatasetSpec
+) -> tuple[dict[str, zarr.AsyncArray], zarr.AsyncArray]:
+    """The variables' arrays and the records array, each opened once for a whole commit."""
+    group = await zarr.api.asynchronous.open_group(session.store, mode="r+")
+    arrays = {name: await group.getitem(name) for name in spec.variables_by_name}
+    return arrays, await group.getitem(RECORDS_PATH)
+
+
+async def _replaced_versions(
+    records_array: zarr.AsyncArray, batches: list[PeriodBatch]
+) -> dict[int, PreviousVersion | None]:
+    """By time index, the version each write replaces (from its stored record), read at once."""
+    texts = await _gather_bounded(records_array.getitem(b.time_index) for b in batches)
+    return {
+        batch.time_index: _previous_version(batch, text)
+        for batch, text in zip(batches, texts, strict=True)
+    }
+
+
+async def _write_values(arrays: dict[str, zarr.AsyncArray], batches: list[PeriodBatch]) -> None:
+    """Write every batch's variables at its index, all periods' chunks at once."""
+    await _gather_bounded(
+        arrays[name].setitem(batch.time_index, values)
+        for batch in batches
+        for name, values in batch.variables.items()
+    )
+
+
+async def _write_records(records_array: zarr.AsyncArray, records: dict[int, str]) -> None:
+    """Write each record (JSON text) at its time index."""
+    await _gather_bounded(records_array.setitem(index, text) for index, text in records.items())
+
+
+async def _stored_sizes(
+    session: ic.Session, arrays: dict[str, zarr.AsyncArray], batches: list[PeriodBatch]
+) -> list[int]:
+    return await _gather_bounded(_stored_bytes(session, arrays, batch) for batch in batches)
+
+
+def _previous_version(batch: PeriodBatch, text) -> PreviousVersion | None:
+    """The version of the period a write replaces (its stored record), if any, so a revision's
+    record keeps the fingerprint and checksum it replaced. A stored record that does not read is
+    no reason to refuse the write that replaces it."""
+    if not text:
+        return None
+    try:
+        stored = ProvenanceRecord.from_stored(
+            json.loads(str(text)), batch.spec.id, batch.period.key
+        )
+    except (ValueError, RecordFormatError) as err:
+        logger.warning("%s: the replaced record is not kept as previous: %s", batch.spec.id, err)
+        return None
+    return stored.as_previous()
+
+
+async def _stored_bytes(session: ic.Session, arrays: dict, batch: PeriodBatch) -> int:
+    """Bytes of the chunks this period occupies after compression (all-NaN chunks take none)."""
+    total = 0
+    for name in batch.variables:
+        for key in _chunk_keys(arrays[name], name, batch.time_index):
             try:
                 total += await session.store.getsize(key)
             except FileNotFoundError:
                 continue
-        return total
-
-    return sync(sizes())
+    return total
 
 
-def _chunk_keys(session: ic.Session, name: str, index: int) -> list[str]:
+def _chunk_keys(array: zarr.AsyncArray, name: str, index: int) -> list[str]:
     """The keys of every chunk of variable ``name`` at time index ``index``."""
-    array = zarr.open_array(session.store, path=name, mode="r")
     chunks_per_axis = [
         range(-(-size // chunk))
         for size, chunk in zip(array.shape[1:], array.chunks[1:], strict=True)
