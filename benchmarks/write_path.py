@@ -13,9 +13,9 @@ is excluded and only the write path is compared:
            periods, as a range run does; includes creating the layout
 
 Both run in this one process, interleaved (bulk, writer, bulk, writer...), best of ``--repeat``.
-The writer's time is split into phases by wrapping the library calls it makes (exclusive time:
-a phase nested in another counts only once); "other" is what no wrapper saw (record building,
-Python bookkeeping).
+The writer's time is split into phases by wrapping its steps (`ref_assets.store.writer`'s
+private step functions, so this file follows their names); "other" is what no step covers
+(session creation, the commit lock, Python bookkeeping).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import platform
 import sys
 import tempfile
@@ -86,53 +87,45 @@ def write_with_period_writer(workdir: Path, batches: list) -> tuple[float, dict[
 
 @contextlib.contextmanager
 def _phase_timers() -> Iterator[dict[str, float]]:
-    """Time the library calls a writer makes, by phase, exclusive of nested phases."""
+    """Time the writer's steps by wrapping them (they run one after another, never nested)."""
     import icechunk as ic
-    import zarr
 
     from ref_assets.store import writer as writer_module
-    from ref_assets.store.layout import RECORDS_PATH
 
     totals: dict[str, float] = defaultdict(float)
-    nested: list[float] = []  # time spent in phases nested inside each open phase
 
-    def timed(phase: Callable[..., str], fn: Callable) -> Callable:
+    def timed(phase: str, fn: Callable) -> Callable:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    totals[phase] += time.perf_counter() - start
+
+            return wrapper
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            nested.append(0.0)
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - start
-                inner = nested.pop()
-                totals[phase(*args)] += elapsed - inner
-                if nested:
-                    nested[-1] += elapsed
+                totals[phase] += time.perf_counter() - start
 
         return wrapper
 
-    def array_phase(kind: str) -> Callable[..., str]:
-        return lambda array, *_: (
-            f"record {kind}" if array.path == RECORDS_PATH else f"region {kind}"
-        )
-
-    def named(name: str) -> Callable[..., str]:
-        return lambda *_: name
-
     targets = [
-        (zarr, "open_group", named("open group/arrays")),
-        (zarr, "open_array", named("open group/arrays")),
-        (zarr.Group, "__getitem__", named("open group/arrays")),
-        (zarr.Array, "__setitem__", array_phase("writes")),
-        (zarr.Array, "__getitem__", array_phase("reads")),
-        (ic.Session, "commit", named("commit")),
-        (writer_module, "ensure_capacity", named("layout / capacity")),
-        *(
-            [(writer_module, "_stored_bytes", named("stored-size look-ups"))]
-            if hasattr(writer_module, "_stored_bytes")
-            else []
-        ),
+        (writer_module, "_open_arrays", "open group and arrays (once a commit)"),
+        (writer_module, "_replaced_versions", "read replaced records"),
+        (writer_module, "build_record", "build records"),
+        (writer_module, "_write_values", "region writes (values, compressed)"),
+        (writer_module, "_write_records", "record writes"),
+        (writer_module, "_stored_sizes", "stored-size look-ups"),
+        (ic.Session, "commit", "commit"),
+        (writer_module, "ensure_capacity", "layout / capacity"),
     ]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
     for owner, name, phase in targets:

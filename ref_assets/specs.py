@@ -14,6 +14,8 @@ validation is reported with its file and field and skipped: the other datasets s
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import logging
@@ -440,16 +442,26 @@ class DatasetSpec(_Strict):
     def fingerprint(self) -> str:
         """A short digest of the resolved spec: changes whenever any field does (secret values
         are masked first, so rotating a credential changes nothing)."""
-        return _digest(self.public_dump())
+        return self._digests[0]
 
     def values_fingerprint(self) -> str:
         """A short digest of the fields that shape stored values (not the title, description,
         global attributes or run settings): the basis of the asset's code version."""
-        return values_fingerprint_of(self.public_dump())
+        return self._digests[1]
 
     def public_dump(self) -> dict[str, Any]:
         """The resolved spec as JSON-ready data, with secret values masked."""
+        return copy.deepcopy(self._public)
+
+    # Computed once: the spec is frozen, and every period's record carries the dump and both
+    # digests (dumping and masking took milliseconds a period in a range run).
+    @functools.cached_property
+    def _public(self) -> dict[str, Any]:
         return redact(self.model_dump(mode="json"))
+
+    @functools.cached_property
+    def _digests(self) -> tuple[str, str]:
+        return _digest(self._public), values_fingerprint_of(self._public)
 
     @field_validator("start", "end")
     @classmethod
