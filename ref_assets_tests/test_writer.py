@@ -1,4 +1,5 @@
-"""The writer's commit path under real conflicts: retried from the new tip, or given up cleanly."""
+"""The writer's commit path: periods of one commit in any order, and real conflicts (retried from
+the new tip, or given up cleanly)."""
 
 import icechunk as ic
 import pytest
@@ -7,7 +8,12 @@ import zarr
 from ref_assets.store import reader as store_reader
 from ref_assets.store.layout import RECORDS_PATH
 from ref_assets.store.repository import DatasetStore, StoreError
-from ref_assets.store.writer import MAX_COMMIT_ATTEMPTS, write_period
+from ref_assets.store.writer import (
+    MAX_COMMIT_ATTEMPTS,
+    CommitPolicy,
+    PeriodWriter,
+    write_period,
+)
 from ref_assets_tests.conftest import stored_checksum
 
 
@@ -58,3 +64,27 @@ def test_endless_conflicts_give_up_with_nothing_of_ours_written(setup, monkeypat
     [record] = store_reader.read_records(session, [batch.time_index]).values()
     assert record == {"competitor": 1}  # the competitor's commit, none of ours
     assert bool(store_reader.open_store_dataset(session).t2m.isel(time=2).isnull().all())
+
+
+def test_one_commit_holds_periods_in_any_order_with_gaps_and_a_repeat(setup):
+    store, batch_for = setup  # 2024-01-01 stored by an earlier run
+    keys = ["2024-01-05", "2024-01-02", "2024-01-01", "2024-01-03", "2024-01-05"]
+    writer = PeriodWriter(store, run_id="shuffled", policy=CommitPolicy(every=len(keys)))
+    receipts = [receipt for key in keys for receipt in writer.add(batch_for(key))]
+    assert [r.period_key for r in receipts] == keys
+    assert len({r.snapshot_id for r in receipts}) == 1
+    session = store_reader.session_for(store)
+    axis = store_reader.store_axis(session)
+    assert sorted(store_reader.written_indices(session)) == [0, 1, 2, 4]
+    records = store_reader.read_records(session, [0, 1, 2, 4])
+    for receipt in receipts:
+        assert stored_checksum(session, axis, receipt.time_index) == receipt.record.checksum
+        assert records[receipt.time_index]["run_id"] == "shuffled"
+        assert receipt.bytes_written > 0
+    first_write, repeat, rewrite = receipts[0], receipts[-1], receipts[2]
+    assert first_write.record.previous is None
+    # The repeat replaced the version written just before it in the same commit, and the
+    # period stored by the earlier run keeps that version as its previous.
+    assert repeat.record.previous.checksum == first_write.record.checksum
+    assert rewrite.record.previous.checksum == rewrite.record.checksum
+    assert records[4]["previous"]["checksum"] == first_write.record.checksum

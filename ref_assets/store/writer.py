@@ -343,11 +343,17 @@ async def _open_arrays(
 async def _replaced_versions(
     records_array: zarr.AsyncArray, batches: list[PeriodBatch]
 ) -> dict[int, PreviousVersion | None]:
-    """By time index, the version each write replaces (from its stored record), read at once."""
-    texts = await _gather_bounded(records_array.getitem(b.time_index) for b in batches)
+    """By time index, the version each write replaces (from its stored record): one read per
+    run of consecutive periods."""
+    runs = _consecutive_runs([batch.time_index for batch in batches], len(batches))
+    texts = await _gather_bounded(records_array.getitem(slice(r[0], r[-1] + 1)) for r in runs)
+    stored = {
+        index: text
+        for run, got in zip(runs, texts, strict=True)
+        for index, text in zip(run, got, strict=True)
+    }
     return {
-        batch.time_index: _previous_version(batch, text)
-        for batch, text in zip(batches, texts, strict=True)
+        batch.time_index: _previous_version(batch, stored[batch.time_index]) for batch in batches
     }
 
 
