@@ -301,23 +301,35 @@ async def _write_periods(
     stored bytes.
 
     The arrays are opened once for all periods, and the periods' chunks are written (and
-    compressed, in zarr's codec threads) concurrently rather than one period after another.
-    A period given twice is written once, as its last batch, whose record keeps the earlier
-    one as the version it replaced.
+    compressed, in zarr's codec threads) concurrently rather than one period after another,
+    while the records are read, built and written beside them. A period given twice is written
+    once, as its last batch, whose record keeps the earlier one as the version it replaced.
     """
     arrays, records_array = await _open_arrays(session, batches[0].spec)
-    last = {batch.time_index: batch for batch in batches}
-    replaced = await _replaced_versions(records_array, list(last.values()))
+    last = list({batch.time_index: batch for batch in batches}.values())
+    async with asyncio.TaskGroup() as both:  # either failing cancels the other
+        both.create_task(_write_values(arrays, last))
+        records = both.create_task(_write_with_records(records_array, batches, last, run_id))
+    sizes = await _stored_sizes(session, arrays, batches)
+    return list(zip(records.result(), sizes, strict=True))
+
+
+async def _write_with_records(
+    records_array: zarr.AsyncArray,
+    batches: list[PeriodBatch],
+    last: list[PeriodBatch],
+    run_id: str,
+) -> list[ProvenanceRecord]:
+    """Build each batch's record (``last``: the last batch of each period) and write them."""
+    replaced = await _replaced_versions(records_array, last)
     records, texts = [], {}
     for batch in batches:
         record = build_record(batch, run_id=run_id, previous=replaced[batch.time_index])
         replaced[batch.time_index] = record.as_previous()
         records.append(record)
         texts[batch.time_index] = record.to_json()  # the last of a period given twice wins
-    await _write_values(arrays, list(last.values()))
     await _write_records(records_array, texts)
-    sizes = await _stored_sizes(session, arrays, batches)
-    return list(zip(records, sizes, strict=True))
+    return records
 
 
 async def _gather_bounded(work: Iterable[Awaitable]) -> list:
