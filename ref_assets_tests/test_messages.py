@@ -70,6 +70,29 @@ def test_a_full_disk_names_the_uncommitted_periods_and_says_free_space(dataset, 
     assert writer.flush() == []
 
 
+def test_a_full_disk_while_writing_chunks_names_the_periods(dataset, monkeypatch):
+    spec, store, batch_for = dataset
+    real_set = ic.IcechunkStore.set
+
+    async def set_chunk(self, key, value):
+        if key.startswith("t2m/c/"):  # the values' chunks, written beside the records
+            raise ic.StorageError(
+                "object store error Generic LocalFileSystem error: Unable to copy data to file: "
+                "No space left on device (os error 28)"
+            )
+        return await real_set(self, key, value)
+
+    writer = PeriodWriter(store, run_id="r", policy=CommitPolicy(every=2))
+    writer.add(batch_for("2024-01-01"))  # the layout's own commit, then pending
+    monkeypatch.setattr(ic.IcechunkStore, "set", set_chunk)
+    with pytest.raises(StorageFailure, match="no space left") as failure:
+        writer.add(batch_for("2024-01-02"))
+    assert "periods 2024-01-01..2024-01-02 (2, uncommitted)" in str(failure.value)
+    monkeypatch.undo()
+    assert stored_keys(store, spec) == []
+    assert writer.flush() == []
+
+
 def test_a_corrupt_repository_file_is_named_with_restore_or_rebuild(dataset, capsys):
     spec, store, batch_for = dataset
     for key in ("2024-01-01", "2024-01-02"):
