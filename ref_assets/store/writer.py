@@ -377,13 +377,18 @@ async def _write_values(arrays: dict[str, zarr.AsyncArray], batches: list[Period
     """Write every batch's variables at its index: one region write per run of consecutive
     periods (zarr's per-call cost is paid once a run, not once a period), the runs at once."""
     by_index = {batch.time_index: batch for batch in batches}
+
+    async def write_run(name: str, run: list[int]) -> None:
+        # Stacked only when its turn comes, so few stacked copies exist at once.
+        values = np.stack([by_index[index].variables[name] for index in run])
+        await arrays[name].setitem(slice(run[0], run[-1] + 1), values)
+
     writes = []
-    for name, array in arrays.items():
+    for name in arrays:
         present = [index for index, batch in by_index.items() if name in batch.variables]
         period_bytes = by_index[present[0]].variables[name].nbytes if present else 1
         for run in _consecutive_runs(present, max(1, STACKED_BYTES // period_bytes)):
-            values = np.stack([by_index[index].variables[name] for index in run])
-            writes.append(array.setitem(slice(run[0], run[-1] + 1), values))
+            writes.append(write_run(name, run))
     await _gather_bounded(writes)
 
 
