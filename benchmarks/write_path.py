@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 from backfill import keys, provider_and_spec
+from results import replace_section
 
-HERE = Path(__file__).resolve().parent
 SECTION = "## Write path: PeriodWriter against one bulk to_icechunk (`benchmarks/write_path.py`)"
 
 
@@ -214,18 +214,6 @@ def render(
     return "\n".join(lines)
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Put ``section`` in place of this benchmark's previous one (or at the end)."""
-    text = path.read_text() if path.exists() else ""
-    start = text.find(SECTION)
-    if start < 0:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    following = text.find("\n## ", start + len(SECTION))
-    rest = text[following + 1 :] if following >= 0 else ""
-    path.write_text(text[:start] + section + ("\n" + rest if rest else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="40 periods; no RESULTS.md")
@@ -245,7 +233,7 @@ def main() -> None:
     report = render(count, args.repeat, megabytes, min(bulk_runs), writer, phases)
     print(report)
     if not args.quick and not args.count:
-        replace_section(HERE / "RESULTS.md", report)
+        replace_section(SECTION, report)
 
 
 if __name__ == "__main__":
