@@ -35,8 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from results import replace_section
 
 HERE = Path(__file__).resolve().parent
+HEADING = "## Backfill: ref_assets against bulk and hand-written writers (`benchmarks/backfill.py`)"
 GRID = {"bbox": [-50.0, -50.0, 50.0, 50.0], "resolution": 0.25, "seed": 1, "land_only": False}
 
 
@@ -307,7 +309,7 @@ def main() -> None:
     report = render(results, year, decade, sample)
     print(report)
     if not args.quick:
-        (HERE / "RESULTS.md").write_text(report)
+        replace_section(HEADING, report)
 
 
 def render(r: dict, year: int, decade: int, sample: int) -> str:
@@ -356,7 +358,7 @@ def render(r: dict, year: int, decade: int, sample: int) -> str:
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
-    return f"""# Backfill benchmark results
+    return f"""{HEADING}
 
 Written by `.venv/bin/python benchmarks/backfill.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.
 Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()};
@@ -379,7 +381,7 @@ Per-period commits into one store of {decade} periods (region write + commit, me
 The same {decade} periods in one commit: {r["bulk_store"]["bytes"] / 1e6:.0f} MB. What these numbers
 mean: `benchmarks/README.md`.
 
-## Targets
+### Targets
 
 | target | measured | |
 | --- | --- | --- |

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-
-HERE = Path(__file__).resolve().parent
+from results import replace_section
 
 
 def spec_fields(dataset_id: str) -> dict:
@@ -151,8 +150,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if count == 91:
-        with (HERE / "RESULTS.md").open("a") as results:
-            results.write(text)
+        replace_section(lines[1], text.lstrip("\n"))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 import zarr
+from results import replace_section
 
 from ref_assets.batch import fetch_batch
 from ref_assets.periods import Period
@@ -49,7 +50,7 @@ from ref_assets.store.repository import DatasetStore
 from ref_assets.store.writer import PeriodWriter, ensure_capacity
 from ref_assets.updates import plan_updates
 
-HERE = Path(__file__).resolve().parent
+OBSERVATIONS_HEADING = "### Observable source assets instead"
 START = "1950-01-01T00:00:00"
 REPEATS = 15
 
@@ -202,8 +203,8 @@ def main() -> None:
     if args.observations:
         line = observation_cost(args.observations)
         print(line)
-        with (HERE / "RESULTS.md").open("a") as results_file:
-            results_file.write(f"\n{line}\n")
+        # A subsection of the tick's: run this after the main report, which replaces it.
+        replace_section(OBSERVATIONS_HEADING, f"{OBSERVATIONS_HEADING}\n\n{line}\n")
         return
     sizes = [100, 2_000] if args.quick else [100, 100_000]
     if args.hourly_since_1950:
@@ -238,8 +239,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if not args.quick:
-        with (HERE / "RESULTS.md").open("a") as results_file:
-            results_file.write(report)
+        replace_section(lines[1], report.lstrip("\n"))
 
 
 if __name__ == "__main__":
