@@ -9,7 +9,6 @@ sets ``REF_BROWSER_TEST=required``, so there a missing browser is a failure, not
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 from ref_assets.definitions import build_definitions
 from ref_assets.defs.assets import range_run_tags
 from ref_assets.defs.instance_init import init_instance
+from ref_assets_tests.processes import stop_process_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 DATASET = "browser_t2m"
@@ -119,12 +119,7 @@ def webserver(browser_dataset: list[str], dagster_home: Path, tmp_path: Path):
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, grace=15)
         log.close()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import yaml
 from ref_assets.defs.instance_init import init_instance
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
+from ref_assets_tests.processes import stop_process_group
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 150.0
@@ -73,12 +73,7 @@ def daemon(settings, write_spec, register_providers, tmp_path, monkeypatch):
     try:
         yield availability, log
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, grace=30)
 
 
 def wait_for(condition, what: str, log: Path) -> None:
