@@ -1,6 +1,10 @@
 """The writer's commit path: periods of one commit in any order, and real conflicts (retried from
 the new tip, or given up cleanly)."""
 
+import asyncio
+import gc
+import warnings
+
 import icechunk as ic
 import pytest
 import zarr
@@ -12,6 +16,7 @@ from ref_assets.store.writer import (
     MAX_COMMIT_ATTEMPTS,
     CommitPolicy,
     PeriodWriter,
+    _gather_bounded,
     write_period,
 )
 from ref_assets_tests.conftest import stored_checksum
@@ -88,3 +93,26 @@ def test_one_commit_holds_periods_in_any_order_with_gaps_and_a_repeat(setup):
     assert repeat.record.previous.checksum == first_write.record.checksum
     assert rewrite.record.previous.checksum == rewrite.record.checksum
     assert records[4]["previous"]["checksum"] == first_write.record.checksum
+
+
+def test_writes_cancelled_before_their_turn_are_closed_not_left_unawaited():
+    # Another write failing cancels the rest; those never started must not linger as
+    # never-awaited coroutines (a RuntimeWarning at garbage collection).
+    async def failing_write():
+        raise OSError("No space left on device")
+
+    async def write():
+        await asyncio.sleep(0.01)
+
+    async def commit():
+        with zarr.config.set({"async.concurrency": 1}):
+            async with asyncio.TaskGroup() as both:
+                both.create_task(_gather_bounded([write(), write(), write()]))
+                both.create_task(failing_write())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ExceptionGroup):
+            asyncio.run(commit())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -341,8 +341,13 @@ async def _gather_bounded(work: Iterable[Awaitable]) -> list:
     limit = asyncio.Semaphore(zarr.config.get("async.concurrency"))
 
     async def bounded(one: Awaitable):
-        async with limit:
-            return await one
+        try:
+            async with limit:
+                return await one
+        finally:
+            # Cancelled before its turn (another write failed): close it, never started.
+            if asyncio.iscoroutine(one):
+                one.close()
 
     return await asyncio.gather(*(bounded(one) for one in work))
 
