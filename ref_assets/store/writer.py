@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -58,6 +59,10 @@ MAX_COMMIT_ATTEMPTS = 8
 # Consecutive periods are stacked into one region write up to this size: a bounded copy, for
 # far fewer (and concurrent) zarr calls.
 STACKED_BYTES = 64 * 2**20
+
+# Chunks per codec batch in the writer's arrays (zarr's default is 1). Measured on 365 periods:
+# writing their records 0.38 -> 0.19 s CPU, reading the records they replace 0.20 -> 0.12 s.
+CODEC_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -357,8 +362,23 @@ async def _open_arrays(
 ) -> tuple[dict[str, zarr.AsyncArray], zarr.AsyncArray]:
     """The variables' arrays and the records array, each opened once for a whole commit."""
     group = await zarr.api.asynchronous.open_group(session.store, mode="r+")
-    arrays = {name: await group.getitem(name) for name in spec.variables_by_name}
-    return arrays, await group.getitem(RECORDS_PATH)
+    arrays = {name: _in_batches(await group.getitem(name)) for name in spec.variables_by_name}
+    return arrays, _in_batches(await group.getitem(RECORDS_PATH))
+
+
+def _in_batches(array: zarr.AsyncArray) -> zarr.AsyncArray:
+    """``array`` with its chunks encoded and decoded in batches of ``CODEC_BATCH_SIZE``.
+
+    zarr's default pipeline handles one chunk per batch: a chain of coroutines per chunk, which
+    costs more than encoding a small chunk. Set on this array only (zarr's config is
+    process-wide, and other threads open arrays too)."""
+    pipeline = array.codec_pipeline
+    if getattr(pipeline, "batch_size", CODEC_BATCH_SIZE) < CODEC_BATCH_SIZE:
+        # AsyncArray is a frozen dataclass; zarr sets this field the same way when it opens one.
+        object.__setattr__(
+            array, "codec_pipeline", dataclasses.replace(pipeline, batch_size=CODEC_BATCH_SIZE)
+        )
+    return array
 
 
 async def _replaced_versions(
