@@ -8,17 +8,21 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def replace_section(heading: str, text: str, *, path: Path = RESULTS) -> None:
+def replace_section(heading: str, text: str, *, path: Path = RESULTS, first: bool = False) -> None:
     """Put ``text`` (starting with ``heading``, a ``#`` or ``##`` line) in place of the section
-    under that heading, up to the next heading of the same or a higher level, or append it."""
+    under that heading, up to the next heading of the same or a higher level, or add it: at the
+    end, or with ``first`` before the first section of its level."""
     level = len(heading) - len(heading.lstrip("#"))
     old = path.read_text() if path.exists() else ""
     pattern = re.compile(
         rf"^{re.escape(heading)}\n.*?(?=^#{{1,{level}}} |\Z)", flags=re.MULTILINE | re.DOTALL
     )
     body = text.rstrip("\n") + "\n\n"
+    first_section = re.search(rf"^{'#' * level} ", old, flags=re.MULTILINE)
     if pattern.search(old):
         new = pattern.sub(lambda _: body, old, count=1)
+    elif first and first_section:
+        new = old[: first_section.start()] + body + old[first_section.start() :]
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + body
     path.write_text(new.rstrip("\n") + "\n")
