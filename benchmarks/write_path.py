@@ -93,7 +93,13 @@ def write_with_period_writer(
 
 # Steps the writer runs beside each other (the values compress while the records are handled):
 # each is reported with its own wall time, and together by the union of their intervals.
-CONCURRENT = ("read replaced records", "build records", "region writes", "record writes")
+CONCURRENT = (
+    "read replaced records",
+    "build records",
+    "region writes",
+    "record writes",
+    "stored-size look-ups",
+)
 
 
 @contextlib.contextmanager
@@ -207,7 +213,7 @@ def render(
         "CPU seconds are the process's, all threads: on a shared machine they move less than "
         "wall time, and the writer's work is CPU-bound on a local disk.",
         "",
-        "`PeriodWriter` phases (wall time of the best run; the four steps marked * run beside "
+        "`PeriodWriter` phases (wall time of the best run; the steps marked * run beside "
         'each other, so their row "together" is what they cost; "other" is the rest):',
         "",
         "| phase | seconds | share | ms a period |",

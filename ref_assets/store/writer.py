@@ -312,15 +312,19 @@ async def _write_periods(
     """
     arrays, records_array = await _open_arrays(session, batches[0].spec)
     last = list({batch.time_index: batch for batch in batches}.values())
+
+    async def values_then_sizes() -> list[int]:
+        await _write_values(arrays, last)
+        return await _stored_sizes(session, arrays, batches)
+
     try:
         async with asyncio.TaskGroup() as both:  # either failing cancels the other
-            both.create_task(_write_values(arrays, last))
+            sizes = both.create_task(values_then_sizes())
             records = both.create_task(_write_with_records(records_array, batches, last, run_id))
     except ExceptionGroup as failed:
         # The failure itself, so a full disk is reported as one (`DatasetStore.reporting`).
         raise failed.exceptions[0] from None
-    sizes = await _stored_sizes(session, arrays, batches)
-    return list(zip(records.result(), sizes, strict=True))
+    return list(zip(records.result(), sizes.result(), strict=True))
 
 
 async def _write_with_records(
