@@ -75,9 +75,7 @@ def collect_targets(text: str) -> list[tuple[str, str]]:
 
 
 def targets_section(text: str) -> str:
-    rows = [
-        f"| {heading.split(' (`')[0]} | {line} |" for heading, line in collect_targets(text)
-    ]
+    rows = [f"| {heading.split(' (`')[0]} | {line} |" for heading, line in collect_targets(text)]
     return "\n".join(
         [TARGETS_HEADING, "", "| benchmark | target and result |", "| --- | --- |", *rows, ""]
     )

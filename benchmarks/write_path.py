@@ -67,9 +67,7 @@ def write_bulk(workdir: Path, batches: list) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def write_with_period_writer(
-    workdir: Path, batches: list
-) -> tuple[float, float, dict[str, float]]:
+def write_with_period_writer(workdir: Path, batches: list) -> tuple[float, float, dict[str, float]]:
     """Wall and CPU seconds for `PeriodWriter` to write and commit every batch, and its phases'
     wall seconds."""
     from ref_assets.store.repository import DatasetStore

@@ -205,6 +205,10 @@ def fetch_batch(
     )
 
 
+# The most bytes of fetched periods a range run holds ahead of the one being written.
+AHEAD_BYTES = 256 * 2**20
+
+
 @dataclass(frozen=True)
 class PeriodFailure:
     """A period of a range that could not be fetched or did not validate."""
@@ -215,8 +219,9 @@ class PeriodFailure:
 
 @dataclass(frozen=True)
 class PeriodStream:
-    """The periods of a multi-partition run, fetched lazily in order with at most
-    ``workers`` fetches in flight, so memory does not grow with the number of periods.
+    """The periods of a multi-partition run, fetched in order by ``workers`` threads, ahead of
+    the consumer by at most a commit's worth of periods (`periods_ahead`), so memory does not
+    grow with the number of periods.
 
     Iterating yields a `PeriodBatch`, or a `PeriodFailure` for a period that failed (the others
     go on). Providers must allow ``fetch`` from several threads when ``workers`` > 1.
@@ -233,31 +238,44 @@ class PeriodStream:
         in_flight: deque[tuple[Period, Future[PeriodBatch]]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"fetch-{self.spec.id}") as pool:
 
-            def submit_next() -> None:
+            def submit_next() -> bool:
                 period = next(periods, None)
-                if period is not None:
-                    in_flight.append(
-                        (
-                            period,
-                            pool.submit(
-                                fetch_batch, self.spec, self.provider, period, self.preview_style
-                            ),
-                        )
-                    )
+                if period is None:
+                    return False
+                future = pool.submit(
+                    fetch_batch, self.spec, self.provider, period, self.preview_style
+                )
+                in_flight.append((period, future))
+                return True
 
-            for _ in range(self.workers):
+            ahead = self.workers  # until a period's size is known
+            for _ in range(ahead):
                 submit_next()
             try:
                 while in_flight:
                     period, future = in_flight.popleft()
-                    submit_next()
                     try:
-                        yield future.result()
+                        batch = future.result()
                     except Exception as err:  # any provider failure is this period's alone
+                        submit_next()
                         yield PeriodFailure(period, redact(f"{type(err).__name__}: {err}"))
+                        continue
+                    ahead = max(ahead, self.periods_ahead(batch))
+                    while len(in_flight) < ahead and submit_next():
+                        pass
+                    yield batch
             finally:
                 for _, future in in_flight:
                     future.cancel()
+
+    def periods_ahead(self, batch: PeriodBatch) -> int:
+        """How many periods to fetch ahead of the consumer once a period's size is known: a
+        commit's worth (`runs.commit_every`), at most `AHEAD_BYTES`, at least ``workers``. With
+        only ``workers`` ahead, the fetch threads sat idle while the consumer wrote, committed
+        and reported each commit."""
+        period_bytes = max(1, sum(values.nbytes for values in batch.variables.values()))
+        fitting = min(self.spec.runs.commit_every, AHEAD_BYTES // period_bytes)
+        return max(self.workers, fitting)
 
 
 def _single_time_step(data: xr.Dataset, period: Period, fail) -> xr.Dataset:
