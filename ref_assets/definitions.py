@@ -8,6 +8,12 @@ from ref_assets.catalog import configured_vocabulary, load_catalog
 from ref_assets.config import Settings, load_settings
 from ref_assets.defs.assets import IO_MANAGER_KEY, build_dataset_asset
 from ref_assets.defs.checks import build_check_job, build_quality_check
+from ref_assets.defs.derived import (
+    build_automation_sensor,
+    build_derived_asset,
+    derived_specs,
+    is_derived,
+)
 from ref_assets.defs.io_manager import IcechunkIOManager
 from ref_assets.defs.metadata import source_asset
 from ref_assets.defs.resources import (
@@ -28,22 +34,33 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     vocabulary = configured_vocabulary(settings)
     catalog = load_catalog(settings, vocabulary)
     registry = installed_providers(settings.providers)
-    specs = list(catalog.specs.values())
+    sourced = [spec for spec in catalog.specs.values() if not is_derived(spec)]
+    derived = derived_specs(catalog.specs)  # each after its input (`ref_assets.defs.derived`)
+    specs = [*sourced, *derived]
     datasets = [
         build_dataset_asset(spec, registry, PreviewStyle.for_spec(spec, vocabulary))
-        for spec in specs
+        for spec in sourced
+    ] + [
+        build_derived_asset(spec, registry, PreviewStyle.for_spec(spec, vocabulary))
+        for spec in derived
     ]
     return dg.Definitions(
         assets=[
             *datasets,
-            *(source_asset(spec, _version(registry.classes.get(spec.provider))) for spec in specs),
+            *(
+                source_asset(spec, _version(registry.classes.get(spec.provider)))
+                for spec in sourced
+            ),
         ],
         asset_checks=[
             build_quality_check(spec, asset.partitions_def)
             for spec, asset in zip(specs, datasets, strict=True)
         ],
         jobs=[build_check_job(spec) for spec in specs],
-        sensors=[build_updates_sensor(spec) for spec in specs],
+        sensors=[
+            *(build_updates_sensor(spec) for spec in sourced),
+            *(build_automation_sensor(spec) for spec in derived),
+        ],
         resources={
             # The root is resolved in each process that writes (REF_STORAGE_ROOT, ref.toml).
             IO_MANAGER_KEY: IcechunkIOManager(storage=IcechunkStorage()),

@@ -85,10 +85,16 @@ def _range_events(
 
 
 def build_dataset_asset(
-    spec: DatasetSpec, registry: ProviderRegistry, preview_style: PreviewStyle | None = None
+    spec: DatasetSpec,
+    registry: ProviderRegistry,
+    preview_style: PreviewStyle | None = None,
+    *,
+    deps: list[dg.AssetDep] | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
 ) -> dg.AssetsDefinition:
-    """The dataset's partitioned asset, downstream of its source (`source_asset`); with
-    ``preview_style``, every period written gets a map preview."""
+    """The dataset's partitioned asset, downstream of its source (`source_asset`) unless ``deps``
+    say otherwise (a derived product: `ref_assets.defs.derived`); with ``preview_style``, every
+    period written gets a map preview."""
     provider_class = registry.classes.get(spec.provider)
 
     def dataset_asset(
@@ -137,6 +143,7 @@ def build_dataset_asset(
             owners=spec.owners,
             tags=spec.tags,
             kinds={"icechunk", "xarray"},
-            deps=[source_asset_key(spec)],
+            deps=deps if deps is not None else [source_asset_key(spec)],
+            automation_condition=automation_condition,
             metadata=dataset_metadata(spec),
         )(dataset_asset)
