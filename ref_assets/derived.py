@@ -26,7 +26,6 @@ A derived product is a dataset of its own (its own spec file, store, records, ch
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,13 +38,20 @@ from ref_assets.store import reader as store_reader
 from ref_assets.store.layout import open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
 
-# Each statistic over the input periods (axis 0), ignoring NaN; cells with too few finite values
-# are set to NaN afterwards (`aggregate`).
-STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "mean": lambda stack: np.nanmean(stack, axis=0),
-    "sum": lambda stack: np.nansum(stack, axis=0),
-    "min": lambda stack: np.nanmin(stack, axis=0),
-    "max": lambda stack: np.nanmax(stack, axis=0),
+
+def _sum(stack: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    return np.where(finite, stack, 0).sum(axis=0, dtype="float64")
+
+
+# Each statistic over the input periods (axis 0) from their finite values, accumulated in
+# float64 (as numpy's own statistics of a float64 stack: the tests compare with those); cells
+# with too few finite values are set to NaN afterwards (`aggregate`). fmin/fmax skip NaN, and
+# none of these copies the stack to float64 or warns on all-NaN cells, as nanmean would.
+STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "mean": lambda stack, finite: _sum(stack, finite) / np.maximum(finite.sum(axis=0), 1),
+    "sum": _sum,
+    "min": lambda stack, finite: np.fmin.reduce(stack, axis=0).astype("float64"),
+    "max": lambda stack, finite: np.fmax.reduce(stack, axis=0).astype("float64"),
 }
 
 
@@ -96,11 +102,9 @@ def aggregate(stack: np.ndarray, statistic: str, min_coverage: float) -> np.ndar
     where an input is missing), NaN where a cell's finite values cover less than
     ``min_coverage`` of the entries."""
     needed = required_count(stack.shape[0], min_coverage)
-    finite = np.isfinite(stack).sum(axis=0)
-    with warnings.catch_warnings():  # all-NaN cells: masked just below
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = STATISTICS[statistic](stack)
-    return np.where(finite >= max(needed, 1), result, np.nan)
+    finite = np.isfinite(stack)
+    result = STATISTICS[statistic](stack, finite)
+    return np.where(finite.sum(axis=0) >= max(needed, 1), result, np.nan)
 
 
 def required_count(expected: int, min_coverage: float) -> int:
@@ -195,9 +199,7 @@ class InputStore:
             axis=axis,
             written=IndexRanges.of(store_reader.written_index_array(session)),
             units={name: info[1] for name, info in structure["variables"].items()},
-            variable_attributes={
-                name: dict(group[name].attrs) for name in structure["variables"]
-            },
+            variable_attributes={name: dict(group[name].attrs) for name in structure["variables"]},
             y=group["y"][:],
             x=group["x"][:],
             crs_wkt=str(group["spatial_ref"].attrs["crs_wkt"]),
@@ -281,13 +283,13 @@ class InputStore:
         )
 
     def _read(self, variable: str, window: InputWindow) -> np.ndarray:
-        """The input variable over the window as float64, NaN for periods outside the stored
-        axis (before its start, beyond its length); never-written periods read as NaN."""
+        """The input variable over the window in its stored dtype, NaN for periods outside the
+        stored axis (before its start, beyond its length); never-written periods read as NaN."""
         import zarr
 
         array = zarr.open_array(self.session.store, path=variable, mode="r")
         lo, hi = max(window.first, 0), min(window.stop, self.length)
-        stack = np.full((window.size, *array.shape[1:]), np.nan, dtype="float64")
+        stack = np.full((window.size, *array.shape[1:]), np.nan, dtype=array.dtype)
         if lo < hi:
             stack[lo - window.first : hi - window.first] = array[lo:hi]
         return stack

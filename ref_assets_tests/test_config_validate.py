@@ -108,10 +108,12 @@ def no_network(monkeypatch):
 
 def test_every_template_is_validated_by_building_its_provider_offline(settings, no_network, capsys):
     """Every provider's constructor is network-free: validate builds each template's provider
-    (chirps3, era5_land, local_files, worldpop) with all network access refused."""
+    (aggregate, chirps3, era5_land, local_files, worldpop) with all network access refused."""
     templates = resources.files("ref_assets") / "data" / "templates"
     names = sorted(t.name for t in templates.iterdir() if t.name.endswith(".yaml"))
-    assert names == ["chirps3.yaml", "era5_land.yaml", "local_files.yaml", "worldpop.yaml"]
+    assert names == [
+        "aggregate.yaml", "chirps3.yaml", "era5_land.yaml", "local_files.yaml", "worldpop.yaml",
+    ]  # fmt: skip
     for name in names:
         with resources.as_file(templates / name) as path:
             shutil.copy(path, settings.user_spec_dir / name)
@@ -119,6 +121,7 @@ def test_every_template_is_validated_by_building_its_provider_offline(settings, 
     assert main(["config", "validate"]) == 0
     out = capsys.readouterr().out
     for dataset_id, provider in [
+        ("era5_land_east_africa_daily", "aggregate"),
         ("chirps3_east_africa", "chirps3"),
         ("era5_land_east_africa", "era5_land"),
         ("era5_t2m_local", "local_files"),

@@ -26,7 +26,11 @@ from ref_assets_tests.conftest import spec_dict, step_failure
 
 SYNTHETIC = {"bbox": [0.0, 40.0, 6.0, 44.0], "resolution": 0.5, "seed": 3, "land_only": True}
 T2M = {"name": "t2m", "units": "degC", "attributes": {"standard_name": "air_temperature"}}
-PRECIP = {"name": "precip", "units": "mm/day", "attributes": {"standard_name": "precipitation_flux"}}
+PRECIP = {
+    "name": "precip",
+    "units": "mm/day",
+    "attributes": {"standard_name": "precipitation_flux"},
+}
 
 
 def daily_input(write_spec, **overrides) -> dict:
@@ -67,8 +71,14 @@ def test_monthly_aggregates_of_a_daily_dataset_equal_numpy(settings, write_spec,
     for statistic in ("mean", "min", "max"):
         product(write_spec, f"monthly_{statistic}", "daily_in", "monthly", {"statistic": statistic})
     monthly_precip = {**PRECIP, "units": "mm/month"}  # a sum of a daily rate: declared units
-    product(write_spec, "monthly_sum", "daily_in", "monthly", {"statistic": "sum"},
-            variables=[monthly_precip])  # fmt: skip
+    product(
+        write_spec,
+        "monthly_sum",
+        "daily_in",
+        "monthly",
+        {"statistic": "sum"},
+        variables=[monthly_precip],
+    )
     materialize("daily_in", "2024-01-01...2024-02-29")
 
     for statistic in ("mean", "min", "max", "sum"):
@@ -88,8 +98,13 @@ def test_monthly_aggregates_of_a_daily_dataset_equal_numpy(settings, write_spec,
 
 
 def test_daily_aggregate_of_an_hourly_dataset_equals_numpy(settings, write_spec, materialize):
-    write_spec("hourly_in", params=SYNTHETIC, period="hourly", start="2024-01-01T00:00:00",
-               storage={"time_block": 96})  # fmt: skip
+    write_spec(
+        "hourly_in",
+        params=SYNTHETIC,
+        period="hourly",
+        start="2024-01-01T00:00:00",
+        storage={"time_block": 96},
+    )
     product(write_spec, "daily_mean", "hourly_in", "daily", {"statistic": "mean"}, variables=[T2M])
     product(write_spec, "daily_max", "hourly_in", "daily", {"statistic": "max"}, variables=[T2M])
     materialize("hourly_in", "2024-01-01-00:00...2024-01-02-23:00")
@@ -126,8 +141,13 @@ def test_an_incomplete_month_is_refused_with_a_reason_and_nothing_is_written(
 
 def test_min_coverage_accepts_a_month_with_gaps_and_records_them(settings, write_spec, materialize):
     daily_input(write_spec)
-    product(write_spec, "monthly_mean", "daily_in", "monthly",
-            {"statistic": "mean", "min_coverage": 0.9})  # fmt: skip
+    product(
+        write_spec,
+        "monthly_mean",
+        "daily_in",
+        "monthly",
+        {"statistic": "mean", "min_coverage": 0.9},
+    )
     materialize("daily_in", "2024-01-01...2024-01-29")  # 29 of 31 days: 0.94
 
     materialize("monthly_mean", "2024-01")
@@ -163,10 +183,12 @@ def test_a_revised_input_recomputes_the_aggregate_with_updated_provenance(
 
     def requested(cursor):
         result = dg.evaluate_automation_conditions(
-            defs=build_definitions(), instance=instance, cursor=cursor,
+            defs=build_definitions(),
+            instance=instance,
+            cursor=cursor,
             asset_selection=dg.AssetSelection.assets(key),
             evaluation_time=datetime(2024, 3, 5),
-        )  # fmt: skip
+        )
         return result.get_requested_partitions(key), result.cursor
 
     partitions, cursor = requested(None)
@@ -253,9 +275,14 @@ def write_hourly_accumulations(settings, spec: DatasetSpec, accumulations, hours
         data = xr.Dataset({"tp": (("y", "x"), values, {"units": "mm"})}, coords=grid.coords())
         item = SourceItem.from_bytes(f"test://{period.key}", values.tobytes())
         batch = prepare_batch(
-            spec, description, period, FetchedPeriod(data, (item,)),
-            provider="test", provider_version="1", fetched_at=datetime.now(UTC),
-        )  # fmt: skip
+            spec,
+            description,
+            period,
+            FetchedPeriod(data, (item,)),
+            provider="test",
+            provider_version="1",
+            fetched_at=datetime.now(UTC),
+        )
         writer.add(batch)
     writer.flush()
 
@@ -263,8 +290,13 @@ def write_hourly_accumulations(settings, spec: DatasetSpec, accumulations, hours
 def test_daily_totals_of_era5_land_accumulations_are_the_sums_of_deaccumulated_hours(settings):
     tp = {"name": "tp", "units": "mm", "attributes": {"standard_name": "precipitation_amount"}}
     hourly = DatasetSpec.model_validate(
-        spec_dict("era5_like", period="hourly", start="2024-01-01T00:00:00", variables=[tp],
-                  storage={"time_block": 96})  # fmt: skip
+        spec_dict(
+            "era5_like",
+            period="hourly",
+            start="2024-01-01T00:00:00",
+            variables=[tp],
+            storage={"time_block": 96},
+        )
     )
     rng = np.random.default_rng(7)
     amounts = rng.gamma(0.5, 0.4, size=(49, 2, 3))  # hours ending 2024-01-01T01..01-03T01
@@ -273,9 +305,17 @@ def test_daily_totals_of_era5_land_accumulations_are_the_sums_of_deaccumulated_h
     accumulations = synthetic_accumulations(amounts, first).astype("float32")
     write_hourly_accumulations(settings, hourly, accumulations, hours)
     daily = DatasetSpec.model_validate(
-        spec_dict("era5_like_daily", provider="aggregate", period="daily", variables=[tp],
-                  params={"input": "era5_like", "statistic": "sum",
-                          "variables": {"tp": {"deaccumulate": True}}})  # fmt: skip
+        spec_dict(
+            "era5_like_daily",
+            provider="aggregate",
+            period="daily",
+            variables=[tp],
+            params={
+                "input": "era5_like",
+                "statistic": "sum",
+                "variables": {"tp": {"deaccumulate": True}},
+            },
+        )
     )
     provider = AggregateProvider(daily)
 

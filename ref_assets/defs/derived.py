@@ -24,6 +24,7 @@ checks and range runs); what differs is its upstream and its automation:
 from __future__ import annotations
 
 import logging
+import warnings
 
 import dagster as dg
 
@@ -70,12 +71,14 @@ def build_derived_asset(
     preview_style: PreviewStyle | None = None,
 ) -> dg.AssetsDefinition:
     """The product's asset, downstream of its input's with a time-window partition mapping."""
-    mapping = dg.TimeWindowPartitionMapping(
-        end_offset=1 if _deaccumulates(spec) else 0,
-        # A product starting before its input: those periods map to no input (and are refused
-        # as incomplete when run), rather than failing the whole asset graph.
-        allow_nonexistent_upstream_partitions=True,
-    )
+    with warnings.catch_warnings():  # allow_nonexistent_upstream_partitions is beta
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        mapping = dg.TimeWindowPartitionMapping(
+            end_offset=1 if _deaccumulates(spec) else 0,
+            # A product starting before its input: those periods map to no input (and are
+            # refused as incomplete when run), rather than failing the whole asset graph.
+            allow_nonexistent_upstream_partitions=True,
+        )
     return build_dataset_asset(
         spec,
         registry,

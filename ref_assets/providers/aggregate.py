@@ -139,7 +139,9 @@ class AggregateProvider:
     def available_periods(self, first: Period, last: Period) -> list[Period]:
         """The periods in ``[first, last]`` whose inputs are stored (to ``min_coverage``)."""
         source = self._input()
-        return source.complete(periods_between(first, last), self.variables, self.params.min_coverage)
+        return source.complete(
+            periods_between(first, last), self.variables, self.params.min_coverage
+        )
 
     def latest_available(self) -> Period | None:
         source = self._input()
