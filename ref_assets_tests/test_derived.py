@@ -334,3 +334,41 @@ def test_daily_totals_of_era5_land_accumulations_are_the_sums_of_deaccumulated_h
     with pytest.raises(IncompleteInputError, match=r"2024-01-04-00:00"):
         # The 3rd's last hour (00 UTC of the 4th) is not stored: no total for the 3rd.
         provider.fetch(Period.from_key(PeriodType.DAILY, "2024-01-03"))
+
+
+def test_a_product_declared_over_a_stored_history_fills_it_on_its_first_evaluation(
+    settings, write_spec, materialize, instance
+):
+    daily_input(write_spec)
+    materialize("daily_in", "2024-01-01...2024-02-10")  # January whole, February not
+    product(write_spec, "monthly_mean", "daily_in", "monthly", {"statistic": "mean"})
+    key = dg.AssetKey("monthly_mean")
+
+    def evaluate(cursor, minute):
+        return dg.evaluate_automation_conditions(
+            defs=build_definitions(),
+            instance=instance,
+            cursor=cursor,
+            asset_selection=dg.AssetSelection.assets(key),
+            evaluation_time=datetime(2024, 3, 5, 0, minute),
+        )
+
+    first = evaluate(None, 0)
+    assert first.get_requested_partitions(key) == {"2024-01"}
+    assert evaluate(first.cursor, 1).get_requested_partitions(key) == set()  # requested once
+
+
+def test_a_product_starting_before_its_input_or_without_one_is_skipped(settings, write_spec):
+    daily_input(write_spec, start="2024-01-15")
+    product(write_spec, "early", "daily_in", "monthly", {"statistic": "mean"})
+    product(write_spec, "orphan", "no_such_input", "monthly", {"statistic": "mean"})
+    product(write_spec, "chained", "late", "yearly", {"statistic": "mean"}, start="2025-01-01")
+    product(write_spec, "late", "daily_in", "monthly", {"statistic": "mean"}, start="2024-02-01")
+
+    keys = {
+        key.to_user_string()
+        for key in build_definitions().resolve_asset_graph().get_all_asset_keys()
+    }
+
+    assert {"daily_in", "late", "chained"} <= keys
+    assert not {"early", "orphan"} & keys

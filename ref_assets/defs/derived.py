@@ -16,7 +16,9 @@ checks and range runs); what differs is its upstream and its automation:
   ``eager()``, it is not limited to the latest time window: a revised day of last year
   recomputes its month, and a backfill of the input fills the product's history. An incomplete
   period is not requested early; the input update that completes it makes it due, since the
-  earlier updates stay unhandled until then.
+  earlier updates stay unhandled until then. On the condition's first evaluation, every
+  missing period whose inputs are present is requested once (a product declared over a
+  stored history). A product may not start before its input (it is skipped, with a warning).
 - Each product has its own automation sensor, ``<product>_automation`` (on or off as the
   spec's ``updates.default_status``), so it can be stopped on its own.
 """
@@ -49,11 +51,19 @@ def input_of(spec: DatasetSpec) -> str | None:
 
 def derived_condition() -> dg.AutomationCondition:
     """Requested when every input is present and any of them updated since the period was last
-    handled (or the period went missing); over the whole partition range."""
-    return (
+    handled (or the period went missing); over the whole partition range. On its first
+    evaluation (a new product, or a changed condition) every missing period whose inputs are
+    all present is requested once: a product declared over a stored history fills it."""
+    updated = (
         (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
         .since_last_handled()
         .with_label("inputs updated since last requested")
+    )
+    first = (
+        dg.AutomationCondition.initial_evaluation() & dg.AutomationCondition.missing()
+    ).with_label("missing at the first evaluation")
+    return (
+        (updated | first)
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
@@ -75,8 +85,9 @@ def build_derived_asset(
         warnings.simplefilter("ignore", dg.BetaWarning)
         mapping = dg.TimeWindowPartitionMapping(
             end_offset=1 if _deaccumulates(spec) else 0,
-            # A product starting before its input: those periods map to no input (and are
-            # refused as incomplete when run), rather than failing the whole asset graph.
+            # The input's partitions end where it ends (or at the newest complete period):
+            # a product's last periods map partly beyond them, and are refused as incomplete
+            # when run, rather than failing the asset graph.
             allow_nonexistent_upstream_partitions=True,
         )
     return build_dataset_asset(
@@ -113,9 +124,12 @@ def derived_specs(specs: dict[str, DatasetSpec]) -> list[DatasetSpec]:
         if not ready:
             break
         for spec in ready:
+            pending.remove(spec)
+            if problem := _start_problem(spec, specs[input_of(spec)]):
+                logger.warning("skipping derived product %s: %s", spec.id, problem)
+                continue
             kept.append(spec)
             known.add(spec.id)
-            pending.remove(spec)
     for spec in pending:
         logger.warning(
             "skipping derived product %s: its input %r is not a loaded dataset (see "
@@ -124,3 +138,15 @@ def derived_specs(specs: dict[str, DatasetSpec]) -> list[DatasetSpec]:
             input_of(spec),
         )
     return kept
+
+
+def _start_problem(spec: DatasetSpec, input_spec: DatasetSpec) -> str | None:
+    """A product may not start before its input: its first periods could never be complete,
+    and automation would request them again after each refusal."""
+    if spec.start < input_spec.start:
+        return (
+            f"it starts {spec.period.key(spec.start)}, before its input {input_spec.id} "
+            f"({input_spec.period.key(input_spec.start)}); move `start` to "
+            f"{input_spec.start:%Y-%m-%d} or later"
+        )
+    return None
