@@ -372,3 +372,20 @@ def test_a_product_starting_before_its_input_or_without_one_is_skipped(settings,
 
     assert {"daily_in", "late", "chained"} <= keys
     assert not {"early", "orphan"} & keys
+
+
+def test_a_month_whose_inputs_failed_their_check_is_not_requested(
+    settings, write_spec, materialize, instance
+):
+    daily_input(write_spec, checks={"max_nan_fraction": 0.0})  # land only: every day fails
+    product(write_spec, "monthly_mean", "daily_in", "monthly", {"statistic": "mean"})
+    materialize("daily_in", "2024-01-01...2024-01-31", raise_on_error=False)
+
+    result = dg.evaluate_automation_conditions(
+        defs=build_definitions(),
+        instance=instance,
+        asset_selection=dg.AssetSelection.assets("monthly_mean"),
+        evaluation_time=datetime(2024, 3, 5),
+    )
+
+    assert result.get_requested_partitions(dg.AssetKey("monthly_mean")) == set()

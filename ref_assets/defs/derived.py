@@ -11,14 +11,15 @@ checks and range runs); what differs is its upstream and its automation:
   product, so such a product depends on the next period's inputs as well (``end_offset=1``)
   and waits for them; the run itself reads only the one extra hour.
 - **Automation** (`derived_condition`): a period is requested when its inputs are all
-  present and any of them was updated (landed or revised) since the period was last requested,
-  or when it goes missing; never while an input is missing or in progress. Unlike Dagster's
-  ``eager()``, it is not limited to the latest time window: a revised day of last year
-  recomputes its month, and a backfill of the input fills the product's history. An incomplete
-  period is not requested early; the input update that completes it makes it due, since the
-  earlier updates stay unhandled until then. On the condition's first evaluation, every
-  missing period whose inputs are present is requested once (a product declared over a
-  stored history). A product may not start before its input (it is skipped, with a warning).
+  present and have passed their blocking `period_quality` check, and any of them was updated
+  (landed or revised) since the period was last requested, or when it goes missing; never
+  while an input is missing or in progress. Unlike Dagster's ``eager()``, it is not limited to
+  the latest time window: a revised day of last year recomputes its month, and a backfill of
+  the input fills the product's history. An incomplete period is not requested early; the
+  input update that completes it makes it due, since the earlier updates stay unhandled until
+  then. On the condition's first evaluation, every missing period whose inputs are present is
+  requested once (a product declared over a stored history). A product may not start before
+  its input (it is skipped, with a warning).
 - Each product has its own automation sensor, ``<product>_automation`` (on or off as the
   spec's ``updates.default_status``), so it can be stopped on its own.
 """
@@ -65,6 +66,7 @@ def derived_condition() -> dg.AutomationCondition:
     return (
         (updated | first)
         & ~dg.AutomationCondition.any_deps_missing()
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("derived: all inputs present, any updated")
