@@ -130,3 +130,41 @@ class MovableProvider:
         fetched = self.fields.fetch(period)
         data = fetched.data + (fingerprint.size - 1001)
         return FetchedPeriod(data, fetched.sources, fingerprint=fingerprint)
+
+
+class AccumulatingProvider:
+    """ERA5-Land's convention for ``tp`` (mm): each hour's field is the accumulation since
+    00 UTC, and the 00 UTC step holds the whole previous day. The amount of the hour ending at
+    ``t`` is `hourly_amount(t)`, known to the tests."""
+
+    name: ClassVar[str] = "accumulating"
+    version: ClassVar[str] = "1.0"
+    grid = Grid.regular(west=0.0, south=0.0, east=3.0, north=2.0, resolution=1.0)
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def hourly_amount(cls, end: np.datetime64) -> np.ndarray:
+        """The amount (mm) of the hour ending at ``end``: differs by hour, day and cell."""
+        hours = int((end - np.datetime64("2024-01-01T00", "h")).astype(int))
+        return np.arange(6, dtype="float64").reshape(2, 3) * 0.1 + (hours % 7) * 0.25
+
+    def describe(self) -> Description:
+        return Description.from_spec(self.spec, self.grid)
+
+    def available_periods(self, first: Period, last: Period) -> list[Period]:
+        return periods_between(first, last)
+
+    def latest_available(self) -> Period | None:
+        return None
+
+    def fetch(self, period: Period) -> FetchedPeriod:
+        valid = np.datetime64(period.start, "h")
+        # Accumulated since 00 UTC of the day the hour ending at `valid` belongs to.
+        day_start = (valid - np.timedelta64(1, "h")).astype("datetime64[D]").astype("datetime64[h]")
+        ends = day_start + np.arange(1, int((valid - day_start).astype(int)) + 1)
+        values = sum(self.hourly_amount(end) for end in ends)
+        data = xr.Dataset({"tp": (("y", "x"), values, {"units": "mm"})}, coords=self.grid.coords())
+        item = SourceItem.from_bytes(f"accumulating://{period.key}", values.tobytes())
+        return FetchedPeriod(data, (item,))

@@ -389,3 +389,63 @@ def test_a_month_whose_inputs_failed_their_check_is_not_requested(
     )
 
     assert result.get_requested_partitions(dg.AssetKey("monthly_mean")) == set()
+
+
+def test_daily_totals_of_accumulations_in_dagster_wait_for_the_next_days_00_utc(
+    settings, write_spec, materialize, instance, register_providers
+):
+    """End to end in Dagster: an hourly input holding accumulations since 00 UTC, a daily
+    product of their de-accumulated sum; the day is requested only once its inputs through the
+    next day are in (the partition mapping's whole-period shift), and equals the known total."""
+    from ref_assets_tests.example_providers import AccumulatingProvider
+
+    register_providers("ref_assets_tests.example_providers:AccumulatingProvider")
+    tp = {"name": "tp", "units": "mm", "attributes": {"standard_name": "precipitation_amount"}}
+    write_spec(
+        "hourly_tp",
+        provider="accumulating",
+        params={},
+        period="hourly",
+        start="2024-01-01T00:00:00",
+        variables=[tp],
+        storage={"time_block": 96},
+    )
+    product(
+        write_spec,
+        "daily_tp",
+        "hourly_tp",
+        "daily",
+        {"statistic": "sum", "variables": {"tp": {"deaccumulate": True}}},
+        variables=[tp],
+    )
+    key = dg.AssetKey("daily_tp")
+
+    def requested(cursor):
+        result = dg.evaluate_automation_conditions(
+            defs=build_definitions(),
+            instance=instance,
+            cursor=cursor,
+            asset_selection=dg.AssetSelection.assets(key),
+            evaluation_time=datetime(2024, 1, 5),
+        )
+        return result.get_requested_partitions(key), result.cursor
+
+    materialize("hourly_tp", "2024-01-01-00:00...2024-01-02-00:00")  # the 1st and its 00 UTC
+    partitions, cursor = requested(None)
+    assert partitions == set()  # Dagster's window for the 1st is the 1st and the 2nd
+    materialize("hourly_tp", "2024-01-02-01:00...2024-01-02-23:00")
+    partitions, cursor = requested(cursor)
+    assert partitions == {"2024-01-01"}
+
+    materialize("daily_tp", "2024-01-01")
+
+    ends = np.datetime64("2024-01-01T01", "h") + np.arange(24)  # hours ending 01 .. 00 UTC
+    expected = sum(AccumulatingProvider.hourly_amount(end) for end in ends)
+    total = stored(settings, "daily_tp").tp.values[0]
+    np.testing.assert_allclose(total, expected.astype("float32"), rtol=1e-6)
+    record = read_provenance("daily_tp", "2024-01-01", settings=settings)
+    assert (record.sources[0].uri, record.sources[-1].uri, len(record.sources)) == (
+        "ref-assets:hourly_tp/2024-01-01-01:00",
+        "ref-assets:hourly_tp/2024-01-02-00:00",
+        24,
+    )
