@@ -18,10 +18,11 @@ from ref_assets.periods import Period, PeriodType
 from ref_assets.provenance import read_provenance
 from ref_assets.providers.aggregate import AggregateProvider
 from ref_assets.providers.protocol import Description, FetchedPeriod, Grid, SourceItem
+from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.specs import DatasetSpec
 from ref_assets.store.repository import DatasetStore
 from ref_assets.store.writer import CommitPolicy, PeriodWriter
-from ref_assets.verification import verify_dataset
+from ref_assets.verification import reproduce_period, verify_dataset
 from ref_assets_tests.conftest import spec_dict, step_failure
 
 SYNTHETIC = {"bbox": [0.0, 40.0, 6.0, 44.0], "resolution": 0.5, "seed": 3, "land_only": True}
@@ -178,7 +179,7 @@ def test_a_revised_input_recomputes_the_aggregate_with_updated_provenance(
     """The automation condition requests a month only once its last day lands, and again when
     a day is revised; the recomputed month's record names the revised input's checksum."""
     daily_input(write_spec)
-    product(write_spec, "monthly_mean", "daily_in", "monthly", {"statistic": "mean"})
+    spec = product(write_spec, "monthly_mean", "daily_in", "monthly", {"statistic": "mean"})
     key = dg.AssetKey("monthly_mean")
 
     def requested(cursor):
@@ -208,6 +209,14 @@ def test_a_revised_input_recomputes_the_aggregate_with_updated_provenance(
 
     daily_input(write_spec, params={**SYNTHETIC, "seed": 4})  # the source revises its values
     materialize("daily_in", "2024-01-05")
+    reproduction = reproduce_period(
+        DatasetSpec.model_validate(spec), ProviderRegistry.discover(), "2024-01", settings=settings
+    )
+    assert reproduction.changed_inputs == [
+        f"ref-assets:daily_in/2024-01-05: sha256 {day_before.checksum[7:19]}... now "
+        f"{read_provenance('daily_in', '2024-01-05', settings=settings).checksum[7:19]}..."
+    ]
+    assert reproduction.verdict == "the source changed, and so did the output"
     partitions, cursor = requested(cursor)
     assert partitions == {"2024-01"}
     materialize("monthly_mean", "2024-01")
