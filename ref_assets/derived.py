@@ -174,6 +174,7 @@ class InputStore:
     axis: store_reader.StoreAxis
     written: IndexRanges
     units: dict[str, str]
+    extra_dimensions: dict[str, list[str]]  # of each variable that has any (levels...)
     variable_attributes: dict[str, dict]
     y: np.ndarray
     x: np.ndarray
@@ -182,8 +183,8 @@ class InputStore:
 
     @classmethod
     def open(cls, store: DatasetStore, *, product: str) -> InputStore:
-        session = store_reader.session_for(store)
-        group = open_laid_out_root(session.store)
+        session = store_reader.session_for(store) if store.exists() else None
+        group = open_laid_out_root(session.store) if session is not None else None
         if group is None:
             raise IncompleteInputError(
                 f"{product}: its input dataset {store.dataset_id} holds no periods yet (no store "
@@ -199,6 +200,9 @@ class InputStore:
             axis=axis,
             written=IndexRanges.of(store_reader.written_index_array(session)),
             units={name: info[1] for name, info in structure["variables"].items()},
+            extra_dimensions={
+                name: info[2] for name, info in structure["variables"].items() if len(info) > 2
+            },
             variable_attributes={name: dict(group[name].attrs) for name in structure["variables"]},
             y=group["y"][:],
             x=group["x"][:],

@@ -142,7 +142,7 @@ def test_an_incomplete_month_is_refused_with_a_reason_and_nothing_is_written(
 
 def test_min_coverage_accepts_a_month_with_gaps_and_records_them(settings, write_spec, materialize):
     daily_input(write_spec)
-    product(
+    spec = product(
         write_spec,
         "monthly_mean",
         "daily_in",
@@ -161,6 +161,10 @@ def test_min_coverage_accepts_a_month_with_gaps_and_records_them(settings, write
     assert record.flags["coverage"] == "29/31"
     assert record.flags["missing_inputs"] == "2024-01-30..2024-01-31"
     assert len(record.sources) == 29
+    provider = AggregateProvider(DatasetSpec.model_validate(spec))
+    january, february = (Period.from_key(PeriodType.MONTHLY, k) for k in ("2024-01", "2024-02"))
+    assert provider.available_periods(january, february) == [january]
+    assert provider.latest_available() == january
 
 
 def test_the_refusal_is_per_cell_too_when_an_input_is_nan_there():
@@ -458,3 +462,50 @@ def test_daily_totals_of_accumulations_in_dagster_wait_for_the_next_days_00_utc(
         "ref-assets:hourly_tp/2024-01-02-00:00",
         24,
     )
+
+
+def test_a_product_that_does_not_fit_its_input_is_refused_naming_the_field(
+    settings, synthetic_dataset
+):
+    from ref_assets.providers.protocol import ProviderError, ProviderParamsError
+    from ref_assets.store.writer import write_period
+
+    _, store, batch_for = synthetic_dataset  # test_t2m: daily, t2m in degC
+
+    def provider(period="monthly", spec_variables=(T2M,), **params):
+        fields = spec_dict(
+            "prod",
+            provider="aggregate",
+            period=period,
+            variables=list(spec_variables),
+            params={"input": "test_t2m", "statistic": "mean", **params},
+        )
+        return AggregateProvider(DatasetSpec.model_validate(fields))
+
+    with pytest.raises(IncompleteInputError, match="prod: its input dataset test_t2m holds no"):
+        provider().describe()
+    write_period(store, batch_for("2024-01-01"), run_id="test")
+
+    refusals = {
+        "prod: variable 't2m': the mean of test_t2m's 't2m' is in 'degC', but the spec declares "
+        "'K'": lambda: provider(spec_variables=[{**T2M, "units": "K"}]).describe(),
+        "prod: a daily product cannot aggregate test_t2m, whose periods are daily": lambda: (
+            provider(period="daily").describe()
+        ),
+        "prod: variable 'precip': test_t2m has no variable 'precip'": lambda: provider(
+            spec_variables=[PRECIP]
+        ).describe(),
+        "prod: variable 't2m': deaccumulate needs hourly input": lambda: provider(
+            variables={"t2m": {"deaccumulate": True}}
+        ).describe(),
+        "prod: params.variables: ['tp'] are not variables of this dataset": lambda: provider(
+            variables={"tp": {}}
+        ),
+        "prod: period: an aggregate is daily, monthly or yearly": lambda: provider(period="hourly"),
+    }
+    for message, build in refusals.items():
+        with pytest.raises(ProviderError) as refused:
+            build()
+        assert message in str(refused.value)
+    with pytest.raises(ProviderParamsError, match=r"params\.statistic"):
+        provider(statistic="median")

@@ -144,6 +144,8 @@ class AggregateProvider:
         )
 
     def latest_available(self) -> Period | None:
+        """The newest period whose inputs are stored (to ``min_coverage``): the one holding the
+        newest stored input is usually still filling, so earlier ones are tried in turn."""
         source = self._input()
         if not source.written:
             return None
@@ -152,10 +154,7 @@ class AggregateProvider:
         last = Period(self.spec.period, self.spec.period.floor(newest.start))
         if self.spec.end is not None:
             last = min(last, Period(self.spec.period, self.spec.end))
-        if last < first:
-            return None
-        # The newest complete one: a product's latest period is usually still filling.
-        for candidate in reversed(periods_between(max(first, _before(last, 2)), last)):
+        for candidate in reversed(periods_between(first, last)):
             if source.complete([candidate], self.variables, self.params.min_coverage):
                 return candidate
         return None
@@ -214,6 +213,12 @@ class AggregateProvider:
                     f"{how.input!r} (it has {sorted(source.units)}); set "
                     f"params.variables.{name}.input"
                 )
+            if how.input in source.extra_dimensions:
+                raise ProviderError(
+                    f"{spec.id}: variable {name!r}: {source.dataset_id}'s {how.input!r} has extra "
+                    f"dimensions {source.extra_dimensions[how.input]}, which aggregates do not "
+                    "cover yet; aggregate a dataset without them"
+                )
             units, declared = source.units[how.input], spec.variables_by_name[name].units
             if how.statistic in _SAME_UNITS and units != declared:
                 raise ProviderError(
@@ -235,7 +240,3 @@ class AggregateProvider:
         if standard_name:
             attributes["standard_name"] = standard_name
         return attributes
-
-
-def _before(period: Period, count: int) -> Period:
-    return Period(period.type, period.type.at(-count, period.start))
