@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+import zarr
 
 from ref_assets.periods import IndexRanges, Period, PeriodRanges, PeriodType
 from ref_assets.providers.protocol import Grid
@@ -244,7 +245,7 @@ class InputStore:
         needed = self.needed(windows)
         present = needed & self.written
         missing = needed - self.written
-        if len(present) < max(required_count(len(needed), min_coverage), 1):
+        if not self._covers(needed, min_coverage):
             shown = self.axis.periods(missing)
             runs = ", ".join(
                 first if first == last else f"{first}..{last}" for first, last in shown.run_keys()
@@ -289,8 +290,6 @@ class InputStore:
     def _read(self, variable: str, window: InputWindow) -> np.ndarray:
         """The input variable over the window in its stored dtype, NaN for periods outside the
         stored axis (before its start, beyond its length); never-written periods read as NaN."""
-        import zarr
-
         array = zarr.open_array(self.session.store, path=variable, mode="r")
         lo, hi = max(window.first, 0), min(window.stop, self.length)
         stack = np.full((window.size, *array.shape[1:]), np.nan, dtype=array.dtype)
@@ -302,10 +301,13 @@ class InputStore:
         self, periods: list[Period], variables: dict[str, VariableAggregate], min_coverage: float
     ) -> list[Period]:
         """Those of ``periods`` whose stored inputs meet ``min_coverage``."""
-        kept = []
-        for period in periods:
-            needed = self.needed(self.windows(period, variables))
-            stored = len(needed & self.written)
-            if stored >= max(required_count(len(needed), min_coverage), 1):
-                kept.append(period)
-        return kept
+        return [
+            period
+            for period in periods
+            if self._covers(self.needed(self.windows(period, variables)), min_coverage)
+        ]
+
+    def _covers(self, needed: IndexRanges, min_coverage: float) -> bool:
+        """Whether enough of the ``needed`` input periods are stored (at least one)."""
+        stored = len(needed & self.written)
+        return stored >= max(required_count(len(needed), min_coverage), 1)
