@@ -354,8 +354,13 @@ def test_a_product_declared_over_a_stored_history_fills_it_on_its_first_evaluati
 ):
     daily_input(write_spec)
     materialize("daily_in", "2024-01-01...2024-02-10")  # January whole, February not
+    code_version = build_definitions().resolve_assets_def("daily_in").code_versions_by_key
     product(write_spec, "monthly_mean", "daily_in", "monthly", {"statistic": "mean"})
     key = dg.AssetKey("monthly_mean")
+    # Declaring a product changes nothing of its input: same code version, and its store
+    # (whose structure the input's spec alone decides) keeps taking periods.
+    assert build_definitions().resolve_assets_def("daily_in").code_versions_by_key == code_version
+    materialize("daily_in", "2024-02-11")
 
     def evaluate(cursor, minute):
         return dg.evaluate_automation_conditions(

@@ -142,8 +142,9 @@ def dataset_metadata(spec: DatasetSpec) -> dict[str, dg.MetadataValue]:
     }
 
 
-# Params naming where a provider reads from, in order of preference.
-_LOCATION_PARAMS = ("url", "base_url", "path")
+# Params naming where a provider reads from, in order of preference (`input`: the dataset a
+# derived product aggregates).
+_LOCATION_PARAMS = ("url", "base_url", "path", "input")
 
 
 def source_location(spec: DatasetSpec) -> str:
