@@ -161,13 +161,19 @@ def main() -> None:
             for name, work in runs.items():
                 seconds, _ = timed(work)
                 best[name] = min(best.get(name, seconds), seconds)
+    import icechunk
+    import xarray
+    import zarr
+
     ny, nx = stack.shape[1:]
     lines = [
         SECTION,
         "",
         f"Written by `.venv/bin/python benchmarks/derived.py` on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with two other jobs: loaded), Python {platform.python_version()}.",
+        f"(shared with two other jobs: loaded), Python {platform.python_version()}; icechunk "
+        f"{icechunk.__version__}, zarr {zarr.__version__}, xarray {xarray.__version__}, numpy "
+        f"{np.__version__}.",
         f"31 daily periods of {ny} x {nx} float32 ({nbytes / 2**20:.0f} MB) on local disk; "
         f"best of {args.repeat}, interleaved.",
         "",
