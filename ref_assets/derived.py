@@ -26,7 +26,6 @@ A derived product is a dataset of its own (its own spec file, store, records, ch
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,21 +38,51 @@ from ref_assets.store import reader as store_reader
 from ref_assets.store.layout import open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
 
+# Input values held in memory at once, per variable: a month of a global hourly field (744
+# maps of 1800 x 3600) is 19 GB, so the input is read and reduced in blocks of periods.
+READ_BYTES = 256 * 2**20
 
-def _sum(stack: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    return np.where(finite, stack, 0).sum(axis=0, dtype="float64")
+STATISTICS = ("mean", "sum", "min", "max")
 
 
-# Each statistic over the input periods (axis 0) from their finite values, accumulated in
-# float64 (as numpy's own statistics of a float64 stack: the tests compare with those); cells
-# with too few finite values are set to NaN afterwards (`aggregate`). fmin/fmax skip NaN, and
-# none of these copies the stack to float64 or warns on all-NaN cells, as nanmean would.
-STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "mean": lambda stack, finite: _sum(stack, finite) / np.maximum(finite.sum(axis=0), 1),
-    "sum": _sum,
-    "min": lambda stack, finite: np.fmin.reduce(stack, axis=0).astype("float64"),
-    "max": lambda stack, finite: np.fmax.reduce(stack, axis=0).astype("float64"),
-}
+class Reducer:
+    """One statistic over input periods added a block at a time, NaN-aware, accumulated in
+    float64 one period after another: the same additions in the same order as numpy's own
+    statistics of the whole float64 stack (the tests compare with those), in memory bounded by
+    one block.
+
+    >>> reducer = Reducer("mean", (2,))
+    >>> reducer.add(np.array([[1.0, np.nan], [3.0, 4.0]]))
+    >>> reducer.result(expected=2, min_coverage=0.5)
+    array([2., 4.])
+    """
+
+    def __init__(self, statistic: str, shape: tuple[int, ...]) -> None:
+        if statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {statistic!r}; one of {list(STATISTICS)}")
+        self.statistic = statistic
+        self.count = np.zeros(shape, dtype="int64")
+        start = {"mean": 0.0, "sum": 0.0, "min": np.inf, "max": -np.inf}[statistic]
+        self.value = np.full(shape, start, dtype="float64")
+
+    def add(self, block: np.ndarray) -> None:
+        """Add periods (axis 0 of ``block``; NaN where missing)."""
+        for values in block:
+            finite = np.isfinite(values)
+            self.count += finite
+            if self.statistic in ("mean", "sum"):
+                self.value += np.where(finite, values, 0.0)
+            elif self.statistic == "min":
+                np.fmin(self.value, values, out=self.value)  # fmin/fmax skip NaN
+            else:
+                np.fmax(self.value, values, out=self.value)
+
+    def result(self, expected: int, min_coverage: float) -> np.ndarray:
+        """The statistic, NaN where a cell's finite values cover less than ``min_coverage`` of
+        the ``expected`` periods."""
+        value = self.value / np.maximum(self.count, 1) if self.statistic == "mean" else self.value
+        needed = max(required_count(expected, min_coverage), 1)
+        return np.where(self.count >= needed, value, np.nan)
 
 
 class IncompleteInputError(StoreError):
@@ -61,7 +90,9 @@ class IncompleteInputError(StoreError):
     written."""
 
 
-def deaccumulate(accumulations: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def deaccumulate(
+    accumulations: np.ndarray, starts: np.ndarray, previous: np.ndarray | None = None
+) -> np.ndarray:
     """Hourly amounts from fields accumulated since 00 UTC, along axis 0 (consecutive hours
     stamped ``starts``, datetime64).
 
@@ -75,16 +106,19 @@ def deaccumulate(accumulations: np.ndarray, starts: np.ndarray) -> np.ndarray:
     https://confluence.ecmwf.int/display/CKB/ERA5-Land%3A+data+documentation. (ERA5 itself,
     unlike ERA5-Land, stores each hour's own amount: nothing to de-accumulate.)
 
-    The first hour's amount needs the hour before it unless it is 01 UTC: it is NaN otherwise,
-    as is any hour whose previous accumulation is NaN. Differences are not clipped at zero, so
+    The first hour's amount needs the hour before it (``previous``, the accumulation one hour
+    before ``starts[0]``) unless it is 01 UTC: it is NaN without it, as is any hour whose
+    previous accumulation is NaN. Differences are not clipped at zero, so
     the amounts of a day add up to its 00 UTC total exactly (packing noise of a few 1e-7 m may
     make an hour slightly negative).
 
-    >>> acc = np.array([0.5, 1.0, 1.5, 4.0])  # 01, 02, 03 UTC ... and 00 UTC of the next day
-    >>> hours = np.array(["2024-01-01T01", "2024-01-01T02", "2024-01-01T03", "2024-01-02T00"],
+    >>> hours = np.array(["2024-01-01T22", "2024-01-01T23", "2024-01-02T00", "2024-01-02T01"],
     ...                  dtype="datetime64[h]")
-    >>> deaccumulate(acc, hours)  # the last hour's previous (23 UTC) is not given here
-    array([0.5, 0.5, 0.5, nan])
+    >>> acc = np.array([5.0, 6.0, 6.5, 0.25])  # 00 UTC: the 1st's total; 01 UTC restarts
+    >>> deaccumulate(acc, hours, previous=np.float64(4.5))  # 4.5: the accumulation at 21 UTC
+    array([0.5 , 1.  , 0.5 , 0.25])
+    >>> deaccumulate(acc, hours)
+    array([ nan, 1.  , 0.5 , 0.25])
     """
     starts = np.asarray(starts).astype("datetime64[h]")
     if starts.size > 1 and not (np.diff(starts) == np.timedelta64(1, "h")).all():
@@ -92,7 +126,7 @@ def deaccumulate(accumulations: np.ndarray, starts: np.ndarray) -> np.ndarray:
     values = np.asarray(accumulations, dtype="float64")
     amounts = np.empty_like(values)
     amounts[1:] = values[1:] - values[:-1]
-    amounts[0] = np.nan
+    amounts[0] = values[0] - previous if previous is not None else np.nan
     first_of_day = (starts - starts.astype("datetime64[D]")).astype(int) == 1
     amounts[first_of_day] = values[first_of_day]
     return amounts
@@ -102,10 +136,9 @@ def aggregate(stack: np.ndarray, statistic: str, min_coverage: float) -> np.ndar
     """``statistic`` over axis 0 of ``stack`` (one entry per input period the output needs, NaN
     where an input is missing), NaN where a cell's finite values cover less than
     ``min_coverage`` of the entries."""
-    needed = required_count(stack.shape[0], min_coverage)
-    finite = np.isfinite(stack)
-    result = STATISTICS[statistic](stack, finite)
-    return np.where(finite.sum(axis=0) >= max(needed, 1), result, np.nan)
+    reducer = Reducer(statistic, stack.shape[1:])
+    reducer.add(stack)
+    return reducer.result(stack.shape[0], min_coverage)
 
 
 def required_count(expected: int, min_coverage: float) -> int:
@@ -176,6 +209,7 @@ class InputStore:
     written: IndexRanges
     units: dict[str, str]
     extra_dimensions: dict[str, list[str]]  # of each variable that has any (levels...)
+    period_bytes: dict[str, int]  # one period of each variable, decoded
     variable_attributes: dict[str, dict]
     y: np.ndarray
     x: np.ndarray
@@ -203,6 +237,10 @@ class InputStore:
             units={name: info[1] for name, info in structure["variables"].items()},
             extra_dimensions={
                 name: info[2] for name, info in structure["variables"].items() if len(info) > 2
+            },
+            period_bytes={
+                name: int(np.prod(group[name].shape[1:])) * group[name].dtype.itemsize
+                for name in structure["variables"]
             },
             variable_attributes={name: dict(group[name].attrs) for name in structure["variables"]},
             y=group["y"][:],
@@ -257,28 +295,24 @@ class InputStore:
                 f"{runs}. Nothing was written; materialize the missing periods of "
                 f"{self.dataset_id}, then this period again"
             )
-        stacks = {name: self._read(how.input, windows[name]) for name, how in variables.items()}
-        values = {}
-        for name, how in variables.items():
-            stack = stacks[name]
-            if how.deaccumulate:
-                window = windows[name]
-                starts = self.axis.period.starts_at(
-                    self.axis.start, np.arange(window.first, window.stop)
-                )
-                stack = deaccumulate(stack, starts)
-            values[name] = aggregate(stack, how.statistic, min_coverage)
+        values = {
+            name: self._reduce(how, windows[name], min_coverage) for name, how in variables.items()
+        }
         indices = present.indices()
         records = store_reader.read_records(self.session, indices.tolist())
         keys = self.axis.period.keys_at(self.axis.start, indices)
-        inputs = []
-        for index, key in zip(indices.tolist(), keys, strict=True):
-            nbytes = sum(
-                stacks[name][index - windows[name].first].nbytes
-                for name in variables
-                if windows[name].first <= index < windows[name].stop
+        inputs = [
+            InputPeriod(
+                key,
+                records[index]["checksum"],
+                sum(
+                    self.period_bytes[how.input]
+                    for name, how in variables.items()
+                    if windows[name].first <= index < windows[name].stop
+                ),
             )
-            inputs.append(InputPeriod(key, records[index]["checksum"], nbytes))
+            for index, key in zip(indices.tolist(), keys, strict=True)
+        ]
         return AggregatedPeriod(
             variables=values,
             inputs=tuple(inputs),
@@ -287,15 +321,34 @@ class InputStore:
             missing=self.axis.periods(missing),
         )
 
-    def _read(self, variable: str, window: InputWindow) -> np.ndarray:
-        """The input variable over the window in its stored dtype, NaN for periods outside the
-        stored axis (before its start, beyond its length); never-written periods read as NaN."""
-        array = zarr.open_array(self.session.store, path=variable, mode="r")
-        lo, hi = max(window.first, 0), min(window.stop, self.length)
-        stack = np.full((window.size, *array.shape[1:]), np.nan, dtype=array.dtype)
+    def _reduce(self, how: VariableAggregate, window: InputWindow, min_coverage: float):
+        """The statistic of one input variable over ``window``, read in blocks of at most
+        ``READ_BYTES`` (de-accumulated first where asked, carrying each block's last
+        accumulation into the next)."""
+        array = zarr.open_array(self.session.store, path=how.input, mode="r")
+        reducer = Reducer(how.statistic, array.shape[1:])
+        step = max(1, READ_BYTES // self.period_bytes[how.input])
+        previous = None
+        for first in range(window.first, window.stop, step):
+            block = self._read(array, first, min(first + step, window.stop))
+            if how.deaccumulate:
+                indices = np.arange(first, first + block.shape[0])
+                starts = self.axis.period.starts_at(self.axis.start, indices)
+                amounts = deaccumulate(block, starts, previous)
+                previous = block[-1].astype("float64")
+                block = amounts
+            reducer.add(block)
+        return reducer.result(window.size, min_coverage)
+
+    def _read(self, array: zarr.Array, first: int, stop: int) -> np.ndarray:
+        """Input periods ``first`` to ``stop`` (exclusive) in their stored dtype, NaN for
+        periods outside the stored axis (before its start, beyond its length); never-written
+        periods read as NaN."""
+        lo, hi = max(first, 0), min(stop, self.length)
+        block = np.full((stop - first, *array.shape[1:]), np.nan, dtype=array.dtype)
         if lo < hi:
-            stack[lo - window.first : hi - window.first] = array[lo:hi]
-        return stack
+            block[lo - first : hi - first] = array[lo:hi]
+        return block
 
     def complete(
         self, periods: list[Period], variables: dict[str, VariableAggregate], min_coverage: float

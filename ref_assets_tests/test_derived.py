@@ -300,7 +300,12 @@ def write_hourly_accumulations(settings, spec: DatasetSpec, accumulations, hours
     writer.flush()
 
 
-def test_daily_totals_of_era5_land_accumulations_are_the_sums_of_deaccumulated_hours(settings):
+@pytest.mark.parametrize("read_bytes", [None, 1], ids=["one block", "a block per hour"])
+def test_daily_totals_of_era5_land_accumulations_are_the_sums_of_deaccumulated_hours(
+    settings, monkeypatch, read_bytes
+):
+    if read_bytes is not None:  # blocks of one period: each carries its accumulation on
+        monkeypatch.setattr("ref_assets.derived.READ_BYTES", read_bytes)
     tp = {"name": "tp", "units": "mm", "attributes": {"standard_name": "precipitation_amount"}}
     hourly = DatasetSpec.model_validate(
         spec_dict(
