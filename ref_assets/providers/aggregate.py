@@ -130,7 +130,7 @@ class AggregateProvider:
             variables={
                 name: VariableDescription(
                     units=self.spec.variables_by_name[name].units,
-                    attributes=self._attributes(source, name, how),
+                    attributes=self._attributes(source, how),
                 )
                 for name, how in self.variables.items()
             },
@@ -232,7 +232,7 @@ class AggregateProvider:
                 )
 
     @staticmethod
-    def _attributes(source: InputStore, name: str, how: VariableAggregate) -> dict[str, object]:
+    def _attributes(source: InputStore, how: VariableAggregate) -> dict[str, object]:
         """CF's ``cell_methods`` and the input's ``standard_name`` (the spec's attributes
         override both)."""
         attributes: dict[str, object] = {"cell_methods": f"time: {_CELL_METHODS[how.statistic]}"}
