@@ -174,6 +174,22 @@ class ChunkSpec(_Strict):
     x: int | None = Field(default=None, gt=0)
 
 
+class TimeseriesSpec(_Strict):
+    """The analysis-ready time-series copy (`ref_assets.store.timeseries`): a second store of the
+    same values chunked along time, kept current from the per-period store. Its chunking never
+    changes the per-period store (nor its structure or code version)."""
+
+    time_chunk: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TIME_BLOCK,
+        description="periods per chunk along time (default by period: 365 days, 744 hours, "
+        "120 months, 50 years)",
+    )
+    y: int = Field(default=50, gt=0, description="rows per chunk")
+    x: int = Field(default=50, gt=0, description="columns per chunk")
+
+
 class StorageSpec(_Strict):
     """How the time axis is laid out in the store."""
 
@@ -313,6 +329,11 @@ class DatasetSpec(_Strict):
     group: Annotated[str, AfterValidator(_group)] = "datasets"
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
     updates: UpdatesSpec = Field(default_factory=UpdatesSpec)
+    timeseries: TimeseriesSpec | None = Field(
+        default=None,
+        description="keep a time-chunked copy of the dataset beside the per-period store; "
+        "unset: none (the copy doubles the storage a dataset takes)",
+    )
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -391,6 +412,13 @@ class DatasetSpec(_Strict):
     def manifest_split(self) -> int:
         return self.storage.manifest_split or self.time_block
 
+    @property
+    def timeseries_time_chunk(self) -> int | None:
+        """Periods per time chunk of the time-series copy; None when the spec asks for none."""
+        if self.timeseries is None:
+            return None
+        return self.timeseries.time_chunk or _DEFAULT_TIMESERIES_CHUNKS[self.period]
+
     def last_period(self, now: datetime | None = None) -> Period | None:
         """The dataset's last period: the one holding `end` (which may lie in the future), or
         without an end the newest period complete at ``now``; None when that is before `start`.
@@ -459,7 +487,10 @@ class DatasetSpec(_Strict):
     # digests (dumping and masking took milliseconds a period in a range run).
     @functools.cached_property
     def _public(self) -> dict[str, Any]:
-        return redact(self.model_dump(mode="json"))
+        # Without a `timeseries` section the dump (and fingerprint) is what it was before the
+        # section existed.
+        unset = {"timeseries"} if self.timeseries is None else None
+        return redact(self.model_dump(mode="json", exclude=unset))
 
     @functools.cached_property
     def _digests(self) -> tuple[str, str]:
@@ -479,8 +510,20 @@ class DatasetSpec(_Strict):
 
 
 # Fields that never change a stored value.
+# `timeseries` shapes only the copy: adding it leaves the per-period store's code version alone.
 _NOT_SHAPING_VALUES = frozenset(
-    {"title", "description", "attributes", "runs", "owners", "tags", "group", "checks", "updates"}
+    {
+        "title",
+        "description",
+        "attributes",
+        "runs",
+        "owners",
+        "tags",
+        "group",
+        "checks",
+        "updates",
+        "timeseries",
+    }
 )
 
 
@@ -496,6 +539,16 @@ def _digest(fields: dict) -> str:
 _DEFAULT_TIME_BLOCKS = {
     PeriodType.HOURLY: 24 * 31,
     PeriodType.DAILY: 366,
+    PeriodType.MONTHLY: 120,
+    PeriodType.YEARLY: 50,
+}
+
+
+# A year of days, a month of hours (744), ten years of months, fifty years: each chunk a few MB
+# at 50 x 50 cells, and a point series over decades a handful of chunks.
+_DEFAULT_TIMESERIES_CHUNKS = {
+    PeriodType.HOURLY: 24 * 31,
+    PeriodType.DAILY: 365,
     PeriodType.MONTHLY: 120,
     PeriodType.YEARLY: 50,
 }

@@ -105,6 +105,10 @@ class DatasetStore:
     '/tmp/stores/demo_air_temperature'
     """
 
+    # Appended to the dataset id to name the repository, its lock and holder (a store derived
+    # from the dataset's, such as its time-series copy, sets its own; ids never hold a dot).
+    SUFFIX = ""
+
     def __init__(self, root: str, dataset_id: str) -> None:
         if not _DATASET_ID.match(dataset_id):
             raise StoreError(
@@ -116,7 +120,8 @@ class DatasetStore:
             raise StoreError(f"{dataset_id}: {problem}")
         self.dataset_id = dataset_id
         self.root = Path(root)
-        self.path = self.root / dataset_id
+        self.name = dataset_id + self.SUFFIX
+        self.path = self.root / self.name
 
     @property
     def location(self) -> str:
@@ -128,7 +133,7 @@ class DatasetStore:
 
     @property
     def lock_path(self) -> Path:
-        return self.root / ".locks" / f"{self.dataset_id}.lock"
+        return self.root / ".locks" / f"{self.name}.lock"
 
     def exists(self) -> bool:
         with self.reporting("opening the store"):
@@ -261,7 +266,7 @@ class DatasetStore:
 
     @property
     def _holder_path(self) -> Path:
-        return self.lock_path.with_name(f"{self.dataset_id}.holder")
+        return self.lock_path.with_name(f"{self.name}.holder")
 
     def _record_holder(self, run_id: str | None) -> None:
         holder = {
