@@ -22,6 +22,7 @@ from ref_assets.defs.resources import (
     ProviderRegistryResource,
 )
 from ref_assets.defs.sensors import build_updates_sensor
+from ref_assets.defs.timeseries import build_timeseries_asset, timeseries_sensor
 from ref_assets.preview import PreviewStyle
 from ref_assets.providers.registry import installed_providers
 
@@ -44,9 +45,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         build_derived_asset(spec, registry, PreviewStyle.for_spec(spec, vocabulary))
         for spec in derived
     ]
+    copies = [build_timeseries_asset(spec) for spec in specs if spec.timeseries]
     return dg.Definitions(
         assets=[
             *datasets,
+            *copies,
             *(
                 source_asset(spec, _version(registry.classes.get(spec.provider)))
                 for spec in sourced
@@ -60,6 +63,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         sensors=[
             *(build_updates_sensor(spec) for spec in sourced),
             *(build_automation_sensor(spec) for spec in derived),
+            *([timeseries_sensor(copies)] if copies else []),
         ],
         resources={
             # The root is resolved in each process that writes (REF_STORAGE_ROOT, ref.toml).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ref_assets.config import Settings, load_settings
 from ref_assets.periods import (
@@ -36,22 +36,41 @@ def _store(dataset_id: str, settings: Settings | None) -> DatasetStore:
 
 
 def open_dataset(
-    dataset_id: str, snapshot: str | None = None, *, settings: Settings | None = None
+    dataset_id: str,
+    snapshot: str | None = None,
+    *,
+    layout: Literal["periods", "timeseries"] = "periods",
+    settings: Settings | None = None,
 ) -> xr.Dataset:
     """Open a dataset lazily from its store, at the tip of ``main`` or at ``snapshot``.
 
+    ``layout="periods"`` (the default) reads the per-period store: one chunk per period, best
+    for maps. ``layout="timeseries"`` reads the dataset's time-series copy (kept when its spec has
+    a `timeseries` section): the same values chunked along time, best for series at points;
+    ``snapshot`` is then one of the copy's snapshots.
+
     Only committed periods hold values; periods never written read as NaN. A store that holds
-    no period yet (created by a first run that failed) is a StoreError saying so.
+    no period yet (created by a first run that failed), or no copy, is a StoreError saying so.
     """
     # Registers ``.rio`` so the stored CRS is ``ds.rio.crs``; imported here, not at package
     # import, because rasterio is slow to load and writers never need it.
     import rioxarray  # noqa: F401
 
+    if layout not in ("periods", "timeseries"):
+        raise ValueError(f"{dataset_id}: layout must be 'periods' or 'timeseries', not {layout!r}")
     store = _store(dataset_id, settings)
+    if layout == "timeseries":
+        from ref_assets.store import timeseries
+
+        store = timeseries.timeseries_store(store)
+        if not store.exists():
+            raise StoreError(store.no_periods_yet())
     session = store_reader.session_for(store, snapshot)
     with store.reporting("reading the store"):
         if store_reader.store_axis(session) is None:
             raise StoreError(store.no_periods_yet())
+        if layout == "timeseries":
+            return timeseries.open_timeseries(session)
         return store_reader.open_store_dataset(session)
 
 

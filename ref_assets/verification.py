@@ -2,6 +2,8 @@
 
 - `verify_dataset`: recompute each period's output checksum from the store and compare it with
   the checksum its record holds (finds values changed behind ref_assets' back, or damage).
+- `verify_timeseries`: check each time chunk of the dataset's time-series copy against the
+  per-period store (the checksums it was built from against the records, then its values).
 - `reproduce_period`: fetch the inputs again, rebuild the period in memory and compare both the
   input and the output checksums with the record (did the source change, or the result?).
 
@@ -29,6 +31,7 @@ from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec, values_fingerprint_of
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
+from ref_assets.store.timeseries import ChunkCheck, check_chunks, timeseries_store
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,35 @@ def verify_dataset(
         key = axis.period_at(index).key
         checks.append(check_against_record(dataset_id, key, records.get(index), recomputed))
     return sorted(checks, key=lambda check: check.period)
+
+
+def verify_timeseries(
+    dataset_id: str,
+    *,
+    settings: Settings | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[ChunkCheck] | None:
+    """Check every time chunk of the dataset's time-series copy against the per-period store at
+    its tip: the checksums each chunk was built from must be those of the per-period records
+    (a chunk that lags behind a new or revised period is named), and its values must equal the
+    per-period values. None when the dataset has no copy. ``on_progress`` as `verify_dataset`."""
+    store = DatasetStore((settings or load_settings()).storage_root, dataset_id)
+    copy = timeseries_store(store)
+    if not copy.exists():
+        return None
+    upstream = store_reader.session_for(store)
+    session = store_reader.session_for(copy)
+    if store_reader.store_axis(session) is None or store_reader.store_axis(upstream) is None:
+        return []
+    chunks, check = check_chunks(upstream, session)
+    if on_progress is not None:
+        on_progress(0, len(chunks))
+    checks = []
+    for done, chunk in enumerate(chunks, start=1):
+        checks.append(check(chunk))
+        if on_progress is not None:
+            on_progress(done, len(chunks))
+    return checks
 
 
 def check_against_record(

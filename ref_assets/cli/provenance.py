@@ -2,7 +2,7 @@
 
 ref-assets provenance DATASET PERIOD [--json]      # one period's record
 ref-assets provenance export DATASET DEST          # <period>.record.json files (dir or URL)
-ref-assets verify DATASET [--period P ...]         # stored values against their records
+ref-assets verify DATASET [--period P ...]         # stored values (and time-series copy) vs records
 ref-assets reproduce DATASET PERIOD                # fetch again, rebuild, compare
 ref-assets sync-instance [DATASET ...]             # tell Dagster what the stores hold
 """
@@ -52,8 +52,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         summary="recompute each stored period's checksum and compare it with its record",
         description="Read back every stored period (or only --period ones), recompute its "
         "output checksum and compare it with its record; a progress line (periods/s, ETA) is "
-        "printed on stderr.\n\nExit status 0: every period verified, or the store holds none "
-        "yet; 1: a mismatch (each named); 2: the store cannot be read.",
+        "printed on stderr. Without --period, the dataset's time-series copy (if it has one) "
+        "is checked too: each time chunk's recorded checksums against the records, and its "
+        "values against the per-period store's.\n\nExit status 0: every period verified, or "
+        "the store holds none yet; 1: a mismatch (each named); 2: the store cannot be read.",
         examples=[
             "ref-assets verify demo_air_temperature",
             "ref-assets verify demo_air_temperature --period 2024-01-02 --json",
@@ -163,7 +165,8 @@ def verify(args: argparse.Namespace) -> int:
     from ref_assets.cli.progress import Progress
     from ref_assets.config import load_settings
     from ref_assets.store.repository import DatasetStore
-    from ref_assets.verification import verify_dataset
+    from ref_assets.store.timeseries import timeseries_store
+    from ref_assets.verification import verify_dataset, verify_timeseries
 
     store = DatasetStore(load_settings().storage_root, args.dataset)
     progress: Progress | None = None  # once the number of periods to read is known
@@ -180,7 +183,13 @@ def verify(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.finish()
+    # The time-series copy is checked whole, against the whole per-period store.
+    copy = timeseries_store(store)
+    with copy.reporting("verifying the time-series copy"):
+        chunks = None if args.period else verify_timeseries(args.dataset)
     failed = [check for check in checks if not check.ok]
+    failed_chunks = [check for check in chunks or [] if not check.ok]
+    status = 1 if failed or failed_chunks else 0
     if args.json:
         print_json(
             {
@@ -197,9 +206,25 @@ def verify(args: argparse.Namespace) -> int:
                     }
                     for check in failed
                 ],
+                "timeseries": None
+                if chunks is None
+                else {
+                    "store": copy.location,
+                    "checked": len(chunks),
+                    "verified": len(chunks) - len(failed_chunks),
+                    "mismatches": [
+                        {
+                            "chunk": check.chunk,
+                            "first": check.first,
+                            "last": check.last,
+                            "problem": check.problem,
+                        }
+                        for check in failed_chunks
+                    ],
+                },
             }
         )
-        return 1 if failed else 0
+        return status
     if not checks and not args.period:
         # Nothing stored cannot mismatch: not a failure, but never a silent "0 of 0".
         print(store.no_periods_yet())
@@ -210,7 +235,17 @@ def verify(args: argparse.Namespace) -> int:
             f"(record {check.recorded}, store {check.recomputed})"
         )
     print(f"{args.dataset}: {len(checks) - len(failed)} of {len(checks)} periods verified")
-    return 1 if failed else 0
+    if chunks is not None:
+        for check in failed_chunks:
+            print(
+                f"MISMATCH {args.dataset} time series, chunk {check.chunk} "
+                f"({check.first}..{check.last}): {check.problem}"
+            )
+        print(
+            f"{args.dataset}: time-series copy: {len(chunks) - len(failed_chunks)} of "
+            f"{len(chunks)} time chunks verified ({sum(c.periods for c in chunks)} periods)"
+        )
+    return status
 
 
 def reproduce(args: argparse.Namespace) -> int:

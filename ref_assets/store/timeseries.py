@@ -147,7 +147,7 @@ def update_timeseries(
         upstream = upstream_repo.readonly_session(branch="main")
         with copy_store.reporting(f"updating the time-series copy from {upstream.snapshot_id}"):
             session = repo.writable_session("main")
-            work = _Update(spec, upstream, session, run_id)
+            work = _Update(spec, upstream, session, run_id, copy_store.location)
             chunks = work.stale_chunks(indices)
             if not chunks:
                 return TimeseriesUpdate(
@@ -195,7 +195,12 @@ class _Update:
     """One attempt at an update: the per-period store at one snapshot, the copy's session."""
 
     def __init__(
-        self, spec: DatasetSpec, upstream: ic.Session, session: ic.Session, run_id: str
+        self,
+        spec: DatasetSpec,
+        upstream: ic.Session,
+        session: ic.Session,
+        run_id: str,
+        location: str,
     ) -> None:
         source = _laid_out(upstream.store)
         if source is None:
@@ -207,7 +212,7 @@ class _Update:
         if not has_layout(self.group):
             _create_layout(self.group, source, spec, self.length)
         else:
-            _check_structure(self.group, source, spec)
+            _check_structure(self.group, source, spec, location)
             if axis_length(self.group) < self.length:
                 _grow(self.group, source, spec, self.length)
         self.checksums = self.group[CHECKSUMS_PATH]
@@ -287,7 +292,7 @@ def _blocks(array: zarr.Array, periods: int) -> Iterator[tuple[slice, ...]]:
     fit (each source chunk read once), else tiles of a chunk's size."""
     *extra, ny, nx = array.shape[1:]
     *_, cy, cx = array.chunks[1:]
-    cell = periods * math.prod(extra) * array.dtype.itemsize
+    cell = max(periods, 1) * math.prod(extra) * array.dtype.itemsize
     rows = max(1, BLOCK_BYTES // (cell * nx * cy)) * cy if cell * nx * cy <= BLOCK_BYTES else 0
     whole = tuple(slice(None) for _ in extra)
     if rows:
@@ -355,7 +360,9 @@ def _create_layout(group: zarr.Group, source: zarr.Group, spec: DatasetSpec, len
     )
 
 
-def _check_structure(group: zarr.Group, source: zarr.Group, spec: DatasetSpec) -> None:
+def _check_structure(
+    group: zarr.Group, source: zarr.Group, spec: DatasetSpec, location: str
+) -> None:
     stored = group.attrs["ref_assets"]["structure"]
     expected = json.loads(json.dumps(copy_structure(source, spec)))
     if stored != expected:
@@ -365,8 +372,8 @@ def _check_structure(group: zarr.Group, source: zarr.Group, spec: DatasetSpec) -
         raise StoreLayoutError(
             f"{spec.id}: the time-series copy was built for another structure ({', '.join(changed)}"
             f" changed: copy has { {k: stored.get(k) for k in changed} }, now "
-            f"{ {k: expected.get(k) for k in changed} }). The copy is derived data: move its "
-            "repository aside (or delete it), and the next update rebuilds it from the "
+            f"{ {k: expected.get(k) for k in changed} }). The copy is derived data: move "
+            f"{location} aside (or delete it), and the next update rebuilds it from the "
             "per-period store with the spec's chunking."
         )
 
@@ -444,7 +451,7 @@ class ChunkCheck:
 
 
 def check_chunks(
-    upstream: ic.Session, copy: ic.Session, variables: list[str]
+    upstream: ic.Session, copy: ic.Session
 ) -> tuple[list[int], Callable[[int], ChunkCheck]]:
     """The time chunks to check (every chunk the copy built or the per-period store holds a
     period in) and a function checking one of them."""
@@ -455,8 +462,9 @@ def check_chunks(
     if axis is None or group is None:
         raise StoreError("no per-period store or no copy to check")
     source = _laid_out(upstream.store)
-    time_chunk = group.attrs["ref_assets"]["structure"]["timeseries_chunks"][0]
-    length = min(axis_length(group), axis_length(source))
+    structure = group.attrs["ref_assets"]["structure"]
+    time_chunk, variables = structure["timeseries_chunks"][0], list(structure["variables"])
+    length, copied = axis_length(source), axis_length(group)
     held = set((written_index_array(upstream) // time_chunk).tolist())
     chunks = sorted(held | set(built_chunks(copy)))
 
@@ -469,7 +477,9 @@ def check_chunks(
         stop = min(first + time_chunk, length)
         span = (axis.period_at(first).key, axis.period_at(max(stop - 1, first)).key)
         wanted = upstream_checksums(upstream, first, stop)
-        recorded = np.asarray(group[CHECKSUMS_PATH][first:stop], dtype=object)
+        recorded = np.full(stop - first, "", dtype=object)  # the copy's axis may be shorter
+        held = np.asarray(group[CHECKSUMS_PATH][first : min(stop, copied)], dtype=object)
+        recorded[: held.size] = held
         count = int(np.count_nonzero(wanted != ""))
         missing = np.flatnonzero((recorded == "") & (wanted != ""))
         other = np.flatnonzero((recorded != wanted) & (recorded != ""))
@@ -486,7 +496,7 @@ def check_chunks(
         for name in variables:
             target = group[name]
             for block in _blocks(target, stop - first):
-                where = (slice(first, stop), *block)
+                where = (slice(first, min(stop, copied)), *block)
                 if not np.array_equal(target[where], source[name][where], equal_nan=True):
                     return ChunkCheck(
                         chunk, *span, count, f"{name}: values differ from the per-period store's"

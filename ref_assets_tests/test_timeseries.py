@@ -1,0 +1,243 @@
+"""The time-series copy: equal to the per-period store value for value after shuffled ingestion,
+after a revision (which rewrites exactly its time chunk), after an update killed mid-way; its
+Dagster asset is requested by its automation condition after a period lands."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from ref_assets.batch import fetch_batch
+from ref_assets.definitions import build_definitions
+from ref_assets.providers.synthetic import SyntheticProvider
+from ref_assets.reader import open_dataset
+from ref_assets.specs import DatasetSpec
+from ref_assets.store import timeseries
+from ref_assets.store.layout import StoreLayoutError, structure
+from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.writer import CommitPolicy, PeriodWriter
+from ref_assets.verification import verify_timeseries
+from ref_assets_tests.conftest import spec_dict
+
+# 8 x 12 cells in tiles of 3 x 5 (ragged edges), 4 periods a time chunk, an axis of 8-blocks.
+TIMESERIES = {"time_chunk": 4, "y": 3, "x": 5}
+DAYS = [str(day) for day in np.datetime64("2024-01-01") + np.arange(22)]
+
+
+@pytest.fixture
+def dataset(settings):
+    spec = DatasetSpec.model_validate(spec_dict(timeseries=TIMESERIES))
+    provider = SyntheticProvider(spec)
+    store = DatasetStore(settings.storage_root, spec.id)
+
+    def write(keys, *, batch_spec=spec, every=3):
+        writer = PeriodWriter(store, run_id="test", policy=CommitPolicy(every=every))
+        batch_provider = provider if batch_spec is spec else SyntheticProvider(batch_spec)
+        for key in keys:
+            writer.add(fetch_batch(batch_spec, batch_provider, batch_spec.period_for_key(key)))
+        writer.flush()
+
+    return spec, store, write
+
+
+def assert_copy_equals_store(settings, spec) -> None:
+    periods = open_dataset(spec.id, settings=settings)
+    series = open_dataset(spec.id, layout="timeseries", settings=settings)
+    assert series.sizes == periods.sizes
+    np.testing.assert_array_equal(series.time.values, periods.time.values)
+    np.testing.assert_array_equal(series.y.values, periods.y.values)
+    assert series.t2m.encoding["chunks"] == (4, 3, 5)
+    assert np.array_equal(series.t2m.values, periods.t2m.values, equal_nan=True)
+    assert series.t2m.attrs == periods.t2m.attrs
+    checks = verify_timeseries(spec.id, settings=settings)
+    assert checks and all(check.ok for check in checks), checks
+
+
+def test_copy_equals_the_store_after_shuffled_ingestion(settings, dataset):
+    spec, store, write = dataset
+    order = random.Random(5).sample(DAYS, len(DAYS))
+    write(order[:9])  # a gappy store: the copy holds NaN where no period is
+    first = timeseries.update_timeseries(spec, store, run_id="first")
+    assert_copy_equals_store(settings, spec)
+    write(order[9:])  # the rest, including periods past the axis' first block
+    second = timeseries.update_timeseries(spec, store, run_id="second")
+    assert_copy_equals_store(settings, spec)
+    assert second.chunks and second.periods > 0
+    assert set(first.chunks) <= set(range(6)) and second.chunks == sorted(second.chunks)
+    # Current: a third update reads every chunk's checksums, finds them equal, commits nothing.
+    third = timeseries.update_timeseries(spec, store, run_id="third")
+    assert (third.chunks, third.snapshot) == ([], None)
+    assert third.checked == list(range(6))
+
+
+def test_a_revised_period_rewrites_exactly_its_time_chunk(settings, dataset):
+    spec, store, write = dataset
+    write(DAYS)
+    timeseries.update_timeseries(spec, store, run_id="build")
+    copy = timeseries.timeseries_store(store).open()
+    before = copy.lookup_branch("main")
+
+    # The same period from another version of the source (another seed: other values).
+    revised = DatasetSpec.model_validate(
+        spec_dict(timeseries=TIMESERIES, params={**spec.params, "seed": 4})
+    )
+    write(["2024-01-10"], batch_spec=revised)  # index 9: time chunk 2
+    [stale] = [c for c in verify_timeseries(spec.id, settings=settings) if not c.ok]
+    assert stale.chunk == 2 and "2024-01-10 copied from another version" in stale.problem
+
+    update = timeseries.update_timeseries(spec, store, run_id="revision")
+    assert (update.chunks, update.periods) == ([2], 4)
+    diff = copy.diff(from_snapshot_id=before, to_snapshot_id=update.snapshot)
+    touched = {path: {c[0] for c in chunks} for path, chunks in diff.updated_chunks.items()}
+    assert touched == {"/t2m": {2}, f"/{timeseries.CHECKSUMS_PATH}": {2}, "/ref/builds": {2}}
+    session = copy.readonly_session(branch="main")
+    build = timeseries.chunk_builds(session, [2])[2]
+    assert build["run_id"] == "revision" and build["upstream_snapshot"] == update.upstream_snapshot
+    assert (build["first_period"], build["last_period"]) == ("2024-01-09", "2024-01-12")
+    assert_copy_equals_store(settings, spec)
+
+
+def test_an_update_failing_before_its_commit_leaves_the_copy_as_it_was(
+    settings, dataset, monkeypatch
+):
+    spec, store, write = dataset
+    write(DAYS[:10])
+    built = timeseries.update_timeseries(spec, store, run_id="build")
+    write(DAYS[10:])
+
+    def refuse(session, message, metadata):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(timeseries, "_commit", refuse)
+        with pytest.raises(StoreError, match="no space left"):
+            timeseries.update_timeseries(spec, store, run_id="failing")
+    copy = timeseries.timeseries_store(store).open()
+    assert copy.lookup_branch("main") == built.snapshot  # nothing of the failed update
+    assert any(not check.ok for check in verify_timeseries(spec.id, settings=settings))
+
+    timeseries.update_timeseries(spec, store, run_id="rerun")
+    assert_copy_equals_store(settings, spec)
+
+
+def update_until_killed(storage_root: str, spec_fields: dict, rewriting) -> None:
+    """Child process: update the copy, announcing (and then pausing) once the first time chunk
+    has been written into the uncommitted session, so the parent kills it mid-update."""
+    import time
+
+    from ref_assets.store import timeseries as child_timeseries
+
+    rewrite = child_timeseries._Update.rewrite
+
+    def announce_then_pause(self, chunk):
+        periods = rewrite(self, chunk)
+        rewriting.set()
+        time.sleep(60)
+        return periods
+
+    child_timeseries._Update.rewrite = announce_then_pause
+    spec = DatasetSpec.model_validate(spec_fields)
+    child_timeseries.update_timeseries(spec, DatasetStore(storage_root, spec.id), run_id="killed")
+
+
+def test_an_update_killed_mid_way_leaves_the_copy_whole_and_a_rerun_completes(settings, dataset):
+    spec, store, write = dataset
+    write(DAYS[:6])
+    built = timeseries.update_timeseries(spec, store, run_id="build")
+    write(DAYS[6:])
+    context = multiprocessing.get_context("spawn")  # icechunk does not survive fork
+    rewriting = context.Event()
+    child = context.Process(
+        target=update_until_killed,
+        args=(settings.storage_root, spec.model_dump(mode="json"), rewriting),
+    )
+    child.start()
+    try:
+        assert rewriting.wait(60), "the child never started rewriting"
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(30)
+    finally:
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == -signal.SIGKILL
+    copy = timeseries.timeseries_store(store).open()
+    assert copy.lookup_branch("main") == built.snapshot
+
+    rerun = timeseries.update_timeseries(spec, store, run_id="rerun")
+    assert rerun.chunks == [1, 2, 3, 4, 5]  # chunk 0 was current; chunk 1 held days 5-6
+    assert_copy_equals_store(settings, spec)
+
+
+def test_the_section_leaves_the_per_period_store_alone(settings, dataset):
+    spec, store, write = dataset
+    plain = DatasetSpec.model_validate(spec_dict())
+    assert spec.values_fingerprint() == plain.values_fingerprint()
+    provider = SyntheticProvider(plain)
+    description = provider.describe()
+    assert structure(spec, description) == structure(plain, description)
+    # A store written without the section takes writes from the spec with it, and vice versa.
+    PeriodWriter(DatasetStore(settings.storage_root, spec.id), run_id="plain").add(
+        fetch_batch(plain, provider, plain.period_for_key("2024-01-01"))
+    )
+    write(["2024-01-02"])
+    with pytest.raises(StoreError, match="no `timeseries` section"):
+        timeseries.update_timeseries(plain, store, run_id="none")
+    with pytest.raises(StoreError, match="no time-series copy"):
+        open_dataset(spec.id, layout="timeseries", settings=settings)
+
+
+def test_changed_chunking_is_refused_naming_what_to_do(settings, dataset):
+    spec, store, write = dataset
+    write(DAYS[:3])
+    timeseries.update_timeseries(spec, store, run_id="build")
+    other = DatasetSpec.model_validate(spec_dict(timeseries={**TIMESERIES, "time_chunk": 5}))
+    with pytest.raises(
+        StoreLayoutError, match=r"timeseries_chunks changed.*test_t2m.timeseries aside"
+    ):
+        timeseries.update_timeseries(other, store, run_id="other")
+
+
+def test_the_asset_is_requested_after_a_period_lands_and_updates_the_copy(
+    settings, write_spec, instance, materialize
+):
+    write_spec(timeseries=TIMESERIES)
+    defs = build_definitions()
+    key = dg.AssetKey(["timeseries", "test_t2m"])
+    selection = dg.AssetSelection.assets(key)
+    result = dg.evaluate_automation_conditions(defs, instance, asset_selection=selection)
+    assert result.total_requested == 0  # nothing stored, nothing to copy
+
+    materialize("test_t2m", "2024-01-02...2024-01-05")
+    result = dg.evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, cursor=result.cursor
+    )
+    assert result.get_requested_partitions(key) == {"2024"}
+
+    job = defs.resolve_implicit_job_def_def_for_assets([key])
+    run = job.execute_in_process(partition_key="2024", instance=instance, asset_selection=[key])
+    [materialization] = run.asset_materializations_for_node("timeseries__test_t2m")
+    assert materialization.metadata["periods_copied"].value == 4
+    assert_copy_equals_store(settings, DatasetSpec.model_validate(spec_dict()))
+    result = dg.evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, cursor=result.cursor
+    )
+    assert result.total_requested == 0  # handled
+
+    materialize("test_t2m", "2024-01-03")  # a period rewritten (a revision, as the sensor asks)
+    result = dg.evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, cursor=result.cursor
+    )
+    assert result.get_requested_partitions(key) == {"2024"}
+    run = job.execute_in_process(partition_key="2024", instance=instance, asset_selection=[key])
+    [materialization] = run.asset_materializations_for_node("timeseries__test_t2m")
+    # Same values, same checksum: the copy's provenance says nothing changed.
+    assert materialization.metadata["chunks_rewritten"].value == 0
+    assert defs.resolve_sensor_def("timeseries_automation").default_status == (
+        dg.DefaultSensorStatus.RUNNING
+    )
