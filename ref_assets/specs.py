@@ -186,8 +186,23 @@ class TimeseriesSpec(_Strict):
         description="periods per chunk along time (default by period: 365 days, 744 hours, "
         "120 months, 50 years)",
     )
-    y: int = Field(default=50, gt=0, description="rows per chunk")
-    x: int = Field(default=50, gt=0, description="columns per chunk")
+    y: int = Field(default=50, gt=0, description="rows per stored object (a Zarr shard)")
+    x: int = Field(default=50, gt=0, description="columns per stored object (a Zarr shard)")
+    tile: int = Field(
+        default=10,
+        gt=0,
+        description="cells a side of the chunks inside each shard: a point series reads one "
+        "such chunk (and the shard's index) per time chunk; must divide y and x",
+    )
+
+    @model_validator(mode="after")
+    def _tiles_fill_shards(self) -> TimeseriesSpec:
+        if self.y % self.tile or self.x % self.tile:
+            raise ValueError(
+                f"tile {self.tile} must divide y ({self.y}) and x ({self.x}): a shard holds "
+                "whole tiles"
+            )
+        return self
 
 
 class StorageSpec(_Strict):

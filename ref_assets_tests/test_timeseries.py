@@ -25,8 +25,9 @@ from ref_assets.store.writer import CommitPolicy, PeriodWriter
 from ref_assets.verification import verify_timeseries
 from ref_assets_tests.conftest import spec_dict
 
-# 8 x 12 cells in tiles of 3 x 5 (ragged edges), 4 periods a time chunk, an axis of 8-blocks.
-TIMESERIES = {"time_chunk": 4, "y": 3, "x": 5}
+# 8 x 12 cells in shards of 6 x 6 (a ragged edge) of 2 x 2 tiles, 4 periods a time chunk, on an
+# axis grown in blocks of 8.
+TIMESERIES = {"time_chunk": 4, "y": 6, "x": 6, "tile": 2}
 DAYS = [str(day) for day in np.datetime64("2024-01-01") + np.arange(22)]
 
 
@@ -52,7 +53,7 @@ def assert_copy_equals_store(settings, spec) -> None:
     assert series.sizes == periods.sizes
     np.testing.assert_array_equal(series.time.values, periods.time.values)
     np.testing.assert_array_equal(series.y.values, periods.y.values)
-    assert series.t2m.encoding["chunks"] == (4, 3, 5)
+    assert (series.t2m.encoding["shards"], series.t2m.encoding["chunks"]) == ((4, 6, 6), (4, 2, 2))
     assert np.array_equal(series.t2m.values, periods.t2m.values, equal_nan=True)
     assert series.t2m.attrs == periods.t2m.attrs
     checks = verify_timeseries(spec.id, settings=settings)
@@ -196,7 +197,7 @@ def test_changed_chunking_is_refused_naming_what_to_do(settings, dataset):
     spec, store, write = dataset
     write(DAYS[:3])
     timeseries.update_timeseries(spec, store, run_id="build")
-    other = DatasetSpec.model_validate(spec_dict(timeseries={**TIMESERIES, "time_chunk": 5}))
+    other = DatasetSpec.model_validate(spec_dict(timeseries={**TIMESERIES, "tile": 3}))
     with pytest.raises(
         StoreLayoutError, match=r"timeseries_chunks changed.*test_t2m.timeseries aside"
     ):

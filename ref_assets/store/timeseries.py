@@ -10,7 +10,9 @@ instant never touches the per-period store, and leaves the copy as its last comm
 ::
 
     /time, /y, /x, /spatial_ref, /<dimension>   as in the per-period store
-    /<variable>    (T, ..., Y, X)   chunks of (time_chunk, 1..., y, x) from the spec's `timeseries`
+    /<variable>    (T, ..., Y, X)   shards (stored objects) of (time_chunk, 1..., y, x) cells, of
+                                    chunks of (time_chunk, 1..., tile, tile): the spec's
+                                    `timeseries`
     /ref/checksums str (T,)         the output checksum of each period the copy was built from,
                                     as its per-period record gave it ("" where none): chunked
                                     like the variables, so a time chunk and its provenance are
@@ -106,16 +108,13 @@ def chunk_span(time_chunk: int, first: int, stop: int) -> range:
 
 
 def copy_structure(upstream: zarr.Group, spec: DatasetSpec) -> dict:
-    """The copy's structure: the per-period store's, plus its own chunking."""
-    grid = (upstream["y"].shape[0], upstream["x"].shape[0])
+    """The copy's structure: the per-period store's, plus its own chunking (time chunk, shard
+    rows and columns, tile)."""
+    series = spec.timeseries
     return {
         **upstream.attrs["ref_assets"]["structure"],
         "layout": "timeseries",
-        "timeseries_chunks": [
-            spec.timeseries_time_chunk,
-            min(spec.timeseries.y, grid[0]),
-            min(spec.timeseries.x, grid[1]),
-        ],
+        "timeseries_chunks": [spec.timeseries_time_chunk, series.y, series.x, series.tile],
     }
 
 
@@ -287,11 +286,11 @@ def _written_stop(session: ic.Session) -> int:
 
 
 def _blocks(array: zarr.Array, periods: int) -> Iterator[tuple[slice, ...]]:
-    """Spatial blocks (with every extra-dimension value) of whole chunks of ``array``, each
+    """Spatial blocks (with every extra-dimension value) of whole shards of ``array``, each
     holding at most `BLOCK_BYTES` over ``periods`` periods: rows of the whole width when they
-    fit (each source chunk read once), else tiles of a chunk's size."""
+    fit (each source chunk read once), else a shard at a time."""
     *extra, ny, nx = array.shape[1:]
-    *_, cy, cx = array.chunks[1:]
+    *_, cy, cx = (array.shards or array.chunks)[1:]  # whole shards: none rewritten in part
     cell = max(periods, 1) * math.prod(extra) * array.dtype.itemsize
     rows = max(1, BLOCK_BYTES // (cell * nx * cy)) * cy if cell * nx * cy <= BLOCK_BYTES else 0
     whole = tuple(slice(None) for _ in extra)
@@ -306,7 +305,7 @@ def _blocks(array: zarr.Array, periods: int) -> Iterator[tuple[slice, ...]]:
 
 def _create_layout(group: zarr.Group, source: zarr.Group, spec: DatasetSpec, length: int) -> None:
     structure = copy_structure(source, spec)
-    time_chunk, chunk_y, chunk_x = structure["timeseries_chunks"]
+    time_chunk, shard_y, shard_x, tile = structure["timeseries_chunks"]
     group.attrs.update({**source.attrs.asdict(), "ref_assets": {"structure": structure}})
     coordinates = ["y", "x", "spatial_ref", *structure.get("dimensions", {})]
     for name in coordinates:
@@ -336,7 +335,10 @@ def _create_layout(group: zarr.Group, source: zarr.Group, spec: DatasetSpec, len
         group.create_array(
             name,
             shape=(length, *array.shape[1:]),
-            chunks=(time_chunk, *[1] * extra, chunk_y, chunk_x),
+            # A shard is one stored object (a time chunk by y x x cells); a point series reads
+            # one tile of it, by a byte range, instead of the whole object.
+            shards=(time_chunk, *[1] * extra, shard_y, shard_x),
+            chunks=(time_chunk, *[1] * extra, tile, tile),
             dtype=array.dtype,
             fill_value=np.nan,
             dimension_names=array.metadata.dimension_names,
