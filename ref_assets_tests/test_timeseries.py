@@ -4,16 +4,20 @@ Dagster asset is requested by its automation condition after a period lands."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
 import signal
+from importlib import resources
 
 import dagster as dg
 import numpy as np
 import pytest
+import yaml
 
 from ref_assets.batch import fetch_batch
+from ref_assets.cli import main
 from ref_assets.definitions import build_definitions
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.reader import open_dataset
@@ -242,3 +246,32 @@ def test_the_asset_is_requested_after_a_period_lands_and_updates_the_copy(
     assert defs.resolve_sensor_def("timeseries_automation").default_status == (
         dg.DefaultSensorStatus.RUNNING
     )
+
+
+def test_verify_covers_the_copy_from_the_command_line(settings, dataset, capsys):
+    spec, store, write = dataset
+    write(DAYS[:6])
+    timeseries.update_timeseries(spec, store, run_id="build")
+    write(DAYS[6:8])  # stored, not copied yet
+    assert main(["verify", spec.id, "--json", "--quiet"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["checked"], report["verified"]) == (8, 8)  # the per-period store is fine
+    assert report["timeseries"]["store"].endswith("test_t2m.timeseries")
+    [lagging] = report["timeseries"]["mismatches"]
+    assert (lagging["chunk"], lagging["first"], lagging["last"]) == (1, "2024-01-05", "2024-01-08")
+    assert "2024-01-07, 2024-01-08 stored but not in the copy yet" in lagging["problem"]
+
+    timeseries.update_timeseries(spec, store, run_id="current")
+    assert main(["verify", spec.id, "--quiet"]) == 0
+    assert "time-series copy: 2 of 2 time chunks verified (8 periods)" in capsys.readouterr().out
+
+
+def test_tiles_must_fill_the_shards():
+    with pytest.raises(ValueError, match=r"tile 4 must divide y \(6\) and x \(6\)"):
+        DatasetSpec.model_validate(spec_dict(timeseries={**TIMESERIES, "tile": 4}))
+
+
+def test_the_instance_template_runs_automation_condition_sensors():
+    template = yaml.safe_load((resources.files("ref_assets") / "data/dagster.yaml").read_text())
+    with dg.instance_for_test(overrides=template) as instance:
+        assert instance.auto_materialize_enabled and instance.auto_materialize_use_sensors

@@ -217,6 +217,7 @@ class _Update:
         self.checksums = self.group[CHECKSUMS_PATH]
         self.builds = self.group[BUILDS_PATH]
         self.checked: list[int] = []
+        self._checksums: dict[int, np.ndarray] = {}
 
     def stale_chunks(self, indices: tuple[int, int] | None) -> list[int]:
         """The time chunks among those holding ``indices`` whose recorded checksums differ from
@@ -237,7 +238,9 @@ class _Update:
         return np.asarray(self.checksums[slice(*self._bounds(chunk))], dtype=object)
 
     def _upstream_checksums(self, chunk: int) -> np.ndarray:
-        return upstream_checksums(self.upstream, *self._bounds(chunk))
+        if chunk not in self._checksums:  # read once: compared, then written with the values
+            self._checksums[chunk] = upstream_checksums(self.upstream, *self._bounds(chunk))
+        return self._checksums[chunk]
 
     def rewrite(self, chunk: int) -> int:
         """Copy time chunk ``chunk`` of every variable and its provenance; return the number
