@@ -25,7 +25,7 @@ Then, in one process, interleaved and cache-warm (every store was just written):
                  within 1.5x); the copy and the hand-chunked Zarr for context
   updates        a period that lands, and a revised one, reaching the copy: `update_timeseries`
                  over the period's year, as the Dagster asset runs it (the rewrite of one time
-                 chunk: 365 days of 16 tiles)
+                 chunk: 365 days of 16 shards)
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def render(r: dict) -> str:
             f"Written by `.venv/bin/python benchmarks/timeseries.py` on "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. {versions()}.",
             f"{r['days']:,} daily periods of {SIDE} x {SIDE} float32; local filesystem; "
-            f"medians over {r['points']} random cells (each in another 50 x 50 tile) and "
+            f"medians over {r['points']} random cells (each in another 50 x 50 shard) and "
             f"{r['points']} random days, best of 3 each, the layouts taking turns; cache-warm.",
             "",
             "| read | from | ms | ratio | target |",
@@ -310,7 +310,7 @@ def render(r: dict) -> str:
             f"{landed.chunks}), a revised day of the same year {revised_s * 1000:.0f} ms "
             f"({revised.chunks}); each reads the year's records, compares them with the "
             "checksums the copy recorded and rewrites the time chunk holding the day (all 16 "
-            "tiles of up to 365 days) in one commit.",
+            "shards of up to 365 days) in one commit.",
         ]
     )
 

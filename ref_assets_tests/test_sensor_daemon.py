@@ -1,6 +1,7 @@
 """End to end: the real ``dagster-daemon run`` on a fresh DAGSTER_HOME, with a dataset's sensor
-on from its spec; a period the source newly publishes lands in the store and in the instance
-with no other action. (Loopback only: the daemon talks to its own code server.)"""
+on from its spec; a period the source newly publishes lands in the store, in the instance and
+in the dataset's time-series copy with no other action. (Loopback only: the daemon talks to its
+own code server.)"""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import yaml
 from ref_assets.defs.instance_init import init_instance
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import DatasetStore
+from ref_assets.store.timeseries import timeseries_store
+from ref_assets.verification import verify_timeseries
 from ref_assets_tests.processes import stop_process_group
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -41,6 +44,8 @@ def daemon(settings, write_spec, register_providers, tmp_path, monkeypatch):
         },
         end="2024-12-31",
         updates={"default_status": "running", "min_interval": 1},
+        # 4 x 6 cells; the copy's own automation sensor is on from the start.
+        timeseries={"time_chunk": 8, "y": 4, "x": 6, "tile": 2},
     )
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -111,3 +116,15 @@ def test_a_newly_published_period_lands_in_the_store_and_the_instance(daemon, se
     [run] = instance.get_runs(filters=dg.RunsFilter(tags={"ref_assets/dataset": "moving"}))
     assert run.tags["dagster/partition"] == "2024-01-01"
     assert run.tags["dagster/sensor_name"] == "moving_updates"
+
+    # And on to the time-series copy, by its automation condition: no other action either.
+    copy = timeseries_store(store)
+    wait_for(
+        lambda: copy.exists() and verify_timeseries("moving", settings=settings) != [],
+        "the time-series copy's update",
+        log,
+    )
+    [chunk] = verify_timeseries("moving", settings=settings)
+    assert chunk.ok and (chunk.chunk, chunk.periods) == (0, 1)
+    copied = instance.get_materialized_partitions(dg.AssetKey(["timeseries", "moving"]))
+    assert copied == {"2024"}
