@@ -49,7 +49,7 @@ from zarr.core.sync import sync
 
 from ref_assets.store.layout import StoreLayoutError, axis_length, has_layout
 from ref_assets.store.layout import open_laid_out_root as _laid_out
-from ref_assets.store.reader import iter_records
+from ref_assets.store.reader import iter_records, store_axis, written_index_array
 from ref_assets.store.repository import DatasetStore, StoreError
 
 if TYPE_CHECKING:
@@ -282,8 +282,6 @@ def upstream_checksums(upstream: ic.Session, first: int, stop: int) -> np.ndarra
 
 def _written_stop(session: ic.Session) -> int:
     """One past the newest written index of a per-period store (0: none)."""
-    from ref_assets.store.reader import written_index_array
-
     written = written_index_array(session)
     return int(written[-1]) + 1 if written.size else 0
 
@@ -460,8 +458,6 @@ def check_chunks(
 ) -> tuple[list[int], Callable[[int], ChunkCheck]]:
     """The time chunks to check (every chunk the copy built or the per-period store holds a
     period in) and a function checking one of them."""
-    from ref_assets.store.reader import store_axis, written_index_array
-
     axis = store_axis(upstream)
     group = _laid_out(copy.store)
     if axis is None or group is None:
