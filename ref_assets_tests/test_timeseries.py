@@ -275,3 +275,20 @@ def test_the_instance_template_runs_automation_condition_sensors():
     template = yaml.safe_load((resources.files("ref_assets") / "data/dagster.yaml").read_text())
     with dg.instance_for_test(overrides=template) as instance:
         assert instance.auto_materialize_enabled and instance.auto_materialize_use_sensors
+
+
+def test_a_copy_added_to_a_dataset_holding_periods_is_built_on_the_next_evaluation(
+    settings, write_spec, instance, materialize
+):
+    write_spec()
+    materialize("test_t2m", "2024-01-02...2024-01-05")
+    write_spec(timeseries=TIMESERIES)  # the section comes later
+    defs = build_definitions()
+    key = dg.AssetKey(["timeseries", "test_t2m"])
+    selection = dg.AssetSelection.assets(key)
+    result = dg.evaluate_automation_conditions(defs, instance, asset_selection=selection)
+    assert result.get_requested_partitions(key) == {"2024"}  # not 2025, 2026: nothing stored
+    result = dg.evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, cursor=result.cursor
+    )
+    assert result.total_requested == 0  # requested once, not on every evaluation

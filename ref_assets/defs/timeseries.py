@@ -5,8 +5,9 @@ dataset's asset and partitioned coarser: a year of a daily or monthly dataset, a
 hourly one, a year of a yearly one. Dagster's time-window partition mapping ties each of its
 partitions to the dataset's periods inside it, and its automation condition requests a partition
 on the first tick after any of those periods is materialized (new or revised), once no run is
-writing them. The run rewrites only the time chunks whose periods changed
-(`ref_assets.store.timeseries.update_timeseries`).
+writing them; and, once, every partition never built whose periods are stored. The run
+rewrites only the time chunks whose periods changed (`update_timeseries` in
+`ref_assets.store.timeseries`).
 
 The `timeseries_automation` sensor evaluates the condition (the daemon runs it every
 `AUTOMATION_INTERVAL_SECONDS`); it is on as soon as the code location loads: giving a spec a
@@ -39,9 +40,23 @@ COARSER = {
 
 # Dagster's eager() without two of its parts: it considers only the latest time window (a
 # revised period of an earlier year must reach the copy too), and waits while any upstream
-# partition is missing (a copy holds the periods there are; the rest read as NaN).
+# partition is missing (a copy holds the periods there are; the rest read as NaN). And where
+# eager() builds partitions that become missing, this builds a partition never built whose
+# periods are stored: a `timeseries` section added to a dataset holding years of periods
+# builds its copy on the next evaluation (once: a failed run is not retried every tick).
+_NEVER_BUILT_WITH_PERIODS = (
+    dg.AutomationCondition.missing()
+    & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing())
+)
 COPY_WHEN_UPDATED = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    (
+        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        # Not since_last_handled: that resets on the condition's first evaluation, which is
+        # exactly when a copy added to a dataset holding periods must be built.
+        | _NEVER_BUILT_WITH_PERIODS.newly_true().since(
+            dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+        )
+    )
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("a period of the partition was stored, and no run is writing it")
