@@ -248,10 +248,13 @@ def test_the_asset_is_requested_after_a_period_lands_and_updates_the_copy(
     )
 
 
-def test_verify_covers_the_copy_from_the_command_line(settings, dataset, capsys):
-    spec, store, write = dataset
+def test_the_command_line_updates_and_verifies_the_copy(settings, dataset, write_spec, capsys):
+    spec, _, write = dataset
+    write_spec(timeseries=TIMESERIES)
     write(DAYS[:6])
-    timeseries.update_timeseries(spec, store, run_id="build")
+    assert main(["timeseries", spec.id, "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert (built["chunks_rewritten"], built["periods"]) == ([0, 1], 6)
     write(DAYS[6:8])  # stored, not copied yet
     assert main(["verify", spec.id, "--json", "--quiet"]) == 1
     report = json.loads(capsys.readouterr().out)
@@ -261,7 +264,8 @@ def test_verify_covers_the_copy_from_the_command_line(settings, dataset, capsys)
     assert (lagging["chunk"], lagging["first"], lagging["last"]) == (1, "2024-01-05", "2024-01-08")
     assert "2024-01-07, 2024-01-08 stored but not in the copy yet" in lagging["problem"]
 
-    timeseries.update_timeseries(spec, store, run_id="current")
+    assert main(["timeseries", spec.id, "--start", "2024-01-05", "--end", "2024-01-08"]) == 0
+    assert "rewrote 1 of 1 time chunks (4 periods)" in capsys.readouterr().out
     assert main(["verify", spec.id, "--quiet"]) == 0
     assert "time-series copy: 2 of 2 time chunks verified (8 periods)" in capsys.readouterr().out
 

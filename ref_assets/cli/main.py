@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from ref_assets.cli import config as config_cli
 from ref_assets.cli import provenance as provenance_cli
+from ref_assets.cli import timeseries as timeseries_cli
 from ref_assets.cli.common import (
     CommandError,
     HelpFormatter,
@@ -238,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
 
     config_cli.add_commands(commands)
     provenance_cli.add_commands(commands)
+    timeseries_cli.add_commands(commands)
     return parser
 
 
