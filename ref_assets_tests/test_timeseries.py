@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import random
 import signal
+from datetime import datetime
 from importlib import resources
 
 import dagster as dg
@@ -19,6 +20,7 @@ import yaml
 from ref_assets.batch import fetch_batch
 from ref_assets.cli import main
 from ref_assets.definitions import build_definitions
+from ref_assets.defs.timeseries import timeseries_partitions
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.reader import open_dataset
 from ref_assets.specs import DatasetSpec
@@ -296,3 +298,15 @@ def test_a_copy_added_to_a_dataset_holding_periods_is_built_on_the_next_evaluati
         defs, instance, asset_selection=selection, cursor=result.cursor
     )
     assert result.total_requested == 0  # requested once, not on every evaluation
+
+
+def test_the_copy_is_partitioned_coarser_up_to_the_one_holding_the_last_period():
+    hourly = DatasetSpec.model_validate(
+        spec_dict(period="hourly", start="2024-01-01", end="2030-03-15", timeseries=TIMESERIES)
+    )
+    keys = timeseries_partitions(hourly).get_partition_keys()
+    assert (keys[0], keys[-1], len(keys)) == ("2024-01", "2030-03", 75)  # a future end
+    daily = DatasetSpec.model_validate(spec_dict(start="2023-06-01", timeseries=TIMESERIES))
+    now = datetime(2026, 3, 2)
+    keys = timeseries_partitions(daily, now).get_partition_keys(current_time=now)
+    assert keys == ["2023", "2024", "2025", "2026"]  # this year: yesterday's period is in it
