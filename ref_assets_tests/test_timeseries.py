@@ -310,3 +310,27 @@ def test_the_copy_is_partitioned_coarser_up_to_the_one_holding_the_last_period()
     now = datetime(2026, 3, 2)
     keys = timeseries_partitions(daily, now).get_partition_keys(current_time=now)
     assert keys == ["2023", "2024", "2025", "2026"]  # this year: yesterday's period is in it
+
+
+def test_a_period_whose_quality_check_failed_holds_its_partition_back(
+    settings, write_spec, instance, materialize
+):
+    # The synthetic land-only field is partly NaN: no NaN allowed fails every period's check.
+    write_spec(checks={"max_nan_fraction": 0.0}, timeseries=TIMESERIES)
+    key = dg.AssetKey(["timeseries", "test_t2m"])
+    selection = dg.AssetSelection.assets(key)
+    defs = build_definitions()
+    result = dg.evaluate_automation_conditions(defs, instance, asset_selection=selection)
+    assert not materialize("test_t2m", "2024-01-02...2024-01-03", raise_on_error=False).success
+    result = dg.evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, cursor=result.cursor
+    )
+    assert result.total_requested == 0
+
+    write_spec(timeseries=TIMESERIES)  # the bound relaxed, the periods stored again: they pass
+    materialize("test_t2m", "2024-01-02...2024-01-03")
+    defs = build_definitions()
+    result = dg.evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, cursor=result.cursor
+    )
+    assert result.get_requested_partitions(key) == {"2024"}

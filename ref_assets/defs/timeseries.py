@@ -59,7 +59,15 @@ COPY_WHEN_UPDATED = (
     )
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
-).with_label("a period of the partition was stored, and no run is writing it")
+    # A stored period whose quality check failed holds its partition back (a failed check
+    # blocks what is downstream) until it is stored again and passes. Not Dagster's
+    # all_deps_blocking_checks_passed(): a period not stored yet has no check to pass.
+    & ~dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.any_checks_match(
+            dg.AutomationCondition.check_failed(), blocking_only=True
+        )
+    )
+).with_label("a period of the partition was stored, its checks passed, no run is writing it")
 
 
 def timeseries_asset_key(spec: DatasetSpec) -> dg.AssetKey:
