@@ -8,13 +8,14 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 import ref_assets
 from ref_assets.batch import fetch_batch
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
-from ref_assets.store.repository import DatasetStore
+from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import write_period
 from ref_assets_tests.conftest import stored_checksum
 
@@ -94,3 +95,28 @@ def test_writers_killed_at_any_instant_leave_whole_periods_and_a_rerun_completes
     for key in keys:  # the rerun: nothing left behind (locks, partial chunks) gets in its way
         write_period(store, fetch_batch(spec, provider, spec.period_for_key(key)), run_id="rerun")
     assert check_whole_or_absent(settings, spec, expected) == set(keys)
+
+
+def test_a_store_creation_killed_halfway_does_not_block_the_next(tmp_path):
+    """Icechunk creates a repository only in an empty prefix: a writer killed after it wrote
+    the first snapshot but before the repository object left a folder that refused every later
+    creation ("repositories can only be created in clean prefixes")."""
+    store = DatasetStore(str(tmp_path), "test_t2m")
+    (store.path / "snapshots").mkdir(parents=True)
+    (store.path / "snapshots" / "1CECHNKREP0F1RSTCMT0").write_bytes(b"partial")
+    (store.path / "transactions").mkdir()
+    (store.path / "transactions" / "leftover").write_bytes(b"partial")
+    assert not store.exists()
+    repo = store.open_or_create(8)
+    assert store.exists()
+    assert repo.lookup_branch("main")
+    assert not (store.path / "transactions" / "leftover").exists()
+
+
+def test_a_folder_with_other_files_is_never_cleared_for_a_store(tmp_path):
+    store = DatasetStore(str(tmp_path), "test_t2m")
+    store.path.mkdir(parents=True)
+    (store.path / "notes.txt").write_text("someone's own file")
+    with pytest.raises(StoreError, match=r"test_t2m: .* holds no Icechunk repository.*notes\.txt"):
+        store.open_or_create(8)
+    assert (store.path / "notes.txt").read_text() == "someone's own file"

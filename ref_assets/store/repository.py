@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,20 @@ LOCK_TIMEOUT_SECONDS = 600.0
 # per-period commits, resident memory grew to 1.7 GB and commit time from 20 to 49 ms. Bounded
 # caches keep both flat; they still hold the manifests of a store of decades of periods.
 CACHING = ic.CachingConfig(num_snapshot_nodes=1_000, num_chunk_refs=200_000)
+
+# What Icechunk 2 writes at a repository's root (`repo` last: a repository exists once it is).
+_ICECHUNK_ENTRIES = frozenset(
+    {
+        "repo",
+        "config.yaml",
+        "snapshots",
+        "manifests",
+        "transactions",
+        "chunks",
+        "refs",
+        "overwritten",
+    }
+)
 
 # How icechunk 2 words a file it cannot decode: garbage (bad magic numbers, FormatError) or a
 # truncated file (zstd: "Src size is incorrect").
@@ -155,11 +170,33 @@ class DatasetStore:
         with self.lock(run_id=run_id):
             if self.exists():  # another process created it while we waited
                 return self._open_existing()
+            self._clear_interrupted_creation()
             with self.reporting("creating the store"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 ic.Repository.create(self._storage(), config=repository_config(manifest_split))
             logger.info("%s: created repository at %s", self.dataset_id, self.location)
             return self._open_existing()
+
+    def _clear_interrupted_creation(self) -> None:
+        """Remove what a creation killed halfway left (Icechunk's folders, no repository
+        object): Icechunk creates only in an empty prefix, so it would block every later
+        creation. Called under the lock with no repository there; anything else in the folder
+        is not ours and is refused, untouched."""
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            return
+        foreign = sorted(p.name for p in self.path.iterdir() if p.name not in _ICECHUNK_ENTRIES)
+        if foreign:
+            raise StoreError(
+                f"{self.dataset_id}: {self.location} holds no Icechunk repository but other "
+                f"files ({', '.join(foreign[:5])}); it is not a store ref_assets created. Move "
+                "them away, or set another storage root (REF_STORAGE_ROOT / [storage] root)."
+            )
+        logger.warning(
+            "%s: removing the remains of an interrupted store creation at %s",
+            self.dataset_id,
+            self.location,
+        )
+        shutil.rmtree(self.path)
 
     def _open_existing(self) -> ic.Repository:
         # The persisted config (manifest splitting) is kept; only the caches are bounded.
