@@ -10,6 +10,7 @@ ref-assets providers list|prune [--dry-run]          # declared providers and th
 ref-assets provenance DATASET PERIOD | export DATASET DEST   # period records
 ref-assets verify DATASET | reproduce DATASET PERIOD  # stored data against its records
 ref-assets sync-instance [DATASET ...]               # report the stores to the Dagster instance
+ref-assets annotate DATASET [VARIABLE] --label ...   # the data dictionary, committed and logged
 
 Modules are imported by the command that needs them, so that ``--help`` and ``--version`` answer
 at once (importing the library, xarray and Dagster takes seconds).
@@ -25,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ref_assets.cli import annotations as annotations_cli
 from ref_assets.cli import config as config_cli
 from ref_assets.cli import provenance as provenance_cli
 from ref_assets.cli import timeseries as timeseries_cli
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Failures shown as one line without a traceback, besides CommandError and OSError: module, class.
 USER_ERRORS = (
+    ("ref_assets.annotations", "AnnotationError"),
     ("ref_assets.config", "ConfigError"),
     ("ref_assets.periods", "PeriodError"),
     ("ref_assets.provenance", "ProvenanceNotFoundError"),
@@ -240,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     config_cli.add_commands(commands)
     provenance_cli.add_commands(commands)
     timeseries_cli.add_commands(commands)
+    annotations_cli.add_commands(commands)
     return parser
 
 

@@ -1,0 +1,124 @@
+"""``ref-assets annotate``: the operator's annotations of a dataset and its variables.
+
+ref-assets annotate DATASET [VARIABLE] --label L --description D --attr K=V --remove K
+ref-assets annotate DATASET [VARIABLE]             # show the annotations (--history: the log)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ref_assets.cli.common import CommandError, add_command, print_json
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        commands,
+        "annotate",
+        summary="label, describe and annotate a dataset or a variable (committed and logged), "
+        "or show its annotations",
+        description="Set attributes of the dataset, or of one of its variables, in its store: "
+        "--label (the dataset's title, a variable's long_name), --description (summary, "
+        "description) and any --attr KEY=VALUE; --remove KEY takes an annotation back (the "
+        "spec's value, if it had one, returns). Each change is one commit and one entry of the "
+        "store's annotation log (who, when, what it replaced); period writes never touch "
+        "them, and open_dataset shows them as attributes.\n\nWithout changes, show the "
+        "annotations (--history: every change).",
+        examples=[
+            'ref-assets annotate demo_air_temperature t2m --label "Air temperature at 2 m" '
+            "--attr method=synthetic",
+            'ref-assets annotate demo_air_temperature --description "Demo data, not for use"',
+            "ref-assets annotate demo_air_temperature --history --json",
+        ],
+    )
+    parser.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
+    parser.add_argument("variable", nargs="?", help="a variable (default: the dataset itself)")
+    parser.add_argument("--label", help="a short name: the title (dataset), long_name (variable)")
+    parser.add_argument("--description", help="a description: summary (dataset), description")
+    parser.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set the attribute KEY to the text VALUE (repeat for several)",
+    )
+    parser.add_argument(
+        "--remove", action="append", default=[], metavar="KEY", help="remove an annotation"
+    )
+    parser.add_argument("--by", help="who makes the change (default: this user)")
+    parser.add_argument("--history", action="store_true", help="show every recorded change")
+    parser.set_defaults(handler=annotate)
+
+
+def annotate(args: argparse.Namespace) -> int:
+    from ref_assets import annotations
+
+    attributes = {}
+    for item in args.attr:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise CommandError(f"--attr {item!r}: write KEY=VALUE")
+        attributes[key] = value
+    if args.label is None and args.description is None and not attributes and not args.remove:
+        return _show(args)
+    if args.history:
+        raise CommandError("--history shows the log; give it without changes")
+    receipt = annotations.annotate(
+        args.dataset,
+        args.variable,
+        label=args.label,
+        description=args.description,
+        attributes=attributes,
+        remove=args.remove,
+        by=args.by,
+    )
+    [change] = receipt.changes
+    if args.json:
+        print_json(
+            {"dataset": args.dataset, "snapshot": receipt.snapshot_id, "change": _change(change)}
+        )
+        return 0
+    done = [f"set {', '.join(change.set)}"] if change.set else []
+    done += [f"removed {', '.join(change.removed)}"] if change.removed else []
+    print(f"{args.dataset} {change.target_name}: {'; '.join(done)} (commit {receipt.snapshot_id})")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ref_assets.annotations import read_annotations
+
+    stored = read_annotations(args.dataset)
+    history = [c for c in stored.history if args.variable is None or c.target == args.variable]
+    if args.variable is None:
+        shown = stored.annotations.to_dict()
+    else:
+        shown = {"variables": {args.variable: stored.annotations.of(args.variable)}}
+    if args.json:
+        document = {"dataset": args.dataset, "snapshot": stored.snapshot_id, **shown}
+        if args.history:
+            document["history"] = [_change(change) for change in history]
+        print_json(document)
+        return 0
+    if args.history:
+        for change in history:
+            what = [f"{k}={v!r}" for k, v in change.set.items()] + [f"-{k}" for k in change.removed]
+            action = "" if change.action == "edit" else f" ({change.action})"
+            print(
+                f"{change.at} {change.by}@{change.host} {change.target_name}{action}: "
+                f"{' '.join(what)}"
+            )
+        return 0
+    targets = [(None, stored.annotations.dataset)] if args.variable is None else []
+    targets += [(name, values) for name, values in shown["variables"].items()]
+    for name, values in targets:
+        where = "dataset" if name is None else f"variable {name}"
+        print(
+            f"{args.dataset} {where}: "
+            + (", ".join(f"{k}={v!r}" for k, v in values.items()) or "no annotations")
+        )
+    return 0
+
+
+def _change(change) -> dict:
+    return dataclasses.asdict(change)
