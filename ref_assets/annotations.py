@@ -41,7 +41,7 @@ import zarr
 from ref_assets.config import Settings, load_settings
 from ref_assets.secrets import redact
 from ref_assets.store import reader as store_reader
-from ref_assets.store.layout import has_layout, open_laid_out_root
+from ref_assets.store.layout import open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
 
 ANNOTATIONS_PATH = "ref/annotations"
@@ -194,12 +194,11 @@ def commit_annotations(
     repo = store.open()
     with store.reporting("annotating"), store.lock(run_id=f"annotation by {author}"):
         session = repo.writable_session(branch)
-        group = zarr.open_group(session.store, mode="r+")
-        if not has_layout(group):
+        if open_laid_out_root(session.store) is None:
             raise StoreError(
                 f"{store.no_periods_yet()}; a store is annotated once its first period laid it out"
             )
-        changes = edit(group)
+        changes = edit(zarr.open_group(session.store, mode="r+"))
         if not changes:
             return AnnotationReceipt(store.dataset_id, session.snapshot_id, [])
         targets = sorted({"dataset" if c.target is None else c.target for c in changes})

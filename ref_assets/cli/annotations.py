@@ -115,7 +115,7 @@ def _show(args: argparse.Namespace) -> int:
         where = "dataset" if name is None else f"variable {name}"
         print(
             f"{args.dataset} {where}: "
-            + (", ".join(f"{k}={v!r}" for k, v in values.items()) or "no annotations")
+            + (", ".join(f"{k}={v!r}" for k, v in sorted(values.items())) or "no annotations")
         )
     return 0
 
