@@ -158,6 +158,10 @@ def annotate(
     _check_keys(where, target, [*changes, *removed])
     if both := sorted(set(changes) & set(removed)):
         raise AnnotationError(f"{where}: {', '.join(both)} both set and removed; choose one")
+    if nulls := sorted(key for key, value in changes.items() if value is None):
+        raise AnnotationError(
+            f"{where}: {', '.join(nulls)} set to None; to take an annotation back, remove it"
+        )
     try:
         json.dumps(changes)
     except (TypeError, ValueError) as err:
@@ -183,6 +187,26 @@ def read_annotations(
             return StoredAnnotations(dataset_id, session.snapshot_id, Annotations(), [])
         state, _ = _state(group)
         return StoredAnnotations(dataset_id, session.snapshot_id, state, _history(group))
+
+
+def annotated_attributes(session) -> dict[str | None, dict[str, Any]]:
+    """For the dataset (None) and each variable, every attribute an annotation ever set or
+    removed, with its value in ``session`` now (None: absent now): what a copy of the store
+    made before some of those changes needs to show them (`ref_assets.open_dataset`)."""
+    group = open_laid_out_root(session.store)
+    if group is None:
+        return {}
+    touched: dict[str | None, set[str]] = {}
+    for change in _history(group):
+        touched.setdefault(change.target, set()).update(change.set, change.removed)
+    variables = group.attrs["ref_assets"]["structure"]["variables"]
+    shown = {}
+    for target, keys in touched.items():
+        if target is not None and target not in variables:
+            continue
+        attributes = (group if target is None else group[target]).attrs.asdict()
+        shown[target] = {key: attributes.get(key) for key in sorted(keys)}
+    return shown
 
 
 def commit_annotations(

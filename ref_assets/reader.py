@@ -58,7 +58,7 @@ def open_dataset(
 
     if layout not in ("periods", "timeseries"):
         raise ValueError(f"{dataset_id}: layout must be 'periods' or 'timeseries', not {layout!r}")
-    store = _store(dataset_id, settings)
+    periods_store = store = _store(dataset_id, settings)
     if layout == "timeseries":
         from ref_assets.store import timeseries
 
@@ -70,8 +70,28 @@ def open_dataset(
         if store_reader.store_axis(session) is None:
             raise StoreError(store.no_periods_yet())
         if layout == "timeseries":
-            return timeseries.open_timeseries(session)
+            copy = timeseries.open_timeseries(session)
+            return _with_current_annotations(copy, periods_store)
         return store_reader.open_store_dataset(session)
+
+
+def _with_current_annotations(data: xr.Dataset, store: DatasetStore) -> xr.Dataset:
+    """``data`` (the time-series copy, whose attributes are the store's when the copy was laid
+    out) with the annotations of the store's ``main`` as they are now."""
+    from ref_assets.annotations import annotated_attributes
+
+    with store.reporting("reading the annotations"):
+        current = annotated_attributes(store_reader.session_for(store))
+    for target, values in current.items():
+        if target is not None and target not in data.variables:
+            continue
+        attributes = data.attrs if target is None else data[target].attrs
+        for key, value in values.items():
+            if value is None:
+                attributes.pop(key, None)
+            else:
+                attributes[key] = value
+    return data
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,16 @@ from ref_assets.annotations import (
     read_annotations,
 )
 from ref_assets.annotations_stash import clear, read_stash, restore, stash, stash_path
+from ref_assets.batch import fetch_batch
 from ref_assets.cli import main
+from ref_assets.providers.synthetic import SyntheticProvider
+from ref_assets.specs import DatasetSpec
 from ref_assets.store import writer as store_writer
 from ref_assets.store.layout import axis_length
-from ref_assets.store.repository import StoreError
+from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.timeseries import update_timeseries
 from ref_assets.store.writer import CommitPolicy, PeriodWriter, write_period
+from ref_assets_tests.conftest import spec_dict
 
 
 @pytest.fixture
@@ -112,6 +117,7 @@ def test_an_override_of_a_spec_attribute_removed_brings_the_spec_value_back(anno
         ("t2m", {"attributes": {"a": 1}, "remove": ["a"]}, "a both set and removed"),
         ("t2m", {"attributes": {"": 1}}, "an attribute needs a name"),
         (None, {"attributes": {"when": object()}}, "must be JSON values"),
+        (None, {"attributes": {"x": None}}, "x set to None; to take an annotation back"),
     ],
 )
 def test_annotations_that_cannot_be_made_are_refused_and_nothing_is_committed(
@@ -182,6 +188,30 @@ def test_an_annotation_landing_during_a_period_write_is_kept_and_the_write_lands
     assert read_annotations(spec.id).annotations.variables["t2m"]["qc"] == "v2"
     ds = ref_assets.open_dataset(spec.id)
     assert not bool(ds.t2m.sel(time="2024-01-03").isnull().all())
+
+
+def test_the_time_series_copy_shows_the_annotations_as_they_are_now(settings):
+    """The copy takes the store's attributes when it is laid out; annotations made or taken
+    back later show through open_dataset all the same."""
+    spec = DatasetSpec.model_validate(
+        spec_dict(timeseries={"time_chunk": 4, "y": 6, "x": 6, "tile": 2})
+    )
+    store = DatasetStore(settings.storage_root, spec.id)
+    provider = SyntheticProvider(spec)
+    for key in ("2024-01-01", "2024-01-02"):
+        write_period(store, fetch_batch(spec, provider, spec.period_for_key(key)), run_id="t")
+    annotate(spec.id, "t2m", attributes={"early": "yes", "qc": "v1"}, by="ann")
+    update_timeseries(spec, store, run_id="copy")
+    annotate(spec.id, "t2m", attributes={"qc": "v2"}, remove=["early"], by="ann")
+    annotate(spec.id, attributes={"institution": "Met service"}, by="ann")
+    annotate(spec.id, "t2m", attributes={"standard_name": "x"}, by="ann")
+    annotate(spec.id, "t2m", remove=["standard_name"], by="ann")
+    series = ref_assets.open_dataset(spec.id, layout="timeseries")
+    periods = ref_assets.open_dataset(spec.id)
+    assert series.t2m.attrs == periods.t2m.attrs
+    assert series.t2m.attrs["qc"] == "v2" and "early" not in series.t2m.attrs
+    assert series.t2m.attrs["standard_name"] == "air_temperature"
+    assert series.attrs["institution"] == "Met service"
 
 
 def test_the_command_line_annotates_shows_and_lists_the_history(annotated, capsys):
