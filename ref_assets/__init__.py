@@ -19,8 +19,10 @@ _LAZY = {
     "Period": "ref_assets.periods",
     "PeriodType": "ref_assets.periods",
     "ProvenanceRecord": "ref_assets.provenance",
+    "annotate": "ref_assets.annotations",
     "dataset_status": "ref_assets.reader",
     "open_dataset": "ref_assets.reader",
+    "read_annotations": "ref_assets.annotations",
     "read_provenance": "ref_assets.provenance",
 }
 
@@ -45,7 +47,9 @@ __all__ = [
     "PeriodType",
     "ProvenanceRecord",
     "__version__",
+    "annotate",
     "dataset_status",
     "open_dataset",
+    "read_annotations",
     "read_provenance",
 ]

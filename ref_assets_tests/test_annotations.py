@@ -51,6 +51,7 @@ def _attributes(store, path=""):
 
 def test_annotations_are_attributes_committed_with_a_log_of_who_when_what(annotated):
     spec, store, _ = annotated
+    assert ref_assets.annotate is annotate and ref_assets.read_annotations is read_annotations
     ds = ref_assets.open_dataset(spec.id)
     assert ds.attrs["summary"] == "Test data, not for use"
     assert ds.attrs["title"] == "Test dataset test_t2m"  # the spec's, untouched
