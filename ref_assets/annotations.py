@@ -38,6 +38,7 @@ from typing import Any
 
 import zarr
 
+import ref_assets
 from ref_assets.config import Settings, load_settings
 from ref_assets.secrets import redact
 from ref_assets.store import reader as store_reader
@@ -93,6 +94,7 @@ class AnnotationChange:
     removed: list[str]
     previous: dict[str, Any]  # each changed key's value before (None: it had none)
     action: str = "edit"  # or "restore" (from a stash, onto a rebuilt store)
+    tool: str = ""  # the ref-assets version that made the change
     format: str = CHANGE_FORMAT
 
     def to_json(self) -> str:
@@ -293,6 +295,7 @@ def apply_change(
         removed=removed,
         previous=previous,
         action=action,
+        tool=f"ref-assets {ref_assets.__version__}",
     )
     append_to_log(group, [change], state=state, replaced=replaced)
     return change

@@ -78,6 +78,7 @@ def test_annotations_are_attributes_committed_with_a_log_of_who_when_what(annota
     )
     assert second.previous == {"summary": ""}  # the spec's empty description
     assert first.at <= second.at and first.host
+    assert first.tool == f"ref-assets {ref_assets.__version__}"
     # Each change is its own commit on main, naming the annotation it made.
     messages = [s.message for s in store.open().ancestry(branch="main")]
     assert messages[0] == "test_t2m: annotate dataset (by bob)"
@@ -129,6 +130,17 @@ def test_annotations_that_cannot_be_made_are_refused_and_nothing_is_committed(
     with pytest.raises(AnnotationError, match=message):
         annotate(spec.id, variable, **kwargs)
     assert store.open().lookup_branch("main") == tip
+
+
+def test_secrets_in_annotations_are_masked_as_the_specs_are(annotated):
+    spec, store, _ = annotated
+    annotate(spec.id, "t2m", attributes={"source": "https://user:pw@host/x", "api_token": "abc"})
+    attributes = _attributes(store, "t2m")
+    assert (attributes["source"], attributes["api_token"]) == ("https://***@host/x", "***")
+    assert read_annotations(spec.id).history[-1].set == {
+        "source": "https://***@host/x",
+        "api_token": "***",
+    }
 
 
 def test_a_store_not_laid_out_yet_cannot_be_annotated(synthetic_dataset):
