@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import zarr
@@ -201,6 +202,25 @@ def test_an_annotation_landing_during_a_period_write_is_kept_and_the_write_lands
     assert read_annotations(spec.id).annotations.variables["t2m"]["qc"] == "v2"
     ds = ref_assets.open_dataset(spec.id)
     assert not bool(ds.t2m.sel(time="2024-01-03").isnull().all())
+
+
+def test_annotations_made_at_once_are_all_kept_and_logged(annotated):
+    """Each annotation commits under the dataset's commit lock: none is lost to another."""
+    spec, _, _ = annotated
+
+    def one(number: int) -> None:
+        annotate(spec.id, "t2m" if number % 2 else None, attributes={f"k{number}": number})
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(one, range(12)))
+    stored = read_annotations(spec.id)
+    assert {k for k in stored.annotations.dataset if k.startswith("k")} == {
+        f"k{n}" for n in range(0, 12, 2)
+    }
+    assert {k for k in stored.annotations.variables["t2m"] if k.startswith("k")} == {
+        f"k{n}" for n in range(1, 12, 2)
+    }
+    assert len(stored.history) == 2 + 12
 
 
 def test_the_time_series_copy_shows_the_annotations_as_they_are_now(settings):
