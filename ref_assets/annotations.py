@@ -31,10 +31,10 @@ import getpass
 import json
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zarr
 
@@ -44,6 +44,9 @@ from ref_assets.secrets import redact
 from ref_assets.store import reader as store_reader
 from ref_assets.store.layout import open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
+
+if TYPE_CHECKING:
+    import icechunk as ic
 
 ANNOTATIONS_PATH = "ref/annotations"
 CHANGE_FORMAT = "ref-assets/annotation-v1"
@@ -191,7 +194,7 @@ def read_annotations(
         return StoredAnnotations(dataset_id, session.snapshot_id, state, _history(group))
 
 
-def annotated_attributes(session) -> dict[str | None, dict[str, Any]]:
+def annotated_attributes(session: ic.Session) -> dict[str | None, dict[str, Any]]:
     """For the dataset (None) and each variable, every attribute an annotation ever set or
     removed, with its value in ``session`` now (None: absent now): what a copy of the store
     made before some of those changes needs to show them (`ref_assets.open_dataset`)."""
@@ -212,7 +215,11 @@ def annotated_attributes(session) -> dict[str | None, dict[str, Any]]:
 
 
 def commit_annotations(
-    store: DatasetStore, edit, *, author: str, branch: str = "main"
+    store: DatasetStore,
+    edit: Callable[[zarr.Group], list[AnnotationChange]],
+    *,
+    author: str,
+    branch: str = "main",
 ) -> AnnotationReceipt:
     """Run ``edit(root_group)`` (which returns the changes it made) on ``branch`` and commit it,
     under the dataset's commit lock: axis growth also commits under it, so the two never
