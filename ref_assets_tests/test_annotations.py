@@ -7,7 +7,12 @@ import getpass
 import json
 import logging
 import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -221,6 +226,52 @@ def test_annotations_made_at_once_are_all_kept_and_logged(annotated):
         f"k{n}" for n in range(1, 12, 2)
     }
     assert len(stored.history) == 2 + 12
+
+
+ANNOTATING_UNTIL_KILLED = """
+from ref_assets.annotations import annotate
+for number in range(10**6):
+    target = None if number % 4 < 2 else "t2m"
+    if number % 2 == 0:
+        annotate("test_t2m", target, attributes={"n": number}, by="child")
+    else:
+        annotate("test_t2m", target, remove=["n"], by="child")
+    if number == 0:
+        print("ready", flush=True)
+"""
+
+
+def test_annotating_killed_at_any_instant_leaves_attributes_and_log_in_agreement(annotated):
+    """SIGKILL while annotations are being committed: the store's attributes, the operator's
+    state and the log agree after every kill (a change is whole or absent), and the next
+    annotation is not blocked (the kernel freed the lock)."""
+    spec, store, _ = annotated
+    rng = random.Random(5)
+    counts = []
+    for _ in range(4):
+        child = subprocess.Popen(
+            [sys.executable, "-c", ANNOTATING_UNTIL_KILLED], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.3))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        stored = read_annotations(spec.id)
+        replayed: dict = {}
+        for change in stored.history:
+            values = replayed.setdefault(change.target, {})
+            values.update(change.set)
+            for key in change.removed:
+                del values[key]
+        assert replayed.pop(None) == stored.annotations.dataset
+        assert {k: v for k, v in replayed.items() if v} == stored.annotations.variables
+        dataset, t2m = _attributes(store), _attributes(store, "t2m")
+        assert dataset.get("n") == stored.annotations.dataset.get("n")
+        assert t2m.get("n") == stored.annotations.variables["t2m"].get("n")
+        counts.append(len(stored.history))
+    assert counts == sorted(counts) and counts[-1] > counts[0]  # the kills cut real work
+    annotate(spec.id, label="After the kills", by="ann")
+    assert read_annotations(spec.id).history[-1].set == {"title": "After the kills"}
 
 
 def test_the_time_series_copy_shows_the_annotations_as_they_are_now(settings):
