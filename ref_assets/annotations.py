@@ -41,8 +41,9 @@ import zarr
 import ref_assets
 from ref_assets.config import Settings, load_settings
 from ref_assets.secrets import redact
+from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
-from ref_assets.store.layout import open_laid_out_root
+from ref_assets.store.layout import dataset_attributes, open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
 
 if TYPE_CHECKING:
@@ -96,7 +97,8 @@ class AnnotationChange:
     set: dict[str, Any]
     removed: list[str]
     previous: dict[str, Any]  # each changed key's value before (None: it had none)
-    action: str = "edit"  # or "restore" (from a stash, onto a rebuilt store)
+    # "edit"; "restore" (from a stash, onto a rebuilt store); "spec" (the spec's attributes now)
+    action: str = "edit"
     tool: str = ""  # the ref-assets version that made the change
     format: str = CHANGE_FORMAT
 
@@ -292,20 +294,73 @@ def apply_change(
     if variable is not None and not own:
         del state.variables[variable]
         del replaced["variables"][variable]
-    change = AnnotationChange(
+    change = _change(variable, dict(changes), removed, previous, by=by, action=action)
+    append_to_log(group, [change], state=state, replaced=replaced)
+    return change
+
+
+def refresh_from_spec(
+    spec: DatasetSpec, *, by: str | None = None, settings: Settings | None = None
+) -> AnnotationReceipt:
+    """Give the store the attributes its spec gives now (the dataset's title, description and
+    attributes, each variable's attributes: written once, when the store was laid out), in one
+    commit, one log entry (action ``spec``) per target that changed. A key the operator
+    annotated keeps the operator's value; the spec's becomes the value that returns when the
+    annotation is removed. Attributes the spec no longer has are left as they are."""
+    store = _store(spec.id, settings)
+    author = by or _user()
+
+    def edit(group: zarr.Group) -> list[AnnotationChange]:
+        state, replaced = _state(group)
+        stored = group.attrs["ref_assets"]["structure"]["variables"]
+        targets = [(None, dataset_attributes(spec))]
+        targets += [(v.name, redact(v.attributes)) for v in spec.variables if v.name in stored]
+        changes = []
+        for target, given in targets:
+            kind = "dataset" if target is None else "variable"
+            given = {k: v for k, v in given.items() if k not in RESERVED_KEYS[kind]}
+            node = group if target is None else group[target]
+            current, own = node.attrs.asdict(), state.of(target)
+            beneath = replaced["dataset"] if target is None else replaced["variables"].get(target)
+            direct = {k: v for k, v in given.items() if k not in own and current.get(k) != v}
+            hidden = {k: v for k, v in given.items() if k in own and beneath.get(k) != v}
+            if not direct and not hidden:
+                continue
+            previous = {k: current.get(k) for k in direct} | {k: beneath.get(k) for k in hidden}
+            node.attrs.update(direct)
+            if hidden:
+                beneath.update(hidden)
+            changes.append(
+                _change(target, {**direct, **hidden}, [], previous, by=author, action="spec")
+            )
+        if changes:
+            append_to_log(group, changes, state=state, replaced=replaced)
+        return changes
+
+    return commit_annotations(store, edit, author=author, branch="main")
+
+
+def _change(
+    target: str | None,
+    changes: dict[str, Any],
+    removed: list[str],
+    previous: dict[str, Any],
+    *,
+    by: str,
+    action: str,
+) -> AnnotationChange:
+    return AnnotationChange(
         id=uuid.uuid4().hex,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
         by=by,
         host=socket.gethostname(),
-        target=variable,
-        set=dict(changes),
+        target=target,
+        set=changes,
         removed=removed,
         previous=previous,
         action=action,
         tool=f"ref-assets {ref_assets.__version__}",
     )
-    append_to_log(group, [change], state=state, replaced=replaced)
-    return change
 
 
 def append_to_log(

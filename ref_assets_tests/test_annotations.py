@@ -298,6 +298,40 @@ def test_the_time_series_copy_shows_the_annotations_as_they_are_now(settings):
     assert series.attrs["institution"] == "Met service"
 
 
+def test_the_spec_s_attributes_now_reach_the_store_under_the_operator_s(
+    annotated, write_spec, capsys
+):
+    spec, store, _ = annotated
+    annotate(spec.id, "t2m", attributes={"comment": "operator's"}, by="ann")
+    fields = spec_dict(title="New title", attributes={"institution": "Met service"})
+    fields["variables"][0]["attributes"] = {
+        "standard_name": "air_temperature",
+        "comment": "spec's",
+        "source": "https://user:pw@host/x",
+    }
+    write_spec(**{k: v for k, v in fields.items() if k != "id"})
+    assert main(["annotate", spec.id, "--from-spec", "--by", "ops"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        "test_t2m the dataset: from the spec: title, institution",
+        "test_t2m variable t2m: from the spec: source, comment",
+    ]
+    ds = ref_assets.open_dataset(spec.id)
+    assert (ds.attrs["title"], ds.attrs["institution"]) == ("New title", "Met service")
+    assert ds.t2m.attrs["source"] == "https://***@host/x"
+    assert ds.t2m.attrs["comment"] == "operator's"  # the operator's annotation stays
+    [*_, dataset_change, t2m_change] = read_annotations(spec.id).history
+    assert (dataset_change.action, dataset_change.by) == ("spec", "ops")
+    assert dataset_change.previous == {"title": "Test dataset test_t2m", "institution": None}
+    assert t2m_change.previous == {"source": None, "comment": None}
+    annotate(spec.id, "t2m", remove=["comment"])
+    assert _attributes(store, "t2m")["comment"] == "spec's"  # what returns is the spec's now
+    tip = store.open().lookup_branch("main")
+    assert main(["annotate", spec.id, "--from-spec", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["changes"] == []
+    assert store.open().lookup_branch("main") == tip  # nothing to do: no commit
+
+
 def test_the_command_line_annotates_shows_and_lists_the_history(annotated, capsys):
     spec, store, _ = annotated
     command = ["annotate", spec.id, "t2m", "--label", "T2m", "--attr", "source=ERA5"]

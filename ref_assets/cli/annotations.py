@@ -24,12 +24,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "spec's value, if it had one, returns). Each change is one commit and one entry of the "
         "store's annotation log (who, when, what it replaced); period writes never touch "
         "them, and open_dataset shows them as attributes.\n\nWithout changes, show the "
-        "annotations (--history: every change).",
+        "annotations (--history: every change). --from-spec gives the store the attributes "
+        "its spec gives now.",
         examples=[
             'ref-assets annotate demo_air_temperature t2m --label "Air temperature at 2 m" '
             "--attr method=synthetic",
             'ref-assets annotate demo_air_temperature --description "Demo data, not for use"',
             "ref-assets annotate demo_air_temperature --history --json",
+            "ref-assets annotate demo_air_temperature --from-spec",
         ],
     )
     parser.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
@@ -46,6 +48,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--remove", action="append", default=[], metavar="KEY", help="remove an annotation"
     )
+    parser.add_argument(
+        "--from-spec",
+        action="store_true",
+        help="give the store the attributes its spec gives now (written once, when the store "
+        "was laid out); the operator's annotations stay",
+    )
     parser.add_argument("--by", help="who makes the change (default: this user)")
     parser.add_argument("--history", action="store_true", help="show every recorded change")
     parser.set_defaults(handler=annotate)
@@ -60,7 +68,12 @@ def annotate(args: argparse.Namespace) -> int:
         if not equals or not key:
             raise CommandError(f"--attr {item!r}: write KEY=VALUE")
         attributes[key] = value
-    if args.label is None and args.description is None and not attributes and not args.remove:
+    edits = args.label is not None or args.description is not None or attributes or args.remove
+    if args.from_spec:
+        if edits or args.variable or args.history:
+            raise CommandError("--from-spec takes the dataset alone (no variable, no changes)")
+        return _from_spec(args)
+    if not edits:
         return _show(args)
     if args.history:
         raise CommandError("--history shows the log; give it without changes")
@@ -82,6 +95,32 @@ def annotate(args: argparse.Namespace) -> int:
     done = [f"set {', '.join(change.set)}"] if change.set else []
     done += [f"removed {', '.join(change.removed)}"] if change.removed else []
     print(f"{args.dataset} {change.target_name}: {'; '.join(done)} (commit {receipt.snapshot_id})")
+    return 0
+
+
+def _from_spec(args: argparse.Namespace) -> int:
+    from ref_assets.annotations import refresh_from_spec
+    from ref_assets.catalog import load_catalog
+    from ref_assets.config import load_settings
+
+    settings = load_settings()
+    spec = load_catalog(settings).get(args.dataset)
+    receipt = refresh_from_spec(spec, by=args.by, settings=settings)
+    if args.json:
+        print_json(
+            {
+                "dataset": spec.id,
+                "snapshot": receipt.snapshot_id,
+                "changes": [_change(change) for change in receipt.changes],
+            }
+        )
+        return 0
+    for change in receipt.changes:
+        print(f"{spec.id} {change.target_name}: from the spec: {', '.join(change.set)}")
+    if receipt.changes:
+        print(f"{spec.id}: commit {receipt.snapshot_id}")
+    else:
+        print(f"{spec.id}: the store has the spec's attributes already")
     return 0
 
 

@@ -164,26 +164,28 @@ def check_structure(group: zarr.Group, spec: DatasetSpec, description: Descripti
         )
 
 
+def dataset_attributes(spec: DatasetSpec) -> dict:
+    """The attributes the spec gives the store's root group. Masked as the record masks them: a
+    spec's attributes may hold a token or a URL's credentials, and the store's attributes are
+    read by anyone who reads the data."""
+    return redact(
+        {
+            "title": spec.title,
+            "summary": spec.description,
+            "Conventions": "CF-1.10",
+            **spec.attributes,
+        }
+    )
+
+
 def create_layout(
     group: zarr.Group, spec: DatasetSpec, description: Description, length: int
 ) -> None:
     """Create every array of an empty store with a time axis of ``length`` periods."""
     grid = description.grid
     chunk_y, chunk_x = _spatial_chunks(spec, description)
-    # Masked as the record masks them: a spec's attributes may hold a token or a URL's
-    # credentials, and the store's attributes are read by anyone who reads the data.
     group.attrs.update(
-        {
-            **redact(
-                {
-                    "title": spec.title,
-                    "summary": spec.description,
-                    "Conventions": "CF-1.10",
-                    **spec.attributes,
-                }
-            ),
-            "ref_assets": {"structure": structure(spec, description)},
-        }
+        {**dataset_attributes(spec), "ref_assets": {"structure": structure(spec, description)}}
     )
     time = group.create_array(
         "time",
