@@ -174,7 +174,7 @@ def annotate(
     except (TypeError, ValueError) as err:
         raise AnnotationError(f"{where}: attribute values must be JSON values ({err})") from None
     store = _store(dataset_id, settings)
-    author = by or _user()
+    author = by or current_user()
 
     def edit(group: zarr.Group) -> list[AnnotationChange]:
         return [apply_change(group, where, variable, redact(changes), removed, by=author)]
@@ -192,7 +192,7 @@ def read_annotations(
         group = open_laid_out_root(session.store)
         if group is None:  # nothing laid out yet, so nothing annotated
             return StoredAnnotations(dataset_id, session.snapshot_id, Annotations(), [])
-        state, _ = _state(group)
+        state, _ = operator_state(group)
         return StoredAnnotations(dataset_id, session.snapshot_id, state, _history(group))
 
 
@@ -266,7 +266,7 @@ def apply_change(
             f"{where}: the store has no such variable (it has {', '.join(variables)})"
         )
     node = group if variable is None else group[variable]
-    state, replaced = _state(group)
+    state, replaced = operator_state(group)
     own = state.dataset if variable is None else state.variables.setdefault(variable, {})
     underlying = (
         replaced["dataset"] if variable is None else replaced["variables"].setdefault(variable, {})
@@ -308,10 +308,10 @@ def refresh_from_spec(
     annotated keeps the operator's value; the spec's becomes the value that returns when the
     annotation is removed. Attributes the spec no longer has are left as they are."""
     store = _store(spec.id, settings)
-    author = by or _user()
+    author = by or current_user()
 
     def edit(group: zarr.Group) -> list[AnnotationChange]:
-        state, replaced = _state(group)
+        state, replaced = operator_state(group)
         stored = group.attrs["ref_assets"]["structure"]["variables"]
         targets = [(None, dataset_attributes(spec))]
         targets += [(v.name, redact(v.attributes)) for v in spec.variables if v.name in stored]
@@ -373,7 +373,7 @@ def append_to_log(
     """Append ``changes`` to the log (creating it) and save the operator's state with it."""
     log = _log(group, create=True)
     if state is None or replaced is None:
-        state, replaced = _state(group)
+        state, replaced = operator_state(group)
     length = log.shape[0]
     log.resize((length + len(changes),))
     if changes:
@@ -392,7 +392,7 @@ def _history(group: zarr.Group) -> list[AnnotationChange]:
     return [AnnotationChange.from_dict(json.loads(str(text))) for text in log[:] if text]
 
 
-def _state(group: zarr.Group) -> tuple[Annotations, dict]:
+def operator_state(group: zarr.Group) -> tuple[Annotations, dict]:
     """The operator's annotations, and the value each replaced ({"dataset", "variables"})."""
     log = _log(group)
     attributes = log.attrs.asdict() if log is not None else {}
@@ -429,7 +429,7 @@ def _check_keys(where: str, target: str, keys: list[str]) -> None:
         )
 
 
-def _user() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container's)

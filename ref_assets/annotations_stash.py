@@ -30,12 +30,12 @@ from ref_assets.annotations import (
     AnnotationChange,
     AnnotationReceipt,
     Annotations,
-    _state,
-    _user,
     append_to_log,
     apply_change,
     commit_annotations,
+    current_user,
     history_ids,
+    operator_state,
     read_annotations,
 )
 from ref_assets.config import Settings, load_settings
@@ -156,7 +156,7 @@ def restore(
     saved = read_stash(dataset_id, settings=settings)
     if saved is None:
         return None
-    author = by or _user()
+    author = by or current_user()
 
     def edit(group: zarr.Group) -> list[AnnotationChange]:
         known = history_ids(group)
@@ -174,7 +174,7 @@ def restore(
         targets = [None, *(v for v in saved.annotations.variables if v in variables)]
         for target in targets:
             node = group if target is None else group[target]
-            current, own = node.attrs.asdict(), _state(group)[0].of(target)
+            current, own = node.attrs.asdict(), operator_state(group)[0].of(target)
             differing = {
                 key: value
                 for key, value in saved.annotations.of(target).items()
