@@ -402,6 +402,32 @@ def test_stash_then_restore_onto_a_rebuilt_store_then_clear(annotated, settings)
     assert restore(spec.id) is None
 
 
+def test_the_command_line_saves_restores_and_clears_the_stash(annotated, settings, capsys):
+    spec, store, batch_for = annotated
+    before = read_annotations(spec.id)
+    assert main(["annotate", spec.id, "--stash", "save"]) == 0
+    path = stash_path(spec.id)
+    assert capsys.readouterr().out == f"test_t2m: annotations and their log saved in {path}\n"
+    shutil.rmtree(store.path)  # moved aside, and the dataset materialized again
+    write_period(store, batch_for("2024-01-01"), run_id="again")
+    assert main(["annotate", spec.id, "--stash", "restore", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["action"], document["changes"], document["stash"]) == (
+        "restore",
+        4,  # the two entries of the old log, and one restore change for each target
+        str(path),
+    )
+    assert read_annotations(spec.id).annotations == before.annotations
+    assert main(["annotate", spec.id, "--stash", "clear"]) == 0
+    assert capsys.readouterr().out == f"test_t2m: {path} removed\n"
+    assert main(["annotate", spec.id, "--stash", "restore"]) == 2
+    assert f"no readable annotation stash at {path}" in capsys.readouterr().err
+    assert main(["annotate", "../x", "--stash", "save"]) == 2
+    assert "invalid dataset id '../x'" in capsys.readouterr().err
+    assert main(["annotate", spec.id, "t2m", "--stash", "save"]) == 2
+    assert "--stash takes the dataset alone" in capsys.readouterr().err
+
+
 def test_restore_onto_a_branch_leaves_main_alone(annotated):
     spec, store, _ = annotated
     stash(spec.id)

@@ -32,6 +32,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             'ref-assets annotate demo_air_temperature --description "Demo data, not for use"',
             "ref-assets annotate demo_air_temperature --history --json",
             "ref-assets annotate demo_air_temperature --from-spec",
+            "ref-assets annotate demo_air_temperature --stash save",
         ],
     )
     parser.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
@@ -48,11 +49,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--remove", action="append", default=[], metavar="KEY", help="remove an annotation"
     )
-    parser.add_argument(
+    whole = parser.add_mutually_exclusive_group()
+    whole.add_argument(
         "--from-spec",
         action="store_true",
         help="give the store the attributes its spec gives now (written once, when the store "
         "was laid out); the operator's annotations stay",
+    )
+    whole.add_argument(
+        "--stash",
+        choices=["save", "restore", "clear"],
+        help="save: keep the annotations and their log on local disk (before moving a store "
+        "aside to rebuild it); restore: give the store what was saved; clear: remove it",
     )
     parser.add_argument("--by", help="who makes the change (default: this user)")
     parser.add_argument("--history", action="store_true", help="show every recorded change")
@@ -69,10 +77,11 @@ def annotate(args: argparse.Namespace) -> int:
             raise CommandError(f"--attr {item!r}: write KEY=VALUE")
         attributes[key] = value
     edits = args.label is not None or args.description is not None or attributes or args.remove
-    if args.from_spec:
+    if args.from_spec or args.stash:
         if edits or args.variable or args.history:
-            raise CommandError("--from-spec takes the dataset alone (no variable, no changes)")
-        return _from_spec(args)
+            option = "--from-spec" if args.from_spec else "--stash"
+            raise CommandError(f"{option} takes the dataset alone (no variable, no changes)")
+        return _from_spec(args) if args.from_spec else _stash(args)
     if not edits:
         return _show(args)
     if args.history:
@@ -121,6 +130,40 @@ def _from_spec(args: argparse.Namespace) -> int:
         print(f"{spec.id}: commit {receipt.snapshot_id}")
     else:
         print(f"{spec.id}: the store has the spec's attributes already")
+    return 0
+
+
+def _stash(args: argparse.Namespace) -> int:
+    from ref_assets import annotations_stash
+
+    dataset, document = args.dataset, {"dataset": args.dataset, "action": args.stash}
+    try:
+        path = annotations_stash.stash_path(dataset)
+    except ValueError as err:  # an id that would name a file elsewhere
+        raise CommandError(str(err)) from None
+    if args.stash == "save":
+        annotations_stash.stash(dataset)
+        text = f"{dataset}: annotations and their log saved in {path}"
+    elif args.stash == "restore":
+        receipt = annotations_stash.restore(dataset, by=args.by)
+        if receipt is None:
+            raise CommandError(f"{dataset}: no readable annotation stash at {path}")
+        document["snapshot"] = receipt.snapshot_id
+        document["changes"] = len(receipt.changes)
+        text = (
+            f"{dataset}: restored from {path}: {len(receipt.changes)} log entries written "
+            f"(commit {receipt.snapshot_id}); `--stash clear` once you are done"
+            if receipt.changes
+            else f"{dataset}: the store holds everything {path} holds already"
+        )
+    else:
+        cleared = annotations_stash.clear(dataset)
+        text = f"{dataset}: {path} {'removed' if cleared else 'did not exist'}"
+        document["cleared"] = cleared
+    if args.json:
+        print_json({**document, "stash": str(path)})
+    else:
+        print(text)
     return 0
 
 
