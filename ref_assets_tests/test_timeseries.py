@@ -334,3 +334,44 @@ def test_a_period_whose_quality_check_failed_holds_its_partition_back(
         defs, instance, asset_selection=selection, cursor=result.cursor
     )
     assert result.get_requested_partitions(key) == {"2024"}
+
+
+def test_an_update_racing_another_never_leaves_the_copy_older_than_the_store(
+    settings, dataset, monkeypatch
+):
+    """An update read the per-period store; then a period is revised and another update copies
+    the revision. The first one's commit must not put the older values back."""
+    spec, store, write = dataset
+    write(DAYS)
+    timeseries.update_timeseries(spec, store, run_id="build")
+    revised = DatasetSpec.model_validate(
+        spec_dict(timeseries=TIMESERIES, params={**spec.params, "seed": 4})
+    )
+    real_open = DatasetStore.open
+    raced = []
+
+    class RacedRepository:
+        """The per-period repository, revised (and copied) right after its first read."""
+
+        def __init__(self, repository):
+            self.repository = repository
+
+        def readonly_session(self, **kwargs):
+            session = self.repository.readonly_session(**kwargs)
+            if not raced:
+                raced.append(session.snapshot_id)
+                write(["2024-01-10"], batch_spec=revised)
+                timeseries.update_timeseries(spec, store, run_id="other")
+            return session
+
+    def open_raced(self, *args, **kwargs):
+        repository = real_open(self, *args, **kwargs)
+        slow = type(self) is DatasetStore and not raced
+        return RacedRepository(repository) if slow else repository
+
+    monkeypatch.setattr(DatasetStore, "open", open_raced)
+    write(["2024-01-20"], batch_spec=revised)  # the slow update has a chunk of its own to write
+    timeseries.update_timeseries(spec, store, run_id="slow")
+    monkeypatch.undo()
+    assert raced
+    assert_copy_equals_store(settings, spec)

@@ -143,9 +143,12 @@ def update_timeseries(
     for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1):
         if attempt > 1:  # bounded, jittered back-off, so racing updates stop colliding in step
             time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
+        # The copy's session first: an update that commits after it touched the same chunks
+        # conflicts with this one. Read the other way round, an update could copy a revision
+        # in between, and this one would put the older values back.
+        session = repo.writable_session("main")
         upstream = upstream_repo.readonly_session(branch="main")
         with copy_store.reporting(f"updating the time-series copy from {upstream.snapshot_id}"):
-            session = repo.writable_session("main")
             work = _Update(spec, upstream, session, run_id, copy_store.location)
             chunks = work.stale_chunks(indices)
             if not chunks:
