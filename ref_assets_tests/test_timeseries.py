@@ -375,3 +375,14 @@ def test_an_update_racing_another_never_leaves_the_copy_older_than_the_store(
     monkeypatch.undo()
     assert raced
     assert_copy_equals_store(settings, spec)
+
+
+def test_the_command_line_start_alone_updates_up_to_the_newest_period(
+    settings, dataset, write_spec, capsys
+):
+    spec, _, write = dataset
+    write_spec(timeseries=TIMESERIES)
+    write(DAYS[:12])
+    assert main(["timeseries", spec.id, "--start", "2024-01-05", "--json"]) == 0
+    update = json.loads(capsys.readouterr().out)  # --end defaults to the newest period
+    assert (update["chunks_rewritten"], update["periods"]) == ([1, 2], 8)

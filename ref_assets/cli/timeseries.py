@@ -49,8 +49,10 @@ def update(args: argparse.Namespace) -> int:
     indices = None
     if args.start:
         first = Period.from_text(spec.period, args.start, dataset=spec.id)
-        last = Period.from_text(spec.period, args.end or args.start, dataset=spec.id)
-        indices = (spec.time_index(first), spec.time_index(last) + 1)
+        stop = None  # no --end: up to the newest stored period
+        if args.end:
+            stop = spec.time_index(Period.from_text(spec.period, args.end, dataset=spec.id)) + 1
+        indices = (spec.time_index(first), stop)
     store = DatasetStore(settings.storage_root, spec.id)
     copy = timeseries_store(store)
     try:

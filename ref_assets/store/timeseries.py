@@ -123,10 +123,11 @@ def update_timeseries(
     store: DatasetStore,
     *,
     run_id: str,
-    indices: tuple[int, int] | None = None,
+    indices: tuple[int, int | None] | None = None,
 ) -> TimeseriesUpdate:
     """Bring the copy of ``spec``'s dataset (stored in ``store``) up to date for the time
-    indices ``indices`` (first, stop; default: every written period), rewriting exactly the time
+    indices ``indices`` (first, stop; default: every written period; a stop of None: up to the
+    newest written one), rewriting exactly the time
     chunks whose recorded checksums differ from the per-period records, in one commit.
 
     A commit that conflicts with another update is replayed on the new tip when the two touched
@@ -222,10 +223,12 @@ class _Update:
         self.checked: list[int] = []
         self._checksums: dict[int, np.ndarray] = {}
 
-    def stale_chunks(self, indices: tuple[int, int] | None) -> list[int]:
+    def stale_chunks(self, indices: tuple[int, int | None] | None) -> list[int]:
         """The time chunks among those holding ``indices`` whose recorded checksums differ from
         the per-period records' (read a time chunk at a time)."""
-        first, stop = indices if indices else (0, _written_stop(self.upstream))
+        first, stop = indices or (0, None)
+        if stop is None:
+            stop = _written_stop(self.upstream)
         stop = min(stop, self.length)
         stale = []
         for chunk in chunk_span(self.time_chunk, max(first, 0), stop):
