@@ -386,3 +386,13 @@ def test_the_command_line_start_alone_updates_up_to_the_newest_period(
     assert main(["timeseries", spec.id, "--start", "2024-01-05", "--json"]) == 0
     update = json.loads(capsys.readouterr().out)  # --end defaults to the newest period
     assert (update["chunks_rewritten"], update["periods"]) == ([1, 2], 8)
+
+
+def test_an_update_of_a_store_without_periods_says_what_to_do_and_creates_no_copy(
+    settings, dataset
+):
+    spec, store, _ = dataset
+    store.open_or_create(spec.manifest_split)  # a first run that failed before its first commit
+    with pytest.raises(StoreError, match=r"holds no periods yet; materialize some first"):
+        timeseries.update_timeseries(spec, store, run_id="early")
+    assert not timeseries.timeseries_store(store).exists()

@@ -140,6 +140,8 @@ def update_timeseries(
         )
     copy_store = timeseries_store(store)
     upstream_repo = store.open()
+    if _laid_out(upstream_repo.readonly_session(branch="main").store) is None:
+        raise StoreError(store.no_periods_yet())  # and no empty copy left behind
     repo = copy_store.open_or_create(MANIFEST_SPLIT_CHUNKS, run_id=run_id)
     for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1):
         if attempt > 1:  # bounded, jittered back-off, so racing updates stop colliding in step
