@@ -152,14 +152,10 @@ def check_structure(group: zarr.Group, spec: DatasetSpec, description: Descripti
     stored = group.attrs["ref_assets"]["structure"]
     expected = json.loads(json.dumps(structure(spec, description)))
     if stored != expected:
-        changed = sorted(
-            k for k in expected.keys() | stored.keys() if stored.get(k) != expected.get(k)
-        )
+        changed, before, after = structure_changes(stored, expected)
         raise StoreLayoutError(
-            f"{spec.id}: the store was laid out for a different structure "
-            f"({', '.join(changed)} changed: store has "
-            f"{ {k: stored.get(k) for k in changed} }, spec gives "
-            f"{ {k: expected.get(k) for k in changed} }). Restore the previous spec, or give the "
+            f"{spec.id}: the store was laid out for a different structure ({changed} changed: "
+            f"store has {before}, spec gives {after}). Restore the previous spec, or give the "
             "dataset a new id to build a new store."
         )
 
@@ -175,6 +171,17 @@ def dataset_attributes(spec: DatasetSpec) -> dict:
             "Conventions": "CF-1.10",
             **spec.attributes,
         }
+    )
+
+
+def structure_changes(stored: dict, expected: dict) -> tuple[str, dict, dict]:
+    """The fields in which two structures differ (named, comma-separated), with their stored
+    and their expected values."""
+    changed = sorted(k for k in expected.keys() | stored.keys() if stored.get(k) != expected.get(k))
+    return (
+        ", ".join(changed),
+        {k: stored.get(k) for k in changed},
+        {k: expected.get(k) for k in changed},
     )
 
 

@@ -47,7 +47,12 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from ref_assets.store.layout import StoreLayoutError, axis_length, has_layout
+from ref_assets.store.layout import (
+    StoreLayoutError,
+    axis_length,
+    has_layout,
+    structure_changes,
+)
 from ref_assets.store.layout import open_laid_out_root as _laid_out
 from ref_assets.store.reader import iter_records, store_axis, written_index_array
 from ref_assets.store.repository import DatasetStore, StoreError
@@ -377,13 +382,10 @@ def _check_structure(
     stored = group.attrs["ref_assets"]["structure"]
     expected = json.loads(json.dumps(copy_structure(source, spec)))
     if stored != expected:
-        changed = sorted(
-            k for k in expected.keys() | stored.keys() if stored.get(k) != expected.get(k)
-        )
+        changed, before, after = structure_changes(stored, expected)
         raise StoreLayoutError(
-            f"{spec.id}: the time-series copy was built for another structure ({', '.join(changed)}"
-            f" changed: copy has { {k: stored.get(k) for k in changed} }, now "
-            f"{ {k: expected.get(k) for k in changed} }). The copy is derived data: move "
+            f"{spec.id}: the time-series copy was built for another structure ({changed} "
+            f"changed: copy has {before}, now {after}). The copy is derived data: move "
             f"{location} aside (or delete it), and the next update rebuilds it from the "
             "per-period store with the spec's chunking."
         )
