@@ -235,7 +235,7 @@ class _Update:
         the per-period records' (read a time chunk at a time)."""
         first, stop = indices or (0, None)
         if stop is None:
-            stop = _written_stop(self.upstream)
+            stop = _store_written_stop(self.upstream)
         stop = min(stop, self.length)
         stale = []
         for chunk in chunk_span(self.time_chunk, max(first, 0), stop):
@@ -293,7 +293,7 @@ def upstream_checksums(upstream: ic.Session, first: int, stop: int) -> np.ndarra
     return checksums
 
 
-def _written_stop(session: ic.Session) -> int:
+def _store_written_stop(session: ic.Session) -> int:
     """One past the newest written index of a per-period store (0: none)."""
     written = written_index_array(session)
     return int(written[-1]) + 1 if written.size else 0
@@ -402,7 +402,7 @@ def _grow(group: zarr.Group, source: zarr.Group, spec: DatasetSpec, length: int)
     group[BUILDS_PATH].resize((-(-length // time_chunk),))
 
 
-def written_stop(session: ic.Session) -> int:
+def copy_written_stop(session: ic.Session) -> int:
     """One past the newest period the copy holds (0: none), from its last built time chunk."""
     group = _laid_out(session.store)
     if group is None:
@@ -426,7 +426,7 @@ def open_timeseries(session: ic.Session) -> xr.Dataset:
     import xarray as xr
 
     data = xr.open_zarr(session.store, consolidated=False, chunks=None)
-    return data.isel(time=slice(0, written_stop(session)))
+    return data.isel(time=slice(0, copy_written_stop(session)))
 
 
 def built_chunks(session: ic.Session) -> list[int]:
