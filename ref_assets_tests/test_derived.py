@@ -519,3 +519,21 @@ def test_a_product_that_does_not_fit_its_input_is_refused_naming_the_field(
         assert message in str(refused.value)
     with pytest.raises(ProviderParamsError, match=r"params\.statistic"):
         provider(statistic="median")
+
+
+def test_a_product_whose_input_product_was_skipped_or_that_reads_itself_says_so(
+    settings, write_spec, caplog
+):
+    daily_input(write_spec, start="2024-01-15")
+    product(write_spec, "early", "daily_in", "monthly", {"statistic": "mean"})  # skipped
+    product(write_spec, "of_early", "early", "yearly", {"statistic": "mean"}, start="2025-01-01")
+    product(write_spec, "ping", "pong", "yearly", {"statistic": "mean"})
+    product(write_spec, "pong", "ping", "yearly", {"statistic": "mean"})
+
+    with caplog.at_level("WARNING", logger="ref_assets.defs.derived"):
+        build_definitions()
+
+    skipped = {record.args[0]: record.getMessage() for record in caplog.records}
+    assert "derived product 'early', which was skipped" in skipped["of_early"]
+    assert "derived product 'pong'" in skipped["ping"] and "a cycle" in skipped["ping"]
+    assert "not a loaded dataset" not in skipped["ping"]

@@ -133,13 +133,23 @@ def derived_specs(specs: dict[str, DatasetSpec]) -> list[DatasetSpec]:
             kept.append(spec)
             known.add(spec.id)
     for spec in pending:
-        logger.warning(
-            "skipping derived product %s: its input %r is not a loaded dataset (see "
-            "`ref-assets datasets`); fix params.input or the input's spec",
-            spec.id,
-            input_of(spec),
-        )
+        logger.warning("skipping derived product %s: %s", spec.id, _missing_input(spec, specs))
     return kept
+
+
+def _missing_input(spec: DatasetSpec, specs: dict[str, DatasetSpec]) -> str:
+    """Why ``spec``'s input has no asset, and what to do."""
+    name = input_of(spec)
+    if name not in specs:
+        return (
+            f"its input {name!r} is not a loaded dataset (see `ref-assets datasets`); fix "
+            "params.input or the input's spec"
+        )
+    return (
+        f"its input is the derived product {name!r}, which was skipped (see its warning) or "
+        "reads this product, directly or through others (a cycle); fix that product's "
+        "params.input or start"
+    )
 
 
 def _start_problem(spec: DatasetSpec, input_spec: DatasetSpec) -> str | None:
