@@ -396,3 +396,14 @@ def test_an_update_of_a_store_without_periods_says_what_to_do_and_creates_no_cop
     with pytest.raises(StoreError, match=r"holds no periods yet; materialize some first"):
         timeseries.update_timeseries(spec, store, run_id="early")
     assert not timeseries.timeseries_store(store).exists()
+
+
+def test_the_command_line_end_alone_updates_from_the_first_period(
+    settings, dataset, write_spec, capsys
+):
+    spec, _, write = dataset
+    write_spec(timeseries=TIMESERIES)
+    write(DAYS[:12])
+    assert main(["timeseries", spec.id, "--end", "2024-01-06", "--json"]) == 0
+    update = json.loads(capsys.readouterr().out)  # --start defaults to the first period
+    assert (update["chunks_rewritten"], update["periods"]) == ([0, 1], 8)

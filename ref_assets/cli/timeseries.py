@@ -44,15 +44,14 @@ def update(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     spec = load_catalog(settings).get(args.dataset)
-    if (args.start or args.end) and not args.start:
-        raise CommandError("--end needs --start")
     indices = None
-    if args.start:
-        first = Period.from_text(spec.period, args.start, dataset=spec.id)
-        stop = None  # no --end: up to the newest stored period
+    if args.start or args.end:
+        first, stop = 0, None  # defaults: the first period; the newest stored one
+        if args.start:
+            first = spec.time_index(Period.from_text(spec.period, args.start, dataset=spec.id))
         if args.end:
             stop = spec.time_index(Period.from_text(spec.period, args.end, dataset=spec.id)) + 1
-        indices = (spec.time_index(first), stop)
+        indices = (first, stop)
     store = DatasetStore(settings.storage_root, spec.id)
     copy = timeseries_store(store)
     try:
