@@ -18,9 +18,10 @@ checks and range runs); what differs is its upstream and its automation:
   the input fills the product's history. An incomplete period is not requested early; the
   input update that completes it makes it due, since the earlier updates stay unhandled until
   then. (Input partitions that do not exist yet are left out of the mapping, so a period
-  reaching past the input's newest partition can be requested early, and is refused.) On the condition's first evaluation, every missing period whose inputs are present is
-  requested once (a product declared over a stored history). A product may not start before
-  its input (it is skipped, with a warning).
+  reaching past the input's newest partition can be requested early, and is refused.) On the
+  condition's first evaluation, every missing period whose inputs are present is requested
+  once (a product declared over a stored history). A product may not start before its input
+  (it is skipped, with a warning).
 - Each product has its own automation sensor, ``<product>_automation`` (on or off as the
   spec's ``updates.default_status``), so it can be stopped on its own.
 """

@@ -476,8 +476,9 @@ def check_chunks(
     structure = group.attrs["ref_assets"]["structure"]
     time_chunk, variables = structure["timeseries_chunks"][0], list(structure["variables"])
     length, copied = axis_length(source), axis_length(group)
-    held = set((written_index_array(upstream) // time_chunk).tolist())
-    chunks = sorted(held | set(built_chunks(copy)))
+    # By time chunk, not by period: an hourly store since 1950 holds 674,000 periods.
+    held = np.unique(written_index_array(upstream) // time_chunk)
+    chunks = sorted(set(held.tolist()) | set(built_chunks(copy)))
 
     def keys(first: int, indices: np.ndarray) -> str:
         named = [axis.period_at(first + int(i)).key for i in indices[:3]]
