@@ -12,13 +12,30 @@ store with few periods lists all 674,000 keys and is timed too), the code locati
 Stores: the 100-period dataset holds 6 periods; the hourly one 6 periods (a young store), or
 20,000 scattered periods (every 7th hour: 20,000 gaps) written as placeholder records in one
 commit, as `sensor_tick.py` does (which periods exist is all status reads).
+
+    .venv/bin/python benchmarks/scale.py --part commits   # about 3 minutes
+    .venv/bin/python benchmarks/scale.py --part memory    # about 4 minutes
+
+`--part commits`: commit cost as a store's history grows. `PeriodWriter` committing one period at a
+time into a store of 3,650 daily periods, interleaved period by period with a hand-written loop
+(region write and commit, nothing else: Icechunk's own growth) into a second store, so that the
+machine's load falls on both alike; CPU time of the process (all its threads) and wall time of
+each commit, first and last 100, and the size of Icechunk's repository object at the end. The grid
+is small (100 x 100), so the per-commit overhead is a larger share than on the backfill
+benchmark's 400 x 400 grid.
+
+`--part memory`: peak resident memory of a range run (one Dagster run, `execute_in_process` on a
+SQLite instance, as `ref-assets materialize` runs it) of 365 and of 3,650 daily periods on a 4 x 4
+grid, each in a fresh process, with the Python heap's peak (tracemalloc) of a second run of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +56,10 @@ from results import replace_section  # noqa: E402
 PYTHON = sys.executable
 CLI = str(Path(PYTHON).with_name("ref-assets"))
 HEADING = "## Scale: status and code location of 674,000 hourly partitions (`benchmarks/scale.py`)"
+COMMITS_HEADING = (
+    "## Scale: commit cost as a store's history grows (`benchmarks/scale.py --part commits`)"
+)
+MEMORY_HEADING = "## Scale: peak memory of a range run (`benchmarks/scale.py --part memory`)"
 LOAD = (
     "from ref_assets.definitions import build_definitions\n"
     "from dagster._core.remote_representation.external_data import RepositorySnap\n"
@@ -116,11 +137,230 @@ def timed(command: list[str], config: Path, repeats: int) -> dict:
     return {"wall": statistics.median(walls), "min": min(walls), "cpu": statistics.median(cpus)}
 
 
+def commit_growth(count: int, workdir: Path) -> dict:
+    """Per-period commits of `PeriodWriter` and of a hand-written loop, interleaved; each
+    commit's CPU and wall seconds (values fetched and prepared before the clock starts)."""
+    import icechunk as ic
+
+    from ref_assets.batch import fetch_batch
+    from ref_assets.providers.synthetic import SyntheticProvider
+    from ref_assets.specs import DatasetSpec
+    from ref_assets.store.repository import CACHING, DatasetStore, repository_config
+    from ref_assets.store.writer import PeriodWriter
+
+    fields = spec_fields("commits", "daily", "2000-01-01", None)
+    fields["params"] = {"bbox": [-12.5, -12.5, 12.5, 12.5], "resolution": 0.25, "seed": 1}
+    fields["storage"] = {"time_block": 366}
+    spec = DatasetSpec.model_validate(fields)
+    provider = SyntheticProvider(spec)
+    writer = PeriodWriter(DatasetStore(str(workdir / "stores"), spec.id), run_id="bench")
+    storage = ic.local_filesystem_storage(str(workdir / "loop"))
+    ic.Repository.create(storage, repository_config(spec.manifest_split))
+    loop = ic.Repository.open(storage, config=ic.RepositoryConfig(caching=CACHING))
+    session = loop.writable_session("main")
+    zarr.group(session.store).create_array(
+        "t2m",
+        shape=(count, *provider.grid.shape),
+        chunks=(1, *provider.grid.shape),
+        dtype="float32",
+        fill_value=np.nan,
+    )
+    session.commit("layout")
+    times: dict[str, list[tuple[float, float]]] = {"writer": [], "loop": []}
+
+    def timed(name: str, commit, *args) -> None:
+        cpu, wall = time.process_time(), time.perf_counter()
+        commit(*args)
+        times[name].append((time.process_time() - cpu, time.perf_counter() - wall))
+
+    def loop_commit(index: int, values: np.ndarray) -> None:
+        session = loop.writable_session("main")
+        zarr.open_array(session.store, path="t2m", mode="r+")[index] = values
+        session.commit(f"commits {index}")
+
+    for index in range(count):
+        batch = fetch_batch(
+            spec, provider, spec.period_for_key(spec.period.key(spec.period.at(index, spec.start)))
+        )
+        timed("writer", writer.add, batch)
+        timed("loop", loop_commit, index, batch.variables["t2m"])
+    result = {"count": count, "grid": list(provider.grid.shape)}
+    for name, pairs in times.items():
+        cpu, wall = np.array(pairs).T * 1000
+        result[name] = {
+            "first_cpu_ms": float(cpu[:100].mean()),
+            "last_cpu_ms": float(cpu[-100:].mean()),
+            "first_wall_ms": float(wall[:100].mean()),
+            "last_wall_ms": float(wall[-100:].mean()),
+        }
+    result["writer"]["repo_object_bytes"] = (writer.store.path / "repo").stat().st_size
+    result["loop"]["repo_object_bytes"] = (workdir / "loop" / "repo").stat().st_size
+    return result
+
+
+def range_run_memory(count: int, workdir: Path, trace: bool) -> dict:
+    """One range run of ``count`` daily periods on a 4 x 4 grid, as `ref-assets materialize`
+    runs it (`execute_in_process` on a SQLite instance): its seconds and peak memory."""
+    import dagster as dg
+
+    fields = spec_fields("memory", "daily", "2000-01-01", None)
+    fields["params"] = {"bbox": [0.0, 0.0, 2.0, 2.0], "resolution": 0.5, "seed": 1}
+    fields["runs"] = {"commit_every": 32, "fetch_workers": 2}
+    (workdir / "datasets").mkdir(parents=True)
+    (workdir / "datasets" / "memory.yaml").write_text(yaml.safe_dump(fields))
+    os.environ["REF_CONFIGURATION"] = str(workdir)
+    from ref_assets.definitions import build_definitions
+    from ref_assets.defs.assets import range_run_tags
+
+    key = dg.AssetKey("memory")
+    job = build_definitions().resolve_implicit_job_def_def_for_assets([key])
+    last = str(np.datetime64("2000-01-01") + count - 1)
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start()
+    (workdir / "home").mkdir()
+    began = time.perf_counter()
+    with dg.DagsterInstance.local_temp(str(workdir / "home")) as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=[key],
+            tags=range_run_tags("2000-01-01", last),
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+        assert result.success
+    seconds = time.perf_counter() - began
+    peak = {"heap_peak_mb": tracemalloc.get_traced_memory()[1] / 2**20} if trace else {}
+    return {"count": count, "seconds": seconds, **peak}
+
+
+def child(part: str, count: int, *, trace: bool = False) -> dict:
+    """Run one measurement in a fresh process; its result, with its peak resident memory."""
+    with tempfile.TemporaryDirectory(prefix=f"ref-scale-{part}-") as workdir:
+        command = [PYTHON, __file__, "--child", part, str(count), workdir]
+        done = subprocess.run(
+            command + (["--trace"] if trace else []),
+            capture_output=True,
+            text=True,
+            check=False,
+            env=os.environ | {"REF_CONFIGURATION": workdir},
+        )
+    if done.returncode:
+        raise RuntimeError(f"{part} x{count} failed:\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  {part} x{count}: {result}", file=sys.stderr)
+    return result
+
+
+def machine() -> str:
+    return (
+        f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {platform.machine()}, "
+        f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), Python "
+        f"{platform.python_version()}; ref_assets {version('ref-assets')}, dagster "
+        f"{version('dagster')}, icechunk {version('icechunk')}, zarr {version('zarr')}."
+    )
+
+
+def render_commits(r: dict) -> str:
+    rows = []
+    for name, label in (
+        ("writer", "`PeriodWriter`, one period a commit"),
+        ("loop", "hand-written loop (Icechunk alone)"),
+    ):
+        w = r[name]
+        rows.append(
+            f"| {label} | {w['first_cpu_ms']:.1f} | {w['last_cpu_ms']:.1f} | "
+            f"{w['last_cpu_ms'] / w['first_cpu_ms']:.2f} | {w['first_wall_ms']:.1f} | "
+            f"{w['last_wall_ms']:.1f} | {w['last_wall_ms'] / w['first_wall_ms']:.2f} | "
+            f"{w['repo_object_bytes'] / 1000:.0f} |"
+        )
+    added = (r["writer"]["last_cpu_ms"] - r["writer"]["first_cpu_ms"]) - (
+        r["loop"]["last_cpu_ms"] - r["loop"]["first_cpu_ms"]
+    )
+    ny, nx = r["grid"]
+    return "\n".join(
+        [
+            COMMITS_HEADING,
+            "",
+            f"{machine()} {r['count']:,} daily periods of {ny} x {nx} float32, one commit each, "
+            "the two writers interleaved period by period; means of the first and last 100 commits "
+            "(ms). CPU is the process's (all threads).",
+            "",
+            "| writer | CPU first | CPU last | CPU last/first | wall first | wall last | "
+            "wall last/first | repository object KB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            f"Growth the writer adds to Icechunk's own (CPU, last minus first 100, writer minus "
+            f"loop): {added:+.1f} ms a commit.",
+        ]
+    )
+
+
+def render_memory(r: list[dict]) -> str:
+    small, large = r
+    return "\n".join(
+        [
+            MEMORY_HEADING,
+            "",
+            f"{machine()} One range run (`execute_in_process`, SQLite instance, commits of 32) of "
+            "daily periods on a 4 x 4 grid, each in a fresh process; the Python heap's peak from a "
+            "second run under tracemalloc.",
+            "",
+            "| partitions | seconds | peak RSS MB | Python heap peak MB |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {m['count']:,} | {m['seconds']:.0f} | {m['peak_rss_mb']:.0f} | "
+                f"{m['heap_peak_mb']:.1f} |"
+                for m in r
+            ),
+            "",
+            f"Ratio {large['count']:,} / {small['count']:,}: peak RSS "
+            f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}, Python heap "
+            f"{large['heap_peak_mb'] / small['heap_peak_mb']:.2f} (target: within 1.2).",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="1 repeat; no RESULTS.md")
+    parser.add_argument("--quick", action="store_true", help="small sizes; no RESULTS.md")
+    parser.add_argument("--part", choices=["status", "commits", "memory"], action="append")
+    parser.add_argument("--child", nargs=3, metavar=("PART", "COUNT", "WORKDIR"))
+    parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()
-    repeats = 1 if args.quick else 3
+    if args.child:
+        part, count, workdir = args.child[0], int(args.child[1]), Path(args.child[2])
+        if part == "commits":
+            result = commit_growth(count, workdir)
+        else:
+            result = range_run_memory(count, workdir, args.trace)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    parts = args.part or ["status", "commits", "memory"]
+    if "commits" in parts:
+        report = render_commits(child("commits", 300 if args.quick else 3650))
+        print(report)
+        if not args.quick:
+            replace_section(COMMITS_HEADING, report)
+    if "memory" in parts:
+        sizes = (40, 400) if args.quick else (365, 3650)
+        runs = []
+        for count in sizes:
+            run = child("memory", count)
+            run["heap_peak_mb"] = child("memory", count, trace=True)["heap_peak_mb"]
+            runs.append(run)
+        report = render_memory(runs)
+        print(report)
+        if not args.quick:
+            replace_section(MEMORY_HEADING, report)
+    if "status" in parts:
+        status(args.quick)
+
+
+def status(quick: bool) -> None:
+    repeats = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="ref-scale-") as tmp:
         root = Path(tmp)
         small = configuration(
@@ -154,7 +394,7 @@ def main() -> None:
         results = [(name, timed(command, config, repeats)) for name, command, config in rows]
     report = render(results, repeats)
     print(report)
-    if not args.quick:
+    if not quick:
         replace_section(HEADING, report)
 
 

@@ -70,6 +70,12 @@ _ICECHUNK_ENTRIES = frozenset(
     }
 )
 
+# Icechunk 2's repository object, rewritten on every commit, carries a log of the latest
+# operations (1,000 by default, each naming a backup copy) before it links to older ones; at 50
+# the object stops growing after 50 commits instead of 1,000 (measured: commit cost's growth
+# over 2,000 commits 4.0 -> 3.0 ms). Only reading the whole operations log needs more fetches.
+UPDATES_PER_REPO_OBJECT = 50
+
 # How icechunk 2 words a file it cannot decode: garbage (bad magic numbers, FormatError) or a
 # truncated file (zstd: "Src size is incorrect").
 _CORRUPTION_SIGNS = (
@@ -100,6 +106,7 @@ def repository_config(manifest_split: int) -> ic.RepositoryConfig:
     """Repository config with manifests split along time, so that a commit of one period rewrites
     one manifest shard instead of the whole array's manifest (storage stays linear in periods)."""
     config = ic.RepositoryConfig.default()
+    config.num_updates_per_repo_info_file = UPDATES_PER_REPO_OBJECT
     config.manifest = ic.ManifestConfig(
         splitting=ic.ManifestSplittingConfig.from_dict(
             {
@@ -199,9 +206,13 @@ class DatasetStore:
         shutil.rmtree(self.path)
 
     def _open_existing(self) -> ic.Repository:
-        # The persisted config (manifest splitting) is kept; only the caches are bounded.
+        # The persisted config (manifest splitting) is kept; the caches are bounded, and stores
+        # created before UPDATES_PER_REPO_OBJECT get it too.
+        config = ic.RepositoryConfig(
+            caching=CACHING, num_updates_per_repo_info_file=UPDATES_PER_REPO_OBJECT
+        )
         with self.reporting("opening the store"):
-            return ic.Repository.open(self._storage(), config=ic.RepositoryConfig(caching=CACHING))
+            return ic.Repository.open(self._storage(), config=config)
 
     def no_periods_yet(self) -> str:
         """The message for a store that exists but holds no period."""
