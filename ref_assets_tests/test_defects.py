@@ -169,11 +169,11 @@ def test_d4_periods_committed_before_a_write_failure_are_recorded_in_dagster(
     write_spec(runs={"commit_every": 1})
     commit, commits = store_writer._commit, []
 
-    def disk_full_on_the_third_commit(session, message, metadata):
+    def disk_full_on_the_third_commit(session, message):
         commits.append(message)
         if len(commits) == 3:
             raise OSError(28, "No space left on device")
-        return commit(session, message, metadata)
+        return commit(session, message)
 
     monkeypatch.setattr(store_writer, "_commit", disk_full_on_the_third_commit)
     result = materialize("test_t2m", "2024-01-01...2024-01-05", raise_on_error=False)
