@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import icechunk as ic
 import numpy as np
 
-from ref_assets.periods import Period
+from ref_assets.periods import IndexRanges, Period
 from ref_assets.specs import DatasetSpec
 from ref_assets.store.layout import open_laid_out_root, spec_structure
-from ref_assets.store.reader import PeriodReader, StoredPeriod, written_indices
+from ref_assets.store.reader import PeriodReader, StoredPeriod, written_index_array
 from ref_assets.verification import check_against_record
 from ref_assets.vocabulary import VariableVocabulary
 
@@ -228,10 +228,10 @@ def check_stored_periods(
     time; a period the store does not hold fails (there is nothing to check)."""
     laid_out = open_laid_out_root(session.store) is not None
     reader = PeriodReader(session) if laid_out else None
-    written = set(written_indices(session)) if laid_out else set()
+    written = IndexRanges.of(written_index_array(session))  # empty without a layout
     for key in keys:
         index = spec.time_index(Period.from_key(spec.period, key))
-        if reader is None or index not in written:
+        if reader is None or not written.contains(np.array([index]))[0]:
             absent = CheckOutcome("stored", False, "the store holds no such period")
             yield PeriodQuality(key, (absent,))
             continue

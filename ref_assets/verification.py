@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ref_assets.batch import fetch_batch
 from ref_assets.config import Settings, load_settings
-from ref_assets.periods import Period
+from ref_assets.periods import IndexRanges, Period
 from ref_assets.provenance import (
     ProvenanceRecord,
     RecordFormatError,
@@ -64,18 +66,19 @@ def verify_dataset(
     axis = store_reader.store_axis(session)
     if axis is None:
         return [PeriodCheck(key, None, None, "the store is empty") for key in periods or []]
-    written = store_reader.written_indices(session)
+    written = store_reader.written_index_array(session)
     checks: list[PeriodCheck] = []
     if periods is not None:
         chosen = [Period.from_text(axis.period, text, dataset=dataset_id) for text in periods]
         wanted = {axis.index_of(period): period.key for period in chosen}
-        present = set(written)
+        asked = np.array(sorted(wanted), dtype="int64")
+        present = IndexRanges.of(written).contains(asked)
         checks += [
-            PeriodCheck(key, None, None, "not in the store")
-            for index, key in wanted.items()
-            if index not in present
+            PeriodCheck(wanted[int(index)], None, None, "not in the store")
+            for index in asked[~present]
         ]
-        written = sorted(index for index in wanted if index in present)
+        written = asked[present]
+    written = written.tolist()  # the periods checked: one read each
     records = store_reader.read_records(session, written)
     if on_progress is not None:
         on_progress(0, len(written))

@@ -109,3 +109,34 @@ def test_period_ranges_behave_as_a_sequence_of_periods():
     assert PeriodRanges(daily, origin) == [] and ranges != listed[:-1]
     with pytest.raises(IndexError):
         ranges[6]
+
+
+def test_verify_sync_instance_and_the_code_location_work_from_the_written_periods(
+    hourly_since_1950, settings, instance, periods_made
+):
+    """A store written at scattered hours of a dataset of 670,000+ partitions: `verify` and
+    `sync-instance` see exactly the written periods, and neither they nor the code location make
+    a period object per partition."""
+    import dagster as dg
+
+    from ref_assets.definitions import build_definitions
+    from ref_assets.defs.instance_sync import SyncReport, sync_instance
+    from ref_assets.verification import verify_dataset
+
+    checks = verify_dataset("hourly_t2m", settings=settings)
+    assert [check.period for check in checks] == WRITTEN
+    assert all(check.ok for check in checks)
+    absent = "1950-01-01-02:00"
+    [check] = verify_dataset("hourly_t2m", periods=[absent, WRITTEN[2]], settings=settings)[1:]
+    assert check.period == WRITTEN[2] and check.ok
+
+    assert sync_instance(instance, ["hourly_t2m"], settings=settings) == {
+        "hourly_t2m": SyncReport(present=4, reported=4)
+    }
+    assert instance.get_materialized_partitions(dg.AssetKey("hourly_t2m")) == set(WRITTEN)
+    assert sync_instance(instance, ["hourly_t2m"], settings=settings)["hourly_t2m"].reported == 0
+
+    definitions = build_definitions()
+    assert definitions.resolve_assets_def("hourly_t2m").partitions_def is not None
+    # A few periods per written period (records, checks, events), none per partition.
+    assert len(periods_made) < 20 * len(WRITTEN)

@@ -10,12 +10,13 @@ import time
 from collections.abc import Iterator
 
 import dagster as dg
+import numpy as np
 import xarray as xr
 
 from ref_assets.batch import PeriodBatch, PeriodFailure, PeriodStream
 from ref_assets.defs.metadata import data_version_tags, materialization_metadata
 from ref_assets.defs.resources import IcechunkStorage
-from ref_assets.periods import Period
+from ref_assets.periods import IndexRanges, Period
 from ref_assets.secrets import redact
 from ref_assets.store import reader as store_reader
 from ref_assets.store.repository import StoreError
@@ -127,8 +128,9 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
             )
         keys = context.asset_partition_keys
         wanted = [axis.index_of(Period.from_key(axis.period, key)) for key in keys]
-        written = set(store_reader.written_indices(session))
-        absent = [key for key, index in zip(keys, wanted, strict=True) if index not in written]
+        written = IndexRanges.of(store_reader.written_index_array(session))
+        held = written.contains(np.asarray(wanted, dtype="int64"))
+        absent = [key for key, present in zip(keys, held, strict=True) if not present]
         if absent:
             raise StoreError(
                 f"{dataset_id}: periods {absent[:5]}{'...' if len(absent) > 5 else ''} are not in "

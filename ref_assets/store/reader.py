@@ -64,12 +64,9 @@ def store_axis(session: ic.Session) -> StoreAxis | None:
 
 
 def written_indices(session: ic.Session) -> list[int]:
-    """Time indices that hold a committed period, ascending."""
-
-    async def collect() -> list[int]:
-        return [coords[0] async for coords in session.chunk_coordinates(f"/{RECORDS_PATH}")]
-
-    return sorted(sync(collect()))
+    """Time indices that hold a committed period, ascending, as a list (`written_index_array`
+    for whole stores)."""
+    return written_index_array(session).tolist()
 
 
 # Chunk coordinates fetched per call into Icechunk's runtime when listing a whole store.
@@ -140,9 +137,9 @@ def open_store_dataset(session: ic.Session) -> xr.Dataset:
     holds nothing). Periods never written read as NaN."""
     import xarray as xr
 
-    indices = written_indices(session)
+    indices = written_index_array(session)
     data = xr.open_zarr(session.store, consolidated=False, chunks=None)
-    return data.isel(time=slice(0, indices[-1] + 1 if indices else 0))
+    return data.isel(time=slice(0, int(indices[-1]) + 1 if indices.size else 0))
 
 
 @dataclass(frozen=True)
