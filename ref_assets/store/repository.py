@@ -28,13 +28,16 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import icechunk as ic
-from filelock import FileLock, Timeout
 
 from ref_assets.config import storage_root_problem
 from ref_assets.secrets import redact
 from ref_assets.specs import DATASET_ID_PATTERN
+
+if TYPE_CHECKING:  # imported by the writers that lock: readers (`status`) need no lock
+    from filelock import FileLock
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +274,8 @@ class DatasetStore:
         A wait longer than `LOCK_NOTICE_SECONDS` is logged (a warning naming the lock and its
         holder), again every `LOCK_NOTICE_EVERY_SECONDS`; after `LOCK_TIMEOUT_SECONDS` the wait
         ends in a StoreError saying what to do."""
+        from filelock import FileLock
+
         lock = FileLock(self.lock_path)
         try:
             self.lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +289,8 @@ class DatasetStore:
             lock.release()
 
     def _acquire(self, lock: FileLock) -> None:
+        from filelock import Timeout
+
         started = time.monotonic()
         deadline = started + LOCK_TIMEOUT_SECONDS
         notice_at = started + LOCK_NOTICE_SECONDS
