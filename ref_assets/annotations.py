@@ -237,13 +237,10 @@ def commit_annotations(
         if not changes:
             return AnnotationReceipt(store.dataset_id, session.snapshot_id, [])
         targets = sorted({"dataset" if c.target is None else c.target for c in changes})
+        # A message only: Icechunk re-encodes every commit's metadata on each later commit
+        # (`store.writer.commit_rebasing`); the log array holds who, when and what.
         snapshot = session.commit(
-            f"{store.dataset_id}: annotate {', '.join(targets)} (by {author})",
-            metadata={
-                "dataset": store.dataset_id,
-                "annotations": [change.id for change in changes],
-                "by": author,
-            },
+            f"{store.dataset_id}: annotate {', '.join(targets)} (by {author})"
         )
     return AnnotationReceipt(store.dataset_id, snapshot, changes)
 

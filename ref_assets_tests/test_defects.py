@@ -167,7 +167,7 @@ def test_d4_periods_committed_before_a_write_failure_are_recorded_in_dagster(
     materializations although the periods committed before the failure were in the store:
     committed periods were reported only when a fetch had failed."""
     write_spec(runs={"commit_every": 1})
-    commit, commits = store_writer._commit, []
+    commit, commits = store_writer.commit_rebasing, []
 
     def disk_full_on_the_third_commit(session, message):
         commits.append(message)
@@ -175,7 +175,7 @@ def test_d4_periods_committed_before_a_write_failure_are_recorded_in_dagster(
             raise OSError(28, "No space left on device")
         return commit(session, message)
 
-    monkeypatch.setattr(store_writer, "_commit", disk_full_on_the_third_commit)
+    monkeypatch.setattr(store_writer, "commit_rebasing", disk_full_on_the_third_commit)
     result = materialize("test_t2m", "2024-01-01...2024-01-05", raise_on_error=False)
 
     failure = step_failure(result).step_failure_data

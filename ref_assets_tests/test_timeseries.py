@@ -118,11 +118,11 @@ def test_an_update_failing_before_its_commit_leaves_the_copy_as_it_was(
     built = timeseries.update_timeseries(spec, store, run_id="build")
     write(DAYS[10:])
 
-    def refuse(session, message, metadata):
+    def refuse(session, message):
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patched:
-        patched.setattr(timeseries, "_commit", refuse)
+        patched.setattr(timeseries, "commit_rebasing", refuse)
         with pytest.raises(StoreError, match="no space left"):
             timeseries.update_timeseries(spec, store, run_id="failing")
     copy = timeseries.timeseries_store(store).open()

@@ -56,6 +56,7 @@ from ref_assets.store.layout import (
 from ref_assets.store.layout import open_laid_out_root as _laid_out
 from ref_assets.store.reader import iter_records, store_axis, written_index_array
 from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.writer import commit_rebasing
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -168,17 +169,9 @@ def update_timeseries(
                 f"{spec.id} time series: {len(chunks)} chunk(s) from {upstream.snapshot_id} "
                 f"(run {run_id})"
             )
-            metadata = {
-                "dataset": spec.id,
-                "upstream_snapshot": upstream.snapshot_id,
-                "first_chunk": chunks[0],
-                "last_chunk": chunks[-1],
-                "chunk_count": len(chunks),
-                "run_id": run_id,
-            }
             try:
                 with copy_store.lock(run_id=run_id):
-                    snapshot = _commit(session, message, metadata)
+                    snapshot = commit_rebasing(session, message)
             except (ic.ConflictError, ic.RebaseFailedError) as err:
                 logger.info("%s: attempt %d conflicted (%s); starting over", message, attempt, err)
                 continue
@@ -191,14 +184,6 @@ def update_timeseries(
         "conflicting attempts (other updates kept rewriting the same chunks); nothing was "
         "written, run it again"
     )
-
-
-def _commit(session: ic.Session, message: str, metadata: dict) -> str:
-    try:
-        return session.commit(message, metadata=metadata)
-    except ic.ConflictError:
-        session.rebase(ic.ConflictDetector())  # RebaseFailedError: the same chunks, start over
-        return session.commit(message, metadata=metadata)
 
 
 class _Update:

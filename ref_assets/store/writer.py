@@ -179,7 +179,7 @@ class PeriodWriter:
                     session = self._repo.writable_session("main")
                     written = sync(_write_periods(session, batches, self.run_id))
                     with self.store.lock(run_id=self.run_id):
-                        snapshot_id = _commit(session, message)
+                        snapshot_id = commit_rebasing(session, message)
             except (ic.ConflictError, ic.RebaseFailedError) as err:
                 logger.info(
                     "%s: commit attempt %d conflicted (%s); retrying", message, attempt, err
@@ -232,7 +232,7 @@ class PeriodWriter:
         return f"periods {keys[0]}..{keys[-1]} ({len(keys)}, uncommitted)"
 
 
-def _commit(session: ic.Session, message: str) -> str:
+def commit_rebasing(session: ic.Session, message: str) -> str:
     """Commit; if another writer committed since the session began, replay this session's
     changes on the new tip (periods never overlap unless two runs write the same one) and commit
     again. A plain first attempt keeps uncontended commits cheap: committing with ``rebase_with``
