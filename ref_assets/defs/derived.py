@@ -34,6 +34,7 @@ import warnings
 import dagster as dg
 
 from ref_assets.defs.assets import build_dataset_asset
+from ref_assets.defs.sensors import default_sensor_status
 from ref_assets.preview import PreviewStyle
 from ref_assets.providers.aggregate import NAME as AGGREGATE
 from ref_assets.providers.registry import ProviderRegistry
@@ -108,11 +109,7 @@ def build_automation_sensor(spec: DatasetSpec) -> dg.AutomationConditionSensorDe
     return dg.AutomationConditionSensorDefinition(
         f"{spec.id}_automation",
         target=dg.AssetSelection.assets(spec.id),
-        default_status=(
-            dg.DefaultSensorStatus.RUNNING
-            if spec.updates.default_status == "running"
-            else dg.DefaultSensorStatus.STOPPED
-        ),
+        default_status=default_sensor_status(spec),
         description=f"Keeps {spec.id} current: requests its periods whose inputs "
         f"({input_of(spec)}) landed or were revised.",
     )

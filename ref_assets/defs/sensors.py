@@ -48,6 +48,13 @@ def sensor_name(dataset_id: str) -> str:
     return f"{dataset_id}_updates"
 
 
+def default_sensor_status(spec: DatasetSpec) -> dg.DefaultSensorStatus:
+    """The status a dataset's sensors start in: the spec's `updates.default_status`."""
+    if spec.updates.default_status == "running":
+        return dg.DefaultSensorStatus.RUNNING
+    return dg.DefaultSensorStatus.STOPPED
+
+
 def build_updates_sensor(spec: DatasetSpec) -> dg.SensorDefinition:
     """The availability sensor of ``spec``'s asset (see the module docstring)."""
     asset_key = dg.AssetKey(spec.id)
@@ -56,11 +63,7 @@ def build_updates_sensor(spec: DatasetSpec) -> dg.SensorDefinition:
         name=sensor_name(spec.id),
         target=[asset_key],
         minimum_interval_seconds=spec.updates.min_interval,
-        default_status=(
-            dg.DefaultSensorStatus.RUNNING
-            if spec.updates.default_status == "running"
-            else dg.DefaultSensorStatus.STOPPED
-        ),
+        default_status=default_sensor_status(spec),
         description=f"Requests runs for new and revised periods of {spec.id} (every "
         f"{spec.updates.min_interval} s at most).",
     )
