@@ -128,9 +128,11 @@ class PeriodWriter:
         run_id: str,
         policy: CommitPolicy | None = None,
         on_commit: Callable[[list[WriteReceipt]], None] | None = None,
+        branch: str = "main",
     ) -> None:
         self.store = store
         self.run_id = run_id
+        self.branch = branch
         self.policy = policy or CommitPolicy(every=1)
         self.on_commit = on_commit
         self._repo: ic.Repository | None = None
@@ -149,7 +151,9 @@ class PeriodWriter:
             if batch.time_index >= self._capacity:
                 # Growing the axis is its own commit; uncommitted writes would conflict with it.
                 receipts += self.flush()
-                self._capacity = ensure_capacity(self.store, self._repo, batch, run_id=self.run_id)
+                self._capacity = ensure_capacity(
+                    self.store, self._repo, batch, run_id=self.run_id, branch=self.branch
+                )
         if not self._pending:
             self._oldest_pending = time.monotonic()
         self._pending.append(batch)
@@ -176,7 +180,11 @@ class PeriodWriter:
                     if attempt > 1:
                         # Bounded, jittered back-off, so racing writers stop colliding in step.
                         time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
-                    session = self._repo.writable_session("main")
+                    session = self._repo.writable_session(self.branch)
+                    if attempt > 1:
+                        # The branch may have been rebuilt meanwhile (`store.branches.publish`):
+                        # never write these periods into a layout their spec does not fit.
+                        _capacity(session, batches[0])
                     written = sync(_write_periods(session, batches, self.run_id))
                     with self.store.lock(run_id=self.run_id):
                         snapshot_id = commit_rebasing(session, message)
@@ -249,15 +257,22 @@ def commit_rebasing(session: ic.Session, message: str) -> str:
         return session.commit(message)
 
 
-def write_period(store: DatasetStore, batch: PeriodBatch, *, run_id: str) -> WriteReceipt:
-    """Write one period and commit it on its own."""
-    writer = PeriodWriter(store, run_id=run_id)
+def write_period(
+    store: DatasetStore, batch: PeriodBatch, *, run_id: str, branch: str = "main"
+) -> WriteReceipt:
+    """Write one period and commit it on its own (on ``branch``)."""
+    writer = PeriodWriter(store, run_id=run_id, branch=branch)
     [receipt] = writer.add(batch)
     return receipt
 
 
 def ensure_capacity(
-    store: DatasetStore, repo: ic.Repository, batch: PeriodBatch, *, run_id: str | None = None
+    store: DatasetStore,
+    repo: ic.Repository,
+    batch: PeriodBatch,
+    *,
+    run_id: str | None = None,
+    branch: str = "main",
 ) -> int:
     """Create the layout, or grow the time axis, so that the batch's index exists; return the
     axis length.
@@ -265,11 +280,11 @@ def ensure_capacity(
     Checked first without the lock (the common case: nothing to do); changed under the lock in
     its own commit, so the change is serialized with every other writer's.
     """
-    length = _capacity(repo.readonly_session(branch="main"), batch)
+    length = _capacity(repo.readonly_session(branch=branch), batch)
     if length > batch.time_index:
         return length
     with store.lock(run_id=run_id):
-        session = repo.writable_session("main")
+        session = repo.writable_session(branch)
         group = zarr.open_group(session.store, mode="a")
         needed = capacity_for(batch.spec, batch.time_index)
         if not has_layout(group):
