@@ -122,6 +122,7 @@ class StoredAnnotations:
     snapshot_id: str
     annotations: Annotations
     history: list[AnnotationChange]
+    laid_out: bool = True  # False: the store has no layout yet (nothing can be annotated)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def read_annotations(
     with store.reporting("reading the annotations"):
         group = open_laid_out_root(session.store)
         if group is None:  # nothing laid out yet, so nothing annotated
-            return StoredAnnotations(dataset_id, session.snapshot_id, Annotations(), [])
+            return StoredAnnotations(dataset_id, session.snapshot_id, Annotations(), [], False)
         state, _ = operator_state(group)
         return StoredAnnotations(dataset_id, session.snapshot_id, state, _history(group))
 

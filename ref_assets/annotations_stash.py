@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +87,13 @@ def stash(dataset_id: str, *, settings: Settings | None = None) -> Path:
     settings = settings or load_settings()
     path = stash_path(dataset_id, settings)
     stored = read_annotations(dataset_id, settings=settings)
+    if not stored.laid_out:
+        # An empty store holds nothing to keep, and its empty stash would replace one that
+        # holds what a store moved aside had.
+        raise StoreError(
+            f"{dataset_id}: the store has no layout yet, so no annotations to stash"
+            + (f"; the stash {path} is kept as it is" if path.exists() else "")
+        )
     document = {
         "format": STASH_FORMAT,
         "dataset": dataset_id,
@@ -156,14 +164,38 @@ def restore(
     saved = read_stash(dataset_id, settings=settings)
     if saved is None:
         return None
+    store = DatasetStore(settings.storage_root, dataset_id)
+    try:
+        return apply_annotations(store, saved.annotations, saved.history, branch=branch, by=by)
+    except StoreError:
+        logger.warning(
+            "%s: the annotation stash %s is kept for the next try", dataset_id, saved.path
+        )
+        raise
+
+
+def apply_annotations(
+    store: DatasetStore,
+    annotations: Annotations,
+    history: list[AnnotationChange],
+    *,
+    branch: str = "main",
+    by: str | None = None,
+    removals: Mapping[str | None, list[str]] | None = None,
+) -> AnnotationReceipt:
+    """Give the store's ``branch`` ``annotations`` and the log entries of ``history`` it lacks,
+    in one commit (none when it has them all): what `restore` does with a stash, and what a
+    rebuild does with ``main``'s annotations (`ref_assets.rebuild`). ``removals`` (keys by
+    target, None the dataset) are annotations to take back where the branch has them."""
+    dataset_id = store.dataset_id
     author = by or current_user()
 
     def edit(group: zarr.Group) -> list[AnnotationChange]:
         known = history_ids(group)
-        appended = [change for change in saved.history if change.id not in known]
+        appended = [change for change in history if change.id not in known]
         append_to_log(group, appended)
         variables = group.attrs["ref_assets"]["structure"]["variables"]
-        if gone := sorted(set(saved.annotations.variables) - set(variables)):
+        if gone := sorted(set(annotations.variables) - set(variables)):
             logger.warning(
                 "%s: the store has no variable %s any more; its stashed annotations are not "
                 "restored (they stay in the log)",
@@ -171,30 +203,27 @@ def restore(
                 ", ".join(gone),
             )
         changes = list(appended)
-        targets = [None, *(v for v in saved.annotations.variables if v in variables)]
+        named = [*annotations.variables, *(t for t in removals or {} if t is not None)]
+        targets = [None, *(v for v in dict.fromkeys(named) if v in variables)]
         for target in targets:
             node = group if target is None else group[target]
             current, own = node.attrs.asdict(), operator_state(group)[0].of(target)
             differing = {
                 key: value
-                for key, value in saved.annotations.of(target).items()
+                for key, value in annotations.of(target).items()
                 if current.get(key, _MISSING) != value or own.get(key, _MISSING) != value
             }
-            if differing:
+            taken_back = [key for key in (removals or {}).get(target, []) if key in own]
+            if differing or taken_back:
                 where = f"{dataset_id} {'dataset' if target is None else f'variable {target}'}"
                 changes.append(
-                    apply_change(group, where, target, differing, [], by=author, action="restore")
+                    apply_change(
+                        group, where, target, differing, taken_back, by=author, action="restore"
+                    )
                 )
         return changes
 
-    store = DatasetStore(settings.storage_root, dataset_id)
-    try:
-        return commit_annotations(store, edit, author=author, branch=branch)
-    except StoreError:
-        logger.warning(
-            "%s: the annotation stash %s is kept for the next try", dataset_id, saved.path
-        )
-        raise
+    return commit_annotations(store, edit, author=author, branch=branch)
 
 
 def clear(dataset_id: str, *, settings: Settings | None = None) -> bool:

@@ -64,3 +64,49 @@ def write_until_killed(storage_root: str, spec_json: str, keys: list[str]) -> No
     sys.stdout.close()
     for period in map(spec.period_for_key, keys):
         write_period(store, fetch_batch(spec, provider, period), run_id=f"killable-{os.getpid()}")
+
+
+def rewrite_killed_at(configuration_dir: str, purpose: str, spec_json: str, kill_at: str) -> None:
+    """Entry point of ``python -c``: run a rebuild (or a rechunk to 2 x 3 chunks) of the spec,
+    SIGKILLing this process when it reaches stage ``kill_at`` (`ref_assets.rebuild.STAGES`), or
+    with ``fill:N`` once N periods of the fill are committed."""
+    import json
+    import signal
+
+    os.environ["REF_CONFIGURATION"] = configuration_dir
+    from ref_assets.config import load_settings
+    from ref_assets.providers.synthetic import SyntheticProvider
+    from ref_assets.rebuild import rebuild_dataset, rechunk_dataset
+    from ref_assets.specs import DatasetSpec
+    from ref_assets.store.repository import DatasetStore
+
+    spec = DatasetSpec.model_validate(json.loads(spec_json))
+    settings = load_settings()
+    store = DatasetStore(settings.storage_root, spec.id)
+
+    def on_stage(stage: str) -> None:
+        if stage == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_progress(done: int, total: int) -> None:
+        if kill_at.startswith("fill:") and done >= int(kill_at.removeprefix("fill:")):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    run_id = f"killed-at-{kill_at}"
+    if purpose == "rebuild":
+        provider = SyntheticProvider(spec)
+        rebuild_dataset(
+            spec,
+            provider,
+            store,
+            settings=settings,
+            run_id=run_id,
+            on_stage=on_stage,
+            on_progress=on_progress,
+        )
+    else:
+        chunks = {"y": 2, "x": 3}
+        rechunk_dataset(
+            spec, store, chunks=chunks, settings=settings, run_id=run_id, on_stage=on_stage
+        )
+    raise SystemExit(f"the {purpose} ended without reaching stage {kill_at}")

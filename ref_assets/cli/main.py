@@ -11,6 +11,8 @@ ref-assets provenance DATASET PERIOD | export DATASET DEST   # period records
 ref-assets verify DATASET | reproduce DATASET PERIOD  # stored data against its records
 ref-assets sync-instance [DATASET ...]               # report the stores to the Dagster instance
 ref-assets annotate DATASET [VARIABLE] --label ...   # the data dictionary, committed and logged
+ref-assets rebuild DATASET                           # rebuild the store for a changed spec
+ref-assets rechunk DATASET [--chunks y=N,x=N]        # other spatial chunks, periods copied
 
 Modules are imported by the command that needs them, so that ``--help`` and ``--version`` answer
 at once (importing the library, xarray and Dagster takes seconds).
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING
 from ref_assets.cli import annotations as annotations_cli
 from ref_assets.cli import config as config_cli
 from ref_assets.cli import provenance as provenance_cli
+from ref_assets.cli import rebuild as rebuild_cli
 from ref_assets.cli import timeseries as timeseries_cli
 from ref_assets.cli.common import (
     CommandError,
@@ -244,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     provenance_cli.add_commands(commands)
     timeseries_cli.add_commands(commands)
     annotations_cli.add_commands(commands)
+    rebuild_cli.add_commands(commands)
     return parser
 
 

@@ -43,9 +43,10 @@ class StoreLayoutError(RuntimeError):
 
 
 def structure(spec: DatasetSpec, description: Description) -> dict:
-    """What must not change once a store exists (changing it needs a rebuild). The time block
-    and manifest split are fixed too: the time coordinate is chunked by the one and the
-    repository's config holds the other."""
+    """What the store was laid out with; all of it but the spatial chunks must not change once
+    a store exists (changing it needs `ref-assets rebuild`; chunks `ref-assets rechunk`). The
+    time block and manifest split are fixed too: the time coordinate is chunked by the one and
+    the repository's config holds the other."""
     grid = description.grid
     return {
         "layout_version": LAYOUT_VERSION,
@@ -149,15 +150,32 @@ def open_laid_out_root(store: zarr.abc.store.Store) -> zarr.Group | None:
 
 
 def check_structure(group: zarr.Group, spec: DatasetSpec, description: Description) -> None:
+    """Refuse a spec the store was not laid out for (`incompatible_changes`); spatial chunks
+    may differ (see `REWRITABLE_FIELDS`)."""
     stored = group.attrs["ref_assets"]["structure"]
-    expected = json.loads(json.dumps(structure(spec, description)))
-    if stored != expected:
-        changed, before, after = structure_changes(stored, expected)
+    if changes := incompatible_changes(stored, structure(spec, description)):
+        changed, before, after = changes
         raise StoreLayoutError(
             f"{spec.id}: the store was laid out for a different structure ({changed} changed: "
-            f"store has {before}, spec gives {after}). Restore the previous spec, or give the "
-            "dataset a new id to build a new store."
+            f"store has {before}, spec gives {after}). Restore the previous spec, or run "
+            f"`ref-assets rebuild {spec.id}` to rebuild the store for this one (its periods "
+            "fetched again, its annotations kept)."
         )
+
+
+# Structure fields a store and its spec may disagree on: the writer writes each period's region
+# into whatever spatial chunks the store has, so a spec's new chunks take effect only through
+# `ref-assets rechunk` (store.branches), never by refusing writes.
+REWRITABLE_FIELDS = frozenset({"chunks"})
+
+
+def incompatible_changes(stored: dict, expected: dict) -> tuple[str, dict, dict] | None:
+    """`structure_changes` between a store's structure and the one a spec gives, leaving out
+    `REWRITABLE_FIELDS`; None when the spec fits the store."""
+    expected = json.loads(json.dumps(expected))
+    stored = {k: v for k, v in stored.items() if k not in REWRITABLE_FIELDS}
+    expected = {k: v for k, v in expected.items() if k not in REWRITABLE_FIELDS}
+    return structure_changes(stored, expected) if stored != expected else None
 
 
 def dataset_attributes(spec: DatasetSpec) -> dict:

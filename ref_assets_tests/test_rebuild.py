@@ -1,0 +1,341 @@
+"""Rebuild and rechunk through a work branch (issue 13, item 2): killed at any stage, main, its
+data and its annotations are untouched and the stash stays; the retry completes, restores the
+annotations and clears the stash; an update landing on main meanwhile is replayed; a rechunk keeps
+every record and checksum."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import zarr
+
+from ref_assets.annotations import annotate, read_annotations
+from ref_assets.annotations_stash import read_stash, stash, stash_path
+from ref_assets.batch import fetch_batch
+from ref_assets.cli import main
+from ref_assets.providers.synthetic import SyntheticProvider
+from ref_assets.rebuild import (
+    STAGES,
+    RebuildError,
+    parse_chunks,
+    rebuild_dataset,
+    rechunk_dataset,
+)
+from ref_assets.specs import DatasetSpec
+from ref_assets.store import reader as store_reader
+from ref_assets.store.branches import leftover_work
+from ref_assets.store.layout import StoreLayoutError
+from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.writer import CommitPolicy, PeriodWriter, write_period
+from ref_assets.verification import verify_dataset
+from ref_assets_tests.conftest import spec_dict
+
+DAYS = [f"2024-01-{day:02d}" for day in range(1, 7)]
+
+
+def new_spec(**overrides) -> DatasetSpec:
+    """The test spec on a coarser grid, as float64: a change only a rebuild can make."""
+    fields = spec_dict(runs={"commit_every": 2})
+    fields["params"] = {**fields["params"], "resolution": 1.0}
+    fields["variables"] = [{**fields["variables"][0], "dtype": "float64"}]
+    return DatasetSpec.model_validate({**fields, **overrides})
+
+
+@pytest.fixture
+def stored(synthetic_dataset, settings):
+    """Six days in the store, annotated by an operator."""
+    spec, store, batch_for = synthetic_dataset
+    writer = PeriodWriter(store, run_id="first", policy=CommitPolicy(every=3))
+    for key in DAYS:
+        writer.add(batch_for(key))
+    writer.flush()
+    annotate(spec.id, "t2m", label="Air temperature at 2 m", attributes={"method": "m1"}, by="ann")
+    annotate(spec.id, description="Test data, not for use", by="bob")
+    return spec, store, batch_for
+
+
+def main_state(store: DatasetStore) -> dict:
+    """Everything a failed rewrite must leave as it was: main's snapshot, each period's record
+    and checksum recomputed from its values, the annotations and their log."""
+    session = store_reader.session_for(store)
+    axis = store_reader.store_axis(session)
+    indices = store_reader.written_indices(session)
+    stored = read_annotations(store.dataset_id)
+    return {
+        "snapshot": session.snapshot_id,
+        "records": store_reader.read_records(session, indices),
+        "checksums": dict(store_reader.stored_checksums(session, axis, indices)),
+        "annotations": stored.annotations,
+        "history": stored.history,
+    }
+
+
+def variable_array(store: DatasetStore, name: str = "t2m") -> zarr.Array:
+    session = store_reader.session_for(store)
+    return zarr.open_group(session.store, mode="r")[name]
+
+
+def written_keys(store: DatasetStore) -> list[str]:
+    session = store_reader.session_for(store)
+    axis = store_reader.store_axis(session)
+    return [axis.period_at(i).key for i in store_reader.written_indices(session)]
+
+
+def test_a_rebuild_lays_the_store_out_for_the_new_spec_and_keeps_the_annotations(stored, settings):
+    spec, store, _ = stored
+    before = read_annotations(spec.id)
+    spec2 = new_spec()
+    stages = []
+    result = rebuild_dataset(
+        spec2,
+        SyntheticProvider(spec2),
+        store,
+        settings=settings,
+        run_id="rebuild-1",
+        on_stage=stages.append,
+    )
+    assert stages == list(STAGES)
+    assert (result.periods, result.replayed, result.dropped) == (6, 0, [])
+    assert store.open().lookup_branch("main") == result.published
+    t2m = variable_array(store)
+    assert t2m.dtype == "float64" and t2m.shape[1:] == (4, 6)  # 1-degree cells of the bbox
+    assert written_keys(store) == DAYS
+    assert all(check.ok for check in verify_dataset(spec.id, settings=settings))
+    session = store_reader.session_for(store)
+    records = store_reader.read_records(session, store_reader.written_indices(session))
+    assert {record["run_id"] for record in records.values()} == {"rebuild-1"}  # fetched again
+    after = read_annotations(spec.id)
+    assert after.annotations == before.annotations and result.annotations == 3
+    assert after.history[: len(before.history)] == before.history
+    assert t2m.attrs["long_name"] == "Air temperature at 2 m" and t2m.attrs["method"] == "m1"
+    assert read_stash(spec.id, settings=settings) is None
+    assert leftover_work(store, "rebuild") == []
+    # The store fits the spec now: a second rebuild does nothing.
+    again = rebuild_dataset(spec2, SyntheticProvider(spec2), store, settings=settings, run_id="2")
+    assert again.published is None and "fits the spec already" in again.note
+    assert store.open().lookup_branch("main") == result.published
+    # A writer with the old spec is refused, naming the way forward.
+    with pytest.raises(StoreLayoutError, match="ref-assets rebuild test_t2m"):
+        write_period(
+            store,
+            fetch_batch(spec, SyntheticProvider(spec), spec.period_for_key("2024-01-07")),
+            run_id="late",
+        )
+
+
+def test_a_rechunk_keeps_every_record_and_checksum_and_changes_the_chunks(stored, settings):
+    spec, store, batch_for = stored
+    before = main_state(store)
+    assert variable_array(store).chunks == (1, 4, 6)
+    result = rechunk_dataset(spec, store, chunks={"y": 2, "x": 3}, settings=settings, run_id="rc")
+    after = main_state(store)
+    assert variable_array(store).chunks == (1, 2, 3) and result.chunks == (2, 3)
+    assert after["snapshot"] == result.published != before["snapshot"]
+    assert after["records"] == before["records"]  # provenance as written, run ids included
+    assert after["checksums"] == before["checksums"]
+    assert after["annotations"] == before["annotations"]
+    assert after["history"] == before["history"]  # nothing to restore: nothing logged
+    assert all(check.ok for check in verify_dataset(spec.id, settings=settings))
+    assert read_stash(spec.id, settings=settings) is None
+    # The spec still names 4 x 6 chunks: its writes go into the store's 2 x 3 ones.
+    receipt = write_period(store, batch_for("2024-01-07"), run_id="after")
+    assert verify_dataset(spec.id, periods=["2024-01-07"], settings=settings)[0].ok
+    assert receipt.bytes_written > 0
+    # Back to the spec's chunks by default; asking for what the store has does nothing.
+    rechunk_dataset(spec, store, settings=settings, run_id="back")
+    assert variable_array(store).chunks == (1, 4, 6)
+    same = rechunk_dataset(spec, store, settings=settings, run_id="same")
+    assert same.published is None and "has chunks y=4, x=6 already" in same.note
+
+
+def test_time_chunks_and_incompatible_specs_are_refused_by_a_rechunk(stored, settings):
+    spec, store, _ = stored
+    tip = store.open().lookup_branch("main")
+    for refused in (
+        lambda: parse_chunks(spec.id, "time=30,y=2"),
+        lambda: rechunk_dataset(spec, store, chunks={"time": 30}, settings=settings, run_id="t"),
+    ):
+        with pytest.raises(RebuildError, match="along time a chunk is always one period"):
+            refused()
+    with pytest.raises(RebuildError, match="write y=N,x=N"):
+        parse_chunks(spec.id, "y=two")
+    assert parse_chunks(spec.id, "y=2, x=3") == {"y": 2, "x": 3}
+    with pytest.raises(RebuildError, match=r"more than its chunks \(variables changed.*rebuild"):
+        rechunk_dataset(new_spec(), store, settings=settings, run_id="t")
+    assert store.open().lookup_branch("main") == tip
+    assert not stash_path(spec.id, settings).exists()
+
+
+def test_nothing_is_stashed_for_a_store_without_a_layout(synthetic_dataset, settings):
+    spec, store, _ = synthetic_dataset
+    with pytest.raises(StoreError, match="no store"):
+        rebuild_dataset(spec, SyntheticProvider(spec), store, settings=settings, run_id="r")
+    store.open_or_create(spec.manifest_split)  # a repository whose first period never landed
+    with pytest.raises(RebuildError, match="nothing to rebuild"):
+        rebuild_dataset(spec, SyntheticProvider(spec), store, settings=settings, run_id="r")
+    with pytest.raises(StoreError, match="no layout yet, so no annotations to stash"):
+        stash(spec.id, settings=settings)
+    assert not (settings.configuration_dir / "stash").exists()
+    # An earlier stash (of a store moved aside) is never replaced by an empty one.
+    path = stash_path(spec.id, settings)
+    path.parent.mkdir(parents=True)
+    path.write_text("kept")
+    with pytest.raises(StoreError, match=f"the stash {path} is kept as it is"):
+        stash(spec.id, settings=settings)
+    assert path.read_text() == "kept"
+
+
+def kill_at(settings, purpose: str, spec: DatasetSpec, stage: str) -> None:
+    """Run the rewrite in a child process that SIGKILLs itself at ``stage``."""
+    code = (
+        "import sys; from ref_assets_tests.workers import rewrite_killed_at; "
+        "rewrite_killed_at(*sys.argv[1:])"
+    )
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(settings.configuration_dir),
+            purpose,
+            spec.model_dump_json(),
+            stage,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("purpose", "stages"),
+    [
+        ("rebuild", ["layout", "fill:2", "verify", "publish"]),
+        ("rechunk", ["branch", "fill", "restore", "publish"]),
+    ],
+)
+def test_a_rewrite_killed_at_any_stage_leaves_main_whole_and_the_retry_completes(
+    stored, settings, purpose, stages
+):
+    spec, store, _ = stored
+    target = new_spec() if purpose == "rebuild" else spec
+    before = main_state(store)
+    for stage in stages:
+        kill_at(settings, purpose, target, stage)
+        assert main_state(store) == before, f"main changed by a {purpose} killed at {stage}"
+        saved = read_stash(spec.id, settings=settings)
+        assert saved is not None and saved.annotations == before["annotations"]
+        assert saved.source_snapshot == before["snapshot"]  # the first try's, kept
+    assert len(leftover_work(store, purpose)) == 1  # the last try's branch, discarded next
+    # An operator annotation between the tries is kept as well as the stashed ones.
+    annotate(spec.id, "t2m", attributes={"checked": "yes"}, by="carol")
+    wanted = read_annotations(spec.id).annotations
+    if purpose == "rebuild":
+        result = rebuild_dataset(
+            target, SyntheticProvider(target), store, settings=settings, run_id="retry"
+        )
+    else:
+        result = rechunk_dataset(
+            target, store, chunks={"y": 2, "x": 3}, settings=settings, run_id="retry"
+        )
+    assert store.open().lookup_branch("main") == result.published
+    assert read_annotations(spec.id).annotations == wanted
+    assert wanted.variables["t2m"] == {
+        "long_name": "Air temperature at 2 m",
+        "method": "m1",
+        "checked": "yes",
+    }
+    assert written_keys(store) == DAYS
+    assert all(check.ok for check in verify_dataset(spec.id, settings=settings))
+    assert read_stash(spec.id, settings=settings) is None
+    assert leftover_work(store, purpose) == []
+
+
+def test_a_rebuild_killed_after_publishing_is_finished_by_the_retry(stored, settings):
+    spec, store, _ = stored
+    before = read_annotations(spec.id)
+    spec2 = new_spec()
+    kill_at(settings, "rebuild", spec2, "clear")
+    assert variable_array(store).dtype == "float64"  # published
+    assert read_annotations(spec.id).annotations == before.annotations
+    assert read_stash(spec.id, settings=settings) is not None
+    result = rebuild_dataset(spec2, SyntheticProvider(spec2), store, settings=settings, run_id="r")
+    assert result.published is None and result.stash_cleared
+    assert "cleared the annotation stash" in result.note
+    assert read_stash(spec.id, settings=settings) is None
+
+
+def test_an_update_landing_on_main_during_a_rebuild_is_in_what_it_publishes(stored, settings):
+    spec, store, batch_for = stored
+    spec2 = new_spec()
+    late = spec.period_for_key("2024-01-07")
+
+    def sensor_update(stage: str) -> None:
+        if stage == "restore":  # the branch is filled; main moves on under the old spec
+            write_period(store, batch_for(late.key), run_id="sensor")
+            annotate(spec.id, "t2m", attributes={"late": "note"}, by="dave")
+            annotate(spec.id, "t2m", remove=["method"], by="dave")
+
+    result = rebuild_dataset(
+        spec2,
+        SyntheticProvider(spec2),
+        store,
+        settings=settings,
+        run_id="rebuild",
+        on_stage=sensor_update,
+    )
+    assert result.replayed == 1
+    assert written_keys(store) == [*DAYS, late.key]
+    assert variable_array(store).dtype == "float64"
+    checks = verify_dataset(spec.id, settings=settings)
+    assert [c.period for c in checks] == [*DAYS, late.key] and all(c.ok for c in checks)
+    session = store_reader.session_for(store)
+    index = store_reader.store_axis(session).index_of(late)
+    [record] = store_reader.read_records(session, [index]).values()
+    assert record["run_id"] == "rebuild"  # fetched again, for the new layout
+    expected = fetch_batch(spec2, SyntheticProvider(spec2), spec2.period_for_key(late.key))
+    assert record["checksum"] == expected.checksum
+    t2m = read_annotations(spec.id).annotations.variables["t2m"]
+    assert t2m == {"long_name": "Air temperature at 2 m", "late": "note"}  # "method" taken back
+
+
+def test_an_update_landing_on_main_during_a_rechunk_is_copied(stored, settings):
+    spec, store, batch_for = stored
+
+    def sensor_update(stage: str) -> None:
+        if stage == "verify":
+            write_period(store, batch_for("2024-01-07"), run_id="sensor")
+
+    result = rechunk_dataset(
+        spec, store, chunks={"x": 2}, settings=settings, run_id="rc", on_stage=sensor_update
+    )
+    assert result.replayed == 1 and variable_array(store).chunks == (1, 4, 2)
+    assert written_keys(store) == [*DAYS, "2024-01-07"]
+    assert all(check.ok for check in verify_dataset(spec.id, settings=settings))
+
+
+def test_the_command_line_rebuilds_and_rechunks(settings, write_spec, capsys):
+    fields = write_spec()
+    spec = DatasetSpec.model_validate(fields)
+    store = DatasetStore(settings.storage_root, spec.id)
+    provider = SyntheticProvider(spec)
+    for key in DAYS[:3]:
+        write_period(store, fetch_batch(spec, provider, spec.period_for_key(key)), run_id="w")
+    assert main(["rechunk", spec.id, "--chunks", "time=5"]) == 2
+    assert "along time a chunk is always one period" in capsys.readouterr().err
+    assert main(["rechunk", spec.id, "--chunks", "y=2,x=3"]) == 0
+    captured = capsys.readouterr()
+    assert "test_t2m: rechunked to chunks y=2, x=3: 3 periods copied" in captured.out
+    assert "test_t2m: [1/9] stashing the annotations" in captured.err  # a line per stage
+    assert "test_t2m: [8/9] publishing" in captured.err
+    assert main(["rebuild", spec.id]) == 0
+    assert "fits the spec already" in capsys.readouterr().out
+    write_spec(params={**fields["params"], "resolution": 1.0})
+    assert main(["rebuild", spec.id, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["dataset"], document["periods"], document["replayed"]) == (spec.id, 3, 0)
+    assert document["snapshot"] == store.open().lookup_branch("main")
+    assert document["chunks"] == [4, 6]
