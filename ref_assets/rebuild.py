@@ -38,6 +38,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -53,6 +54,7 @@ from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.branches import (
     MainMoved,
+    Published,
     WorkBranch,
     copy_periods,
     discard,
@@ -66,12 +68,16 @@ from ref_assets.store.layout import (
     create_layout,
     incompatible_changes,
     open_laid_out_root,
+    spatial_chunks,
     spec_structure,
     structure,
 )
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import CommitPolicy, PeriodWriter, WriteReceipt
 from ref_assets.verification import verify_dataset
+
+if TYPE_CHECKING:
+    from ref_assets.providers.protocol import Description
 
 logger = logging.getLogger(__name__)
 
@@ -205,10 +211,10 @@ def rechunk_dataset(
                 f"({changes[0]} changed: store has {changes[1]}, spec gives {changes[2]}); "
                 f"`ref-assets rebuild {spec.id}` rebuilds the store for it"
             )
-        ny, nx = stored["grid_shape"]
-        target = (
-            min(requested.get("y") or spec.chunks.y or ny, ny),
-            min(requested.get("x") or spec.chunks.x or nx, nx),
+        target = spatial_chunks(
+            requested.get("y") or spec.chunks.y,
+            requested.get("x") or spec.chunks.x,
+            stored["grid_shape"],
         )
         if list(target) == stored["chunks"]:
             note = f"{spec.id}: the store has chunks y={target[0]}, x={target[1]} already"
@@ -386,7 +392,9 @@ def _replace_layout(
         session.commit(f"{dataset_id}: {work.purpose}: new layout")
 
 
-def _lay_out_anew(root: zarr.Group, spec: DatasetSpec, description, length: int) -> None:
+def _lay_out_anew(
+    root: zarr.Group, spec: DatasetSpec, description: Description, length: int
+) -> None:
     """Remove every array and group of ``root`` (the annotation log too: the restore writes it
     back) and its attributes, then create the spec's layout."""
     for name in list(root.keys()):
@@ -489,7 +497,7 @@ def _finish(
     stage: Stage,
     replay: Callable[[MainMoved], None],
     expected: list[str],
-) -> tuple[object, int]:
+) -> tuple[Published, int]:
     """Restore the annotations onto the filled branch, verify it, publish it (replaying what
     landed on main meanwhile) and clear the stash; return what `publish` returned and the
     number of annotations (keys) the published store holds."""

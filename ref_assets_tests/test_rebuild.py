@@ -25,6 +25,7 @@ from ref_assets.rebuild import (
 )
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
+from ref_assets.store import writer as store_writer
 from ref_assets.store.branches import leftover_work
 from ref_assets.store.layout import StoreLayoutError
 from ref_assets.store.repository import DatasetStore, StoreError
@@ -339,3 +340,81 @@ def test_the_command_line_rebuilds_and_rechunks(settings, write_spec, capsys):
     assert (document["dataset"], document["periods"], document["replayed"]) == (spec.id, 3, 0)
     assert document["snapshot"] == store.open().lookup_branch("main")
     assert document["chunks"] == [4, 6]
+
+
+@pytest.mark.parametrize("purpose", ["rechunk", "rebuild"])
+def test_a_writer_whose_session_began_before_the_publish_writes_the_new_layout_or_nothing(
+    stored, settings, monkeypatch, purpose
+):
+    """A period write whose session was opened on main before a rewrite published: its commit
+    cannot be rebased onto arrays that were replaced, so the writer starts again from the new
+    tip, which takes it into the new chunks (rechunk) or refuses it for its spec (rebuild)."""
+    spec, store, batch_for = stored
+    write_session = store_writer._write_periods
+    rewritten = []
+
+    def rewrite_then_write(session, batches, run_id):
+        if run_id == "late" and not rewritten:  # its session is open on main as it was
+            if purpose == "rechunk":
+                result = rechunk_dataset(
+                    spec, store, chunks={"y": 2}, settings=settings, run_id="r"
+                )
+            else:
+                spec2 = new_spec()
+                provider = SyntheticProvider(spec2)
+                result = rebuild_dataset(spec2, provider, store, settings=settings, run_id="r")
+            rewritten.append(result)
+        return write_session(session, batches, run_id)
+
+    monkeypatch.setattr(store_writer, "_write_periods", rewrite_then_write)
+    if purpose == "rechunk":
+        receipt = write_period(store, batch_for("2024-01-07"), run_id="late")
+        assert receipt.attempts == 2 and variable_array(store).chunks == (1, 2, 6)
+        assert written_keys(store) == [*DAYS, "2024-01-07"]
+        assert all(check.ok for check in verify_dataset(spec.id, settings=settings))
+    else:
+        with pytest.raises(StoreLayoutError, match="ref-assets rebuild test_t2m"):
+            write_period(store, batch_for("2024-01-07"), run_id="late")
+        assert written_keys(store) == DAYS
+        assert store.open().lookup_branch("main") == rewritten[0].published
+
+
+class FailingProvider(SyntheticProvider):
+    """The synthetic source with one day that no longer answers."""
+
+    def fetch(self, period):
+        if period.key == "2024-01-04":
+            raise ConnectionError("the source is down")
+        return super().fetch(period)
+
+
+def test_a_failed_fetch_or_a_period_that_does_not_verify_publishes_nothing(stored, settings):
+    spec, store, _ = stored
+    before = main_state(store)
+    spec2 = new_spec()
+    with pytest.raises(
+        RebuildError, match=r"1 of 6 periods could not be fetched again \(2024-01-04"
+    ):
+        rebuild_dataset(spec2, FailingProvider(spec2), store, settings=settings, run_id="down")
+    assert main_state(store) == before and read_stash(spec.id, settings=settings) is not None
+
+    def damage_the_branch(stage: str) -> None:  # a value changed behind the records' back
+        if stage == "verify":
+            [branch] = leftover_work(store, "rebuild")
+            session = store.open().writable_session(branch)
+            zarr.open_group(session.store, mode="r+")["t2m"][2, 0, 0] = 99.0
+            session.commit("damage")
+
+    with pytest.raises(RebuildError, match=r"1 periods on branch rebuild\.bad do not verify"):
+        rebuild_dataset(
+            spec2,
+            SyntheticProvider(spec2),
+            store,
+            settings=settings,
+            run_id="bad",
+            on_stage=damage_the_branch,
+        )
+    assert main_state(store) == before and read_stash(spec.id, settings=settings) is not None
+    rebuild_dataset(spec2, SyntheticProvider(spec2), store, settings=settings, run_id="good")
+    assert read_stash(spec.id, settings=settings) is None
+    assert read_annotations(spec.id).annotations == before["annotations"]

@@ -79,8 +79,13 @@ def spec_structure(spec: DatasetSpec) -> dict:
 
 
 def _spatial_chunks(spec: DatasetSpec, description: Description) -> tuple[int, int]:
-    ny, nx = description.grid.shape
-    return (min(spec.chunks.y or ny, ny), min(spec.chunks.x or nx, nx))
+    return spatial_chunks(spec.chunks.y, spec.chunks.x, description.grid.shape)
+
+
+def spatial_chunks(y: int | None, x: int | None, shape: tuple[int, int]) -> tuple[int, int]:
+    """Rows and columns of a chunk on a grid of ``shape`` (None: the whole axis)."""
+    ny, nx = shape
+    return (min(y or ny, ny), min(x or nx, nx))
 
 
 def capacity_for(spec: DatasetSpec, time_index: int) -> int:
