@@ -60,7 +60,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "once); for long series at points, give the spec a `timeseries` section.",
         examples=[
             "ref-assets rechunk demo_air_temperature --chunks y=50,x=50",
-            "ref-assets rechunk demo_air_temperature   # back to the spec's chunks",
+            "ref-assets rechunk demo_air_temperature",
         ],
     )
     rechunk.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
@@ -188,7 +188,7 @@ def _summary(args: argparse.Namespace, result, done: str, how: str) -> int:
     print(
         f"{result.dataset_id}: {done}: {result.periods} periods {how}, "
         f"{result.replayed} replayed from updates that landed meanwhile; main is now snapshot "
-        f"{result.published}; {result.annotations} annotations restored; stash cleared"
+        f"{result.published}; {result.annotations} operator annotations kept; stash cleared"
     )
     if result.dropped:
         print(
