@@ -332,6 +332,11 @@ def test_the_command_line_rebuilds_and_rechunks(settings, write_spec, capsys):
     assert "test_t2m: rechunked to chunks y=2, x=3: 3 periods copied" in captured.out
     assert "test_t2m: [1/9] stashing the annotations" in captured.err  # a line per stage
     assert "test_t2m: [8/9] publishing" in captured.err
+    assert main(["status", spec.id]) == 0
+    assert (
+        "chunks: the store's are y=2, x=3, the spec's y=4, x=6; `ref-assets rechunk test_t2m` "
+        "gives the store the spec's"
+    ) in capsys.readouterr().out
     assert main(["rebuild", spec.id]) == 0
     assert "fits the spec already" in capsys.readouterr().out
     write_spec(params={**fields["params"], "resolution": 1.0})

@@ -362,7 +362,31 @@ def _status(args: argparse.Namespace) -> int:
     )
     print(f"present: {_ranges(status.present)}")
     print(f"missing: {_ranges(status.missing)}")
+    if spec is not None and (note := _chunks_note(spec, settings)):
+        print(note)
     return 0
+
+
+def _chunks_note(spec: DatasetSpec, settings) -> str | None:
+    """A line when the store's spatial chunks differ from the spec's (writes go into the
+    store's; `ref-assets rechunk` changes them)."""
+    from ref_assets.store import reader as store_reader
+    from ref_assets.store.layout import open_laid_out_root, spatial_chunks
+    from ref_assets.store.repository import DatasetStore
+
+    store = DatasetStore(settings.storage_root, spec.id)
+    group = open_laid_out_root(store_reader.session_for(store).store)
+    if group is None:
+        return None
+    structure = group.attrs["ref_assets"]["structure"]
+    stored = tuple(structure["chunks"])
+    wanted = spatial_chunks(spec.chunks.y, spec.chunks.x, structure["grid_shape"])
+    if stored == wanted:
+        return None
+    return (
+        f"chunks: the store's are y={stored[0]}, x={stored[1]}, the spec's y={wanted[0]}, "
+        f"x={wanted[1]}; `ref-assets rechunk {spec.id}` gives the store the spec's"
+    )
 
 
 def _ranges(periods: PeriodRanges) -> str:
