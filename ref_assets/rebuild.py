@@ -132,7 +132,7 @@ def rebuild_dataset(
                     f" (its chunks {stored['chunks']} differ from the spec's; "
                     f"`ref-assets rechunk {spec.id}` gives it the spec's)"
                 )
-            return _nothing_to_do(spec.id, "rebuild", settings, tuple(stored["chunks"]), note)
+            return _nothing_to_do(store, "rebuild", settings, tuple(stored["chunks"]), note)
         if stored["period"] != spec.period.value:
             raise RebuildError(
                 f"{spec.id}: the spec's period is {spec.period.value}, the store's "
@@ -218,7 +218,7 @@ def rechunk_dataset(
         )
         if list(target) == stored["chunks"]:
             note = f"{spec.id}: the store has chunks y={target[0]}, x={target[1]} already"
-            return _nothing_to_do(spec.id, "rechunk", settings, target, note)
+            return _nothing_to_do(store, "rechunk", settings, target, note)
         stage = on_stage or (lambda name: None)
         work = _start(store, "rechunk", settings, run_id, stage)
         held = _written(store, work.base)
@@ -323,10 +323,14 @@ def _laid_out_main(store: DatasetStore) -> zarr.Group:
 
 
 def _nothing_to_do(
-    dataset_id: str, purpose: str, settings: Settings, chunks: tuple[int, int], note: str
+    store: DatasetStore, purpose: str, settings: Settings, chunks: tuple[int, int], note: str
 ) -> Rewrite:
     """The store is as asked already (perhaps published by a run that died before clearing its
-    stash): clear a stash whose every log entry ``main`` holds; keep any other, saying so."""
+    stash, or deleting its branch): discard work branches left over, and clear a stash whose
+    every log entry ``main`` holds; keep any other, saying so."""
+    dataset_id = store.dataset_id
+    for branch in leftover_work(store, purpose):
+        discard(store, branch)
     saved = annotations_stash.read_stash(dataset_id, settings=settings)
     cleared = False
     if saved is not None:
