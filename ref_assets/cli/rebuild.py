@@ -190,6 +190,11 @@ def _summary(args: argparse.Namespace, result, done: str, how: str) -> int:
         f"{result.replayed} replayed from updates that landed meanwhile; main is now snapshot "
         f"{result.published}; {result.annotations} operator annotations kept; stash cleared"
     )
+    if result.purpose == "rebuild":
+        print(
+            f"{result.dataset_id}: the periods have new checksums: `ref-assets sync-instance "
+            f"{result.dataset_id}` shows them to the Dagster instance"
+        )
     if result.dropped:
         print(
             f"{result.dataset_id}: {len(result.dropped)} periods the spec no longer covers were "
