@@ -423,3 +423,20 @@ def test_a_failed_fetch_or_a_period_that_does_not_verify_publishes_nothing(store
     rebuild_dataset(spec2, SyntheticProvider(spec2), store, settings=settings, run_id="good")
     assert read_stash(spec.id, settings=settings) is None
     assert read_annotations(spec.id).annotations == before["annotations"]
+
+
+def test_a_second_rewrite_of_a_store_while_one_runs_is_refused(stored, settings):
+    spec, store, _ = stored
+    refusals = []
+
+    def start_another(stage: str) -> None:
+        if stage == "fill":
+            with pytest.raises(RebuildError, match="another rebuild or rechunk of this store"):
+                rechunk_dataset(spec, store, chunks={"y": 1}, settings=settings, run_id="second")
+            refusals.append(leftover_work(store, "rechunk"))
+
+    result = rechunk_dataset(
+        spec, store, chunks={"y": 2}, settings=settings, run_id="first", on_stage=start_another
+    )
+    assert refusals == [["rechunk.first"]]  # the running one's branch was left alone
+    assert variable_array(store).chunks == (1, 2, 6) and result.published is not None
