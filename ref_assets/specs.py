@@ -269,6 +269,13 @@ class ChecksSpec(_Strict):
     variables: dict[VariableName, VariableChecksSpec] = Field(
         default_factory=dict, description="per-variable overrides, by variable name"
     )
+    publish: Literal["direct", "validated"] = Field(
+        default="direct",
+        description="`direct`: each commit lands on main, then its periods are checked; "
+        "`validated`: a run writes on its own branch, checks its periods there and publishes "
+        "only those that pass, so readers of main never see a period that failed its checks "
+        "(`ref_assets.publishing`)",
+    )
 
     def max_nan_fraction_of(self, variable: str) -> float:
         override = self.variables.get(variable)
@@ -504,8 +511,11 @@ class DatasetSpec(_Strict):
     def _public(self) -> dict[str, Any]:
         # Without a `timeseries` section the dump (and fingerprint) is what it was before the
         # section existed.
-        unset = {"timeseries"} if self.timeseries is None else None
-        return redact(self.model_dump(mode="json", exclude=unset))
+        # Likewise `checks.publish` left at its default.
+        unset: dict[str, Any] = {"timeseries": True} if self.timeseries is None else {}
+        if self.checks.publish == "direct":
+            unset["checks"] = {"publish"}
+        return redact(self.model_dump(mode="json", exclude=unset or None))
 
     @functools.cached_property
     def _digests(self) -> tuple[str, str]:

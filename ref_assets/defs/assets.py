@@ -1,5 +1,6 @@
 """One time-partitioned asset per dataset spec: fetch a period, check it, hand it to the store."""
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from datetime import datetime
@@ -7,8 +8,8 @@ from datetime import datetime
 import dagster as dg
 
 from ref_assets.batch import PeriodStream, fetch_batch
-from ref_assets.defs.checks import quality_evaluations
-from ref_assets.defs.io_manager import IcechunkIOManager
+from ref_assets.defs.checks import check_evaluation, latest_materializations, quality_evaluations
+from ref_assets.defs.io_manager import IcechunkIOManager, materialization
 from ref_assets.defs.metadata import dataset_metadata, source_asset_key
 from ref_assets.defs.resources import PackagedFilesResource, ProviderRegistryResource
 from ref_assets.periods import Period, last_complete_period
@@ -18,6 +19,7 @@ from ref_assets.providers.protocol import Provider
 from ref_assets.providers.registry import ProviderRegistry
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
+from ref_assets.vocabulary import VariableVocabulary
 
 IO_MANAGER_KEY = "icechunk_io_manager"
 
@@ -78,10 +80,61 @@ def _range_events(
     are fetched while earlier ones are written, so memory stays flat over long ranges."""
     vocabulary = packaged_files.variables_cv()
     stream = PeriodStream(spec, provider, periods, spec.runs.fetch_workers, preview_style)
+    if spec.checks.publish == "validated":
+        yield from _validated_events(context, spec, stream, io_manager, vocabulary)
+        return
     for materializations in io_manager.write_range(context, stream):
         yield from materializations
         keys = [materialization.partition for materialization in materializations]
         yield from quality_evaluations(context.instance, spec, io_manager, vocabulary, keys)
+
+
+def _validated_events(
+    context: dg.AssetExecutionContext,
+    spec: DatasetSpec,
+    stream: PeriodStream,
+    io_manager: IcechunkIOManager,
+    vocabulary: VariableVocabulary,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """The events of a run of a ``checks.publish: validated`` dataset, once it published
+    (`IcechunkIOManager.write_validated`): a materialization for each period that reached
+    ``main`` (``snapshot_id``: the published snapshot) and its passed check, about the values
+    ``main`` now holds; a failed check for each refused period, about no materialization (its
+    version never reached ``main``). Any refused or failed period then fails the step, naming
+    each one, so a backfill shows those partitions failed and running it again retries them."""
+    outcome, failures = io_manager.write_validated(context, stream, vocabulary)
+    store = io_manager.storage.store(spec.id)
+    for checked in outcome.published:
+        receipt = dataclasses.replace(checked.receipt, snapshot_id=outcome.snapshot)
+        yield materialization(context, store, receipt)
+    targets = latest_materializations(
+        context.instance, context.asset_key, [c.key for c in outcome.published]
+    )
+    for checked in outcome.published:
+        yield check_evaluation(
+            spec,
+            checked.quality,
+            targets.get(checked.key),
+            metadata=_snapshots(outcome.snapshot, checked.receipt.snapshot_id),
+        )
+    for checked in outcome.refused:
+        held = "its earlier version" if checked.key in outcome.kept else "no version of it"
+        yield check_evaluation(
+            spec,
+            checked.quality,
+            None,
+            note=f". Not published: main keeps {held}",
+            metadata=_snapshots(outcome.snapshot or outcome.base, checked.receipt.snapshot_id),
+        )
+    if outcome.refused or failures:
+        raise io_manager.not_published(spec, len(stream.periods), outcome, failures)
+
+
+def _snapshots(main: str | None, checked: str) -> dict[str, dg.MetadataValue]:
+    return {
+        "main_snapshot": dg.MetadataValue.text(main or "none"),
+        "checked_snapshot": dg.MetadataValue.text(checked),  # the run's branch
+    }
 
 
 def build_dataset_asset(
@@ -108,7 +161,8 @@ def build_dataset_asset(
             provider = providers.create(spec)
         except Exception as err:
             raise _masked_failure("", err) from None
-        if len(periods) > 1:
+        # A validated dataset's single partition goes the same way: its own branch, checked.
+        if len(periods) > 1 or spec.checks.publish == "validated":
             context.log.info(f"{spec.id}: {len(periods)} periods from provider {provider.name}")
             yield from _range_events(
                 context, spec, provider, periods, icechunk_io_manager, packaged_files, preview_style

@@ -71,24 +71,36 @@ def quality_evaluations(
 ) -> Iterator[dg.AssetCheckEvaluation]:
     """The check's evaluation of each period ``keys`` names, read from the store's tip, each
     pointing at the partition's latest materialization (so the UI shows it as current)."""
-    asset_key = dg.AssetKey(spec.id)
-    targets = _latest_materializations(instance, asset_key, keys)
+    targets = latest_materializations(instance, dg.AssetKey(spec.id), keys)
     session = store_reader.session_for(io_manager.storage.store(spec.id))
     for quality in check_stored_periods(spec, vocabulary, session, keys):
-        yield dg.AssetCheckEvaluation(
-            asset_key=asset_key,
-            check_name=CHECK_NAME,
-            passed=quality.passed,
-            partition=quality.period,
-            description=f"{spec.id} {quality.period}: {quality.description}",
-            metadata=quality_metadata(quality),
-            target_materialization_data=targets.get(quality.period),
-            severity=dg.AssetCheckSeverity.ERROR,
-            blocking=True,
-        )
+        yield check_evaluation(spec, quality, targets.get(quality.period))
 
 
-def _latest_materializations(
+def check_evaluation(
+    spec: DatasetSpec,
+    quality: PeriodQuality,
+    target: AssetCheckEvaluationTargetMaterializationData | None,
+    *,
+    note: str = "",
+    metadata: dict[str, dg.MetadataValue] | None = None,
+) -> dg.AssetCheckEvaluation:
+    """The check's evaluation of one period's ``quality``, about the materialization
+    ``target`` (None: a version never materialized), ``note`` ending its description."""
+    return dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey(spec.id),
+        check_name=CHECK_NAME,
+        passed=quality.passed,
+        partition=quality.period,
+        description=f"{spec.id} {quality.period}: {quality.description}{note}",
+        metadata={**quality_metadata(quality), **(metadata or {})},
+        target_materialization_data=target,
+        severity=dg.AssetCheckSeverity.ERROR,
+        blocking=True,
+    )
+
+
+def latest_materializations(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, keys: Sequence[str]
 ) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
     """The latest materialization of each partition, in two queries for all of ``keys``."""

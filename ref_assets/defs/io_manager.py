@@ -7,7 +7,7 @@ committing in batches and yielding each partition's materialization as its commi
 """
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import dagster as dg
 import numpy as np
@@ -17,10 +17,13 @@ from ref_assets.batch import PeriodBatch, PeriodFailure, PeriodStream
 from ref_assets.defs.metadata import data_version_tags, materialization_metadata
 from ref_assets.defs.resources import IcechunkStorage
 from ref_assets.periods import IndexRanges, Period
+from ref_assets.publishing import ValidatedRun, ValidatedWriter, discard_leftovers
 from ref_assets.secrets import redact
+from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
-from ref_assets.store.repository import StoreError
+from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import CommitPolicy, PeriodWriter, WriteReceipt, write_period
+from ref_assets.vocabulary import VariableVocabulary
 
 
 class IcechunkIOManager(dg.ConfigurableIOManager):
@@ -77,18 +80,7 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
 
         def landed(receipts: list[WriteReceipt]) -> list[dg.AssetMaterialization]:
             progress.committed(receipts)
-            return [
-                dg.AssetMaterialization(
-                    context.asset_key,
-                    partition=receipt.period_key,
-                    metadata={
-                        **materialization_metadata(receipt),
-                        "store": dg.MetadataValue.path(store.location),
-                    },
-                    tags=data_version_tags(receipt.record),
-                )
-                for receipt in receipts
-            ]
+            return [materialization(context, store, receipt) for receipt in receipts]
 
         try:
             for item in stream:
@@ -108,12 +100,90 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
             raise dg.Failure(
                 description=(
                     f"{spec.id}: {len(failures)} of {len(stream.periods)} periods failed "
-                    f"({', '.join(f.period.key for f in failures[:10])}"
-                    f"{'...' if len(failures) > 10 else ''}); the "
+                    f"({_named(f.period.key for f in failures)}); the "
                     f"{progress.done} others were committed and kept"
                 ),
                 metadata={"failed_periods": {f.period.key: f.error for f in failures}},
             )
+
+    def write_validated(
+        self,
+        context: dg.AssetExecutionContext,
+        stream: PeriodStream,
+        vocabulary: VariableVocabulary,
+    ) -> tuple[ValidatedRun, list[PeriodFailure]]:
+        """Write the periods of a run of a ``checks.publish: validated`` dataset on the run's
+        branch, check each commit's periods there, and publish those that pass
+        (`ref_assets.publishing`); return what was published and refused, and the periods that
+        failed to fetch. Branches of earlier runs that died unpublished are discarded first,
+        once Dagster's instance says their run is over. If writing fails, nothing is
+        published and the branch is discarded."""
+        spec = stream.spec
+        store = self.storage.store(spec.id)
+        for branch in discard_leftovers(store, lambda run_id: _run_is_over(context, run_id)):
+            context.log.info(f"{spec.id}: discarded {branch}, left by a run that ended unpublished")
+        total = len(stream.periods)
+        progress = _Progress(context.log, spec.id, total, where=" on the run's branch")
+        writer = ValidatedWriter(
+            store,
+            spec,
+            vocabulary,
+            run_id=context.run.run_id,
+            policy=CommitPolicy(spec.runs.commit_every, spec.runs.commit_seconds),
+        )
+        failures: list[PeriodFailure] = []
+        try:
+            for item in stream:
+                if isinstance(item, PeriodFailure):
+                    context.log.error(f"{spec.id} {item.period.key}: {item.error}")
+                    failures.append(item)
+                elif checked := writer.add(item):
+                    progress.committed([c.receipt for c in checked])
+            if checked := writer.flush():
+                progress.committed([c.receipt for c in checked])
+            outcome = writer.publish()
+        except Exception as err:
+            writer.abandon()
+            raise _writing_stopped(
+                spec.id, 0, len(stream.periods), err, failures, published=False
+            ) from None
+        for refused in outcome.refused:
+            context.log.error(
+                f"{spec.id} {refused.key}: not published: {refused.quality.description}"
+            )
+        if outcome.snapshot:
+            context.log.info(
+                f"{spec.id}: published {len(outcome.published)} periods to main at snapshot "
+                f"{outcome.snapshot} ({len(outcome.refused)} refused, "
+                f"{sum(len(m.periods) for m in outcome.replayed)} written on main meanwhile "
+                "replayed)"
+            )
+        return outcome, failures
+
+    def not_published(
+        self, spec: DatasetSpec, total: int, outcome: ValidatedRun, failures: list[PeriodFailure]
+    ) -> dg.Failure:
+        """The step failure of a validated run some of whose periods did not reach ``main``."""
+        parts = []
+        if outcome.refused:
+            parts.append(
+                f"{len(outcome.refused)} refused by their checks "
+                f"({_named(c.key for c in outcome.refused)})"
+            )
+        if failures:
+            parts.append(f"{len(failures)} failed ({_named(f.period.key for f in failures)})")
+        return dg.Failure(
+            description=(
+                f"{spec.id}: {total - len(outcome.published)} of {total} periods were not "
+                f"published: {'; '.join(parts)}. The {len(outcome.published)} others were "
+                "published to main. Fix the source or the spec's checks, then run the range again."
+            ),
+            metadata={
+                "refused_periods": {c.key: c.quality.description for c in outcome.refused},
+                "failed_periods": {f.period.key: f.error for f in failures},
+                "published_snapshot": outcome.snapshot or "none: main is unchanged",
+            },
+        )
 
     def load_input(self, context: dg.InputContext) -> xr.Dataset:
         dataset_id = context.asset_key.path[-1]
@@ -139,16 +209,56 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
         return data.isel(time=sorted(wanted))
 
 
+def materialization(
+    context: dg.AssetExecutionContext, store: DatasetStore, receipt: WriteReceipt
+) -> dg.AssetMaterialization:
+    """A period's materialization in a range run: its metadata, its checksum as data version."""
+    return dg.AssetMaterialization(
+        context.asset_key,
+        partition=receipt.period_key,
+        metadata={
+            **materialization_metadata(receipt),
+            "store": dg.MetadataValue.path(store.location),
+        },
+        tags=data_version_tags(receipt.record),
+    )
+
+
+def _named(keys: Iterable[str]) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:10]) + ("..." if len(keys) > 10 else "")
+
+
+def _run_is_over(context: dg.AssetExecutionContext, run_id: str) -> bool:
+    """Whether Dagster's instance knows run ``run_id`` ended (or knows no such run)."""
+    run = context.instance.get_run_by_id(run_id)
+    return run is None or run.is_finished
+
+
 def _writing_stopped(
-    dataset_id: str, committed: int, total: int, err: Exception, failures: list[PeriodFailure]
+    dataset_id: str,
+    committed: int,
+    total: int,
+    err: Exception,
+    failures: list[PeriodFailure],
+    *,
+    published: bool = True,
 ) -> dg.Failure:
-    """The step failure for a write that failed after ``committed`` of ``total`` periods."""
+    """The step failure for a write that failed after ``committed`` of ``total`` periods (with
+    ``published`` False: a validated run, of which nothing reached ``main``)."""
+    if published:
+        outcome = (
+            f"writing stopped after {committed} of {total} periods were committed "
+            f"({total - committed} not written)"
+        )
+        kept = "The committed periods are kept and recorded"
+    else:
+        outcome = f"writing or publishing stopped; none of the {total} periods was published"
+        kept = "main is unchanged and the run's branch was discarded"
     return dg.Failure(
         description=redact(
-            f"{dataset_id}: writing stopped after {committed} of {total} periods were committed "
-            f"({total - committed} not written): {type(err).__name__}: {str(err).rstrip('.')}. "
-            "The committed periods are kept and recorded; once the cause is fixed, run the range "
-            "again to write the others."
+            f"{dataset_id}: {outcome}: {type(err).__name__}: {str(err).rstrip('.')}. {kept}; "
+            "once the cause is fixed, run the range again to write the others."
         ),
         metadata={
             "committed_periods": committed,
@@ -161,8 +271,10 @@ def _writing_stopped(
 class _Progress:
     """A progress line after each commit of a range run."""
 
-    def __init__(self, log: dg.DagsterLogManager, dataset_id: str, total: int) -> None:
-        self.log, self.dataset_id, self.total = log, dataset_id, total
+    def __init__(
+        self, log: dg.DagsterLogManager, dataset_id: str, total: int, where: str = ""
+    ) -> None:
+        self.log, self.dataset_id, self.total, self.where = log, dataset_id, total, where
         self.started = time.monotonic()
         self.done = 0
 
@@ -171,6 +283,6 @@ class _Progress:
         rate = self.done / max(time.monotonic() - self.started, 1e-9)
         eta = (self.total - self.done) / rate
         self.log.info(
-            f"{self.dataset_id}: {self.done}/{self.total} periods committed "
+            f"{self.dataset_id}: {self.done}/{self.total} periods committed{self.where} "
             f"(snapshot {receipts[-1].snapshot_id}, {rate:.1f} periods/s, ETA {eta:.0f} s)"
         )

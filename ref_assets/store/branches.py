@@ -26,7 +26,12 @@ import numpy as np
 import zarr
 
 from ref_assets.specs import DatasetSpec
-from ref_assets.store.layout import RECORDS_PATH, axis_length, grow_time_axis
+from ref_assets.store.layout import (
+    RECORDS_PATH,
+    axis_length,
+    grow_time_axis,
+    open_laid_out_root,
+)
 from ref_assets.store.reader import READ_BLOCK, written_between
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import STACKED_BYTES, commit_rebasing
@@ -193,25 +198,47 @@ def copy_periods(
 
     The two layouts may differ in chunks, not in grid or variables. A period the source does
     not hold is removed from the branch (fill values delete chunks), so copying from an earlier
-    snapshot restores a period's earlier state, absence included."""
+    snapshot restores a period's earlier state, absence included: also beyond the source's time
+    axis, or from a source laid out before any period (a store's first commit)."""
     indices = sorted({int(i) for i in indices})
     if not indices:
         return None
     repo = store.open()
     with store.reporting(f"copying {len(indices)} periods onto branch {branch}"):
-        source = zarr.open_group(repo.readonly_session(snapshot_id=source_snapshot).store, mode="r")
+        source = open_laid_out_root(repo.readonly_session(snapshot_id=source_snapshot).store)
+        source_length = axis_length(source) if source is not None else 0
         session = repo.writable_session(branch)
         target = zarr.open_group(session.store, mode="r+")
         if axis_length(target) <= indices[-1]:
-            grow_time_axis(target, spec, axis_length(source))
+            grow_time_axis(target, spec, source_length)
         names = [*spec.variables_by_name, RECORDS_PATH]
-        period_bytes = max(1, sum(source[n].nbytes // max(1, source[n].shape[0]) for n in names))
+        period_bytes = max(1, sum(target[n].nbytes // max(1, target[n].shape[0]) for n in names))
         longest = max(1, min(READ_BLOCK, STACKED_BYTES // period_bytes))
         for first, last in _spans(indices, longest):
             for name in names:
-                target[name][first : last + 1] = source[name][first : last + 1]
+                held = _held(source, source_length, target[name], name, first, last)
+                target[name][first : last + 1] = held
         with store.lock(run_id=run_id):
             return commit_rebasing(session, message)
+
+
+def _held(
+    source: zarr.Group | None,
+    source_length: int,
+    target: zarr.Array,
+    name: str,
+    first: int,
+    last: int,
+) -> np.ndarray:
+    """What the source holds of ``target``'s array at ``first``..``last``: fill values where it
+    holds nothing (no layout yet, or beyond its time axis)."""
+    if source is not None and last < source_length:
+        return source[name][first : last + 1]
+    kind = target.dtype if target.dtype.kind == "f" else object  # records: text
+    held = np.full((last - first + 1, *target.shape[1:]), target.fill_value, dtype=kind)
+    if source is not None and first < source_length:
+        held[: source_length - first] = source[name][first:source_length]
+    return held
 
 
 def _spans(indices: list[int], longest: int) -> list[tuple[int, int]]:
