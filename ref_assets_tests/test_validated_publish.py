@@ -3,6 +3,9 @@ periods are checked there, and only those that pass reach ``main``; ``main`` nev
 period that failed its checks, and whatever landed on ``main`` meanwhile is kept."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
@@ -302,6 +305,35 @@ def test_a_leftover_branch_of_an_ended_run_goes_with_the_next_run(
     assert materialize(DATASET, "2024-01-02").success
     assert leftover_work(store, "publish") == []
     assert list(held(store)) == ["2024-01-02"]
+
+
+@pytest.mark.parametrize("at", ["commit", "publish"])
+def test_a_run_killed_before_publishing_leaves_main_untouched(
+    dataset, source, materialize, settings, at
+):
+    assert materialize(DATASET, "2024-01-01").success
+    before, held_before = dataset.open().lookup_branch("main"), held(dataset)
+    source(versions={"2024-01-03": BAD})
+    code = (
+        "import sys; from ref_assets_tests.workers import validated_run_stopping; "
+        "validated_run_stopping(*sys.argv[1:])"
+    )
+    arguments = [str(settings.config_file.parent), DATASET, "2024-01-02", "2024-01-06", at]
+    child = subprocess.Popen([sys.executable, "-c", code, *arguments], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == b"stopped"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert dataset.open().lookup_branch("main") == before and held(dataset) == held_before
+    [leftover] = leftover_work(dataset, "publish")
+    on_branch = held(dataset, dataset.open().lookup_branch(leftover))
+    assert "2024-01-02" in on_branch  # the run's work was there, on its branch only
+    # The next run: the killed run is unknown to this instance, so its branch goes.
+    source(versions={})
+    assert materialize(DATASET, "2024-01-07").success
+    assert leftover_work(dataset, "publish") == []
+    assert sorted(held(dataset)) == ["2024-01-01", "2024-01-07"]
 
 
 def test_direct_publishing_writes_on_main_without_a_branch(

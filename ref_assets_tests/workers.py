@@ -110,3 +110,35 @@ def rewrite_killed_at(configuration_dir: str, purpose: str, spec_json: str, kill
             spec, store, chunks=chunks, settings=settings, run_id=run_id, on_stage=on_stage
         )
     raise SystemExit(f"the {purpose} ended without reaching stage {kill_at}")
+
+
+def validated_run_stopping(configuration_dir: str, dataset_id: str, first: str, last: str, at: str):
+    """Entry point of ``python -c``: a Dagster range run of a ``checks.publish: validated``
+    dataset that stops ``at`` "commit" (its first commit on the run's branch) or "publish"
+    (everything written, checked and taken back; ``main`` not yet moved), prints "stopped" and
+    waits for the parent to kill it."""
+    os.environ["REF_CONFIGURATION"] = configuration_dir
+    import time
+
+    import dagster as dg
+
+    from ref_assets import publishing
+    from ref_assets.definitions import build_definitions
+    from ref_assets.defs.assets import range_run_tags
+    from ref_assets.store.writer import observing_commits
+
+    def stop(*args, **kwargs) -> None:
+        print("stopped", flush=True)
+        time.sleep(600)
+
+    if at == "publish":
+        publishing.publish = stop
+    key = dg.AssetKey(dataset_id)
+    job = build_definitions().resolve_implicit_job_def_def_for_assets([key])
+    with (
+        observing_commits(stop if at == "commit" else lambda receipts: None),
+        dg.DagsterInstance.ephemeral() as instance,
+    ):
+        job.execute_in_process(
+            asset_selection=[key], instance=instance, tags=range_run_tags(first, last)
+        )
