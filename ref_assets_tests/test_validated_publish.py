@@ -19,7 +19,7 @@ from ref_assets.publishing import ValidatedWriter, discard_leftovers
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import branches, writer
 from ref_assets.store import reader as store_reader
-from ref_assets.store.branches import leftover_work
+from ref_assets.store.branches import PublishError, leftover_work
 from ref_assets.store.repository import DatasetStore
 from ref_assets.store.writer import CommitPolicy, observing_commits, write_period
 from ref_assets.vocabulary import load_vocabulary
@@ -201,6 +201,23 @@ def test_a_run_that_dies_before_publishing_leaves_main_untouched(core, source):
     # Kept while its run goes on; discarded once it is over.
     assert discard_leftovers(store, lambda run_id: False) == []
     assert discard_leftovers(store, lambda run_id: run_id == "dies") == ["publish.dies"]
+    assert leftover_work(store, "publish") == []
+
+
+def test_a_failed_publish_discards_the_branch_and_leaves_main(core, monkeypatch):
+    spec, store, vocabulary, batch_for = core
+    write_period(store, batch_for("2024-01-01"), run_id="before")
+    before = store.open().lookup_branch("main")
+    run = ValidatedWriter(store, spec, vocabulary, run_id="r1")
+    run.add(batch_for("2024-01-02"))
+
+    def main_was_reset(work, replay):
+        raise PublishError("main no longer descends from the run's base")
+
+    monkeypatch.setattr(publishing, "publish", main_was_reset)
+    with pytest.raises(PublishError):
+        run.publish()
+    assert store.open().lookup_branch("main") == before
     assert leftover_work(store, "publish") == []
 
 

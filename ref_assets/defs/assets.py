@@ -9,7 +9,7 @@ import dagster as dg
 
 from ref_assets.batch import PeriodStream, fetch_batch
 from ref_assets.defs.checks import check_evaluation, latest_materializations, quality_evaluations
-from ref_assets.defs.io_manager import IcechunkIOManager, materialization
+from ref_assets.defs.io_manager import IcechunkIOManager, materialization, not_published
 from ref_assets.defs.metadata import dataset_metadata, source_asset_key
 from ref_assets.defs.resources import PackagedFilesResource, ProviderRegistryResource
 from ref_assets.periods import Period, last_complete_period
@@ -127,7 +127,7 @@ def _validated_events(
             metadata=_snapshots(outcome.snapshot or outcome.base, checked.receipt.snapshot_id),
         )
     if outcome.refused or failures:
-        raise io_manager.not_published(spec, len(stream.periods), outcome, failures)
+        raise not_published(spec, len(stream.periods), outcome, failures)
 
 
 def _snapshots(main: str | None, checked: str) -> dict[str, dg.MetadataValue]:

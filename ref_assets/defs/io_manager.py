@@ -3,6 +3,8 @@
 ``handle_output`` writes the period of a single-partition run into the dataset's store;
 `IcechunkIOManager.write_range` (called by the asset in a range run) streams many periods into it,
 committing in batches and yielding each partition's materialization as its commit lands;
+`IcechunkIOManager.write_validated` does the runs of a ``checks.publish: validated`` dataset
+(`ref_assets.publishing`: the run's branch, checked, then published);
 ``load_input`` returns the requested periods of an upstream dataset, lazily.
 """
 
@@ -160,31 +162,6 @@ class IcechunkIOManager(dg.ConfigurableIOManager):
             )
         return outcome, failures
 
-    def not_published(
-        self, spec: DatasetSpec, total: int, outcome: ValidatedRun, failures: list[PeriodFailure]
-    ) -> dg.Failure:
-        """The step failure of a validated run some of whose periods did not reach ``main``."""
-        parts = []
-        if outcome.refused:
-            parts.append(
-                f"{len(outcome.refused)} refused by their checks "
-                f"({_named(c.key for c in outcome.refused)})"
-            )
-        if failures:
-            parts.append(f"{len(failures)} failed ({_named(f.period.key for f in failures)})")
-        return dg.Failure(
-            description=(
-                f"{spec.id}: {total - len(outcome.published)} of {total} periods were not "
-                f"published: {'; '.join(parts)}. The {len(outcome.published)} others were "
-                "published to main. Fix the source or the spec's checks, then run the range again."
-            ),
-            metadata={
-                "refused_periods": {c.key: c.quality.description for c in outcome.refused},
-                "failed_periods": {f.period.key: f.error for f in failures},
-                "published_snapshot": outcome.snapshot or "none: main is unchanged",
-            },
-        )
-
     def load_input(self, context: dg.InputContext) -> xr.Dataset:
         dataset_id = context.asset_key.path[-1]
         session = store_reader.session_for(self.storage.store(dataset_id))
@@ -221,6 +198,32 @@ def materialization(
             "store": dg.MetadataValue.path(store.location),
         },
         tags=data_version_tags(receipt.record),
+    )
+
+
+def not_published(
+    spec: DatasetSpec, total: int, outcome: ValidatedRun, failures: list[PeriodFailure]
+) -> dg.Failure:
+    """The step failure of a validated run some of whose periods did not reach ``main``."""
+    parts = []
+    if outcome.refused:
+        parts.append(
+            f"{len(outcome.refused)} refused by their checks "
+            f"({_named(c.key for c in outcome.refused)})"
+        )
+    if failures:
+        parts.append(f"{len(failures)} failed ({_named(f.period.key for f in failures)})")
+    return dg.Failure(
+        description=(
+            f"{spec.id}: {total - len(outcome.published)} of {total} periods were not "
+            f"published: {'; '.join(parts)}. The {len(outcome.published)} others were "
+            "published to main. Fix the source or the spec's checks, then run the range again."
+        ),
+        metadata={
+            "refused_periods": {c.key: c.quality.description for c in outcome.refused},
+            "failed_periods": {f.period.key: f.error for f in failures},
+            "published_snapshot": outcome.snapshot or "none: main is unchanged",
+        },
     )
 
 
