@@ -251,17 +251,30 @@ def events(result: dg.ExecuteInProcessResult):
     return materialized, checks
 
 
-def test_a_validated_range_run_in_dagster(dataset, source, materialize, instance, main_states):
+def test_a_validated_range_run_in_dagster(
+    dataset, source, materialize, instance, main_states, core
+):
+    *_, batch_for = core
     main_states.watch(dataset)
     source(versions={"2024-01-03": BAD})
-    result = materialize(DATASET, "2024-01-01...2024-01-05", raise_on_error=False)
+    update = batch_for("2024-01-20")
 
-    assert len(main_states) >= 3  # three commits on the branch, one take-back
+    def sensor_lands(receipts):  # at the run's first commit on its branch, once
+        if not sensor_lands.done:
+            sensor_lands.done = True
+            write_period(dataset, update, run_id="sensor")
+
+    sensor_lands.done = False
+    with observing_commits(sensor_lands):
+        result = materialize(DATASET, "2024-01-01...2024-01-05", raise_on_error=False)
+
+    assert len(main_states) >= 5  # three commits on the branch, the sensor's, a take-back, ...
     assert all("2024-01-03" not in state for state in main_states)
     main = held(dataset)
+    assert main.pop("2024-01-20") == update.checksum  # landed meanwhile, replayed, kept
     assert sorted(main) == ["2024-01-01", "2024-01-02", "2024-01-04", "2024-01-05"]
     materialized, checks = events(result)
-    assert sorted(materialized) == sorted(main)  # only the published periods
+    assert sorted(materialized) == sorted(main)  # only the periods this run published
     tip = dataset.open().lookup_branch("main")
     for key, event in materialized.items():
         assert event.metadata["snapshot_id"].value == tip
@@ -281,7 +294,7 @@ def test_a_validated_range_run_in_dagster(dataset, source, materialize, instance
     refused = failure.user_failure_data.metadata["refused_periods"].value
     assert list(refused) == ["2024-01-03"] and "outside the valid range" in refused["2024-01-03"]
     assert leftover_work(dataset, "publish") == []
-    assert instance.get_materialized_partitions(KEY) == set(main)
+    assert instance.get_materialized_partitions(KEY) == set(main)  # the sensor ran no run here
     statuses = {
         info.partition_key: info.latest_execution_status.value
         for info in instance.event_log_storage.get_asset_check_partition_info([CHECK])
