@@ -71,10 +71,10 @@ class CheckedPeriod:
 
 @dataclass(frozen=True)
 class ValidatedRun:
-    """What a validated run published: ``main`` now points at ``snapshot`` (None: nothing
-    passed, ``main`` is untouched) and holds ``published``; ``refused`` never reached it, and
-    ``main`` holds of each what it held before (``kept``: the keys of which it holds a version,
-    an earlier one or one that landed meanwhile)."""
+    """What a validated run did: ``main`` now points at ``snapshot`` (None: nothing passed, and
+    ``main`` did not move) and holds the ``published`` periods as they were checked; the
+    ``refused`` never reached it. ``kept``: the refused periods of which ``main`` holds a
+    version (an earlier one, or one that landed meanwhile); it holds nothing of the others."""
 
     base: str | None  # main's tip when the run's branch began (None: no period was written)
     snapshot: str | None
@@ -103,11 +103,6 @@ class ValidatedWriter:
         self._work: WorkBranch | None = None
         self._writer: PeriodWriter | None = None
         self._checked: list[CheckedPeriod] = []
-
-    @property
-    def work(self) -> WorkBranch | None:
-        """The run's branch, once its first period was added."""
-        return self._work
 
     def add(self, batch: PeriodBatch) -> list[CheckedPeriod]:
         """Queue ``batch``; return the periods of any commit this caused, checked on the branch."""
