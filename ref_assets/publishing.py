@@ -157,6 +157,10 @@ class ValidatedWriter:
     def _publish(self, work: WorkBranch) -> ValidatedRun:
         passed = [c for c in self._checked if c.quality.passed]
         refused = [c for c in self._checked if not c.quality.passed]
+        if not passed:
+            discard(self.store, work.branch)
+            self._work = None
+            return ValidatedRun(work.base, None, [], refused, self._kept(work.base, refused))
         if refused:
             keys = ", ".join(c.key for c in refused[:10]) + ("..." if len(refused) > 10 else "")
             copy_periods(
@@ -169,10 +173,6 @@ class ValidatedWriter:
                 f"checks ({keys}; run {self.run_id})",
                 run_id=self.run_id,
             )
-        if not passed:
-            discard(self.store, work.branch)
-            self._work = None
-            return ValidatedRun(work.base, None, [], refused, self._kept(work.base, refused))
         ours = {c.receipt.time_index for c in passed}
 
         def replay(moved: MainMoved) -> None:

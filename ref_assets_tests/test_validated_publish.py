@@ -221,6 +221,19 @@ def test_a_failed_publish_discards_the_branch_and_leaves_main(core, monkeypatch)
     assert leftover_work(store, "publish") == []
 
 
+def test_refused_periods_get_main_s_earlier_state_back(core, source):
+    spec, store, vocabulary, batch_for = core
+    earlier = write_period(store, batch_for("2024-01-01"), run_id="before").record.checksum
+    source(versions={"2024-01-01": BAD, "2024-01-09": BAD})  # a revision; beyond main's axis
+    run = ValidatedWriter(store, spec, vocabulary, run_id="r1")
+    for key in ("2024-01-01", "2024-01-02", "2024-01-09"):  # 01-09 grows the axis (8 periods)
+        run.add(batch_for(key))
+    outcome = run.publish()
+    assert [c.key for c in outcome.refused] == ["2024-01-01", "2024-01-09"]
+    assert outcome.kept == {"2024-01-01"}
+    assert held(store) == {"2024-01-01": earlier, "2024-01-02": batch_for("2024-01-02").checksum}
+
+
 def test_nothing_passing_leaves_main_where_it_was(core, source):
     spec, store, vocabulary, batch_for = core
     write_period(store, batch_for("2024-01-01"), run_id="before")
