@@ -40,14 +40,17 @@ def open_dataset(
     snapshot: str | None = None,
     *,
     layout: Literal["periods", "timeseries"] = "periods",
+    tag: str | None = None,
     settings: Settings | None = None,
 ) -> xr.Dataset:
-    """Open a dataset lazily from its store, at the tip of ``main`` or at ``snapshot``.
+    """Open a dataset lazily from its store, at the tip of ``main``, at ``snapshot`` or at the
+    release ``tag`` (`ref_assets.store.releases`: an unknown one is an error listing them).
 
     ``layout="periods"`` (the default) reads the per-period store: one chunk per period, best
     for maps. ``layout="timeseries"`` reads the dataset's time-series copy (kept when its spec has
     a `timeseries` section): the same values chunked along time, best for series at points;
-    ``snapshot`` is then one of the copy's snapshots.
+    ``snapshot`` is then one of the copy's snapshots. Releases tag the per-period store only
+    (the copy is derived data, rebuilt from it): ``tag`` with the copy is refused.
 
     Only committed periods hold values; periods never written read as NaN. A store that holds
     no period yet (created by a first run that failed), or no copy, is a StoreError saying so.
@@ -59,6 +62,15 @@ def open_dataset(
     if layout not in ("periods", "timeseries"):
         raise ValueError(f"{dataset_id}: layout must be 'periods' or 'timeseries', not {layout!r}")
     periods_store = store = _store(dataset_id, settings)
+    if tag is not None:
+        if snapshot is not None or layout == "timeseries":
+            raise ValueError(
+                f"{dataset_id}: tag={tag!r} names a snapshot of the per-period store; give "
+                "either a tag or a snapshot, with layout='periods'"
+            )
+        from ref_assets.store.releases import resolve
+
+        snapshot = resolve(store, tag)
     if layout == "timeseries":
         from ref_assets.store import timeseries
 

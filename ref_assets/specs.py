@@ -317,6 +317,46 @@ class UpdatesSpec(_Strict):
     )
 
 
+class RetentionSpec(_Strict):
+    """How long the store keeps its history (`ref_assets.store.maintenance`): a snapshot of
+    ``main`` is kept if newer than ``keep_days`` or among its ``keep_last`` newest commits, and
+    every tagged release is kept. Changes no stored value."""
+
+    keep_days: float | None = Field(
+        default=None, ge=0, description="keep snapshots of main younger than this many days"
+    )
+    keep_last: int | None = Field(
+        default=None, gt=0, description="keep main's newest commits, this many of them"
+    )
+    grace_minutes: float = Field(
+        default=60,
+        ge=0,
+        description="unreferenced objects younger than this are kept: a writer's commit in "
+        "progress (0 only when nothing writes while maintenance runs)",
+    )
+    abandoned_days: float = Field(
+        default=7,
+        gt=0,
+        description="work branches (rebuild, rechunk, publish) whose newest commit is older "
+        "than this are runs that died: maintenance discards them",
+    )
+    schedule: str = Field(
+        default="0 3 * * 0",
+        description="when Dagster's maintain_<dataset> schedule runs (cron; default Sundays "
+        "03:00 UTC)",
+    )
+    default_status: Literal["running", "stopped"] = Field(
+        default="stopped",
+        description="whether that schedule runs as soon as the code location loads",
+    )
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> RetentionSpec:
+        if self.keep_days is None and self.keep_last is None:
+            raise ValueError("give keep_days, keep_last or both: what maintenance keeps")
+        return self
+
+
 class DatasetSpec(_Strict):
     """A dataset: what it is, where its periods come from and how the store lays it out."""
 
@@ -355,6 +395,11 @@ class DatasetSpec(_Strict):
         default=None,
         description="keep a time-chunked copy of the dataset beside the per-period store; "
         "unset: none (the copy doubles the storage a dataset takes)",
+    )
+    retention: RetentionSpec | None = Field(
+        default=None,
+        description="expire old snapshots and collect garbage (`ref-assets maintain`, and a "
+        "Dagster schedule); unset: every commit is kept",
     )
 
     @field_validator("start", "end", mode="before")
@@ -509,10 +554,12 @@ class DatasetSpec(_Strict):
     # digests (dumping and masking took milliseconds a period in a range run).
     @functools.cached_property
     def _public(self) -> dict[str, Any]:
-        # Without a `timeseries` section the dump (and fingerprint) is what it was before the
-        # section existed.
+        # Without a `timeseries` or `retention` section the dump (and fingerprint) is what it
+        # was before the section existed.
         # Likewise `checks.publish` left at its default.
-        unset: dict[str, Any] = {"timeseries": True} if self.timeseries is None else {}
+        unset: dict[str, Any] = {
+            name: True for name in ("timeseries", "retention") if getattr(self, name) is None
+        }
         if self.checks.publish == "direct":
             unset["checks"] = {"publish"}
         return redact(self.model_dump(mode="json", exclude=unset or None))
@@ -548,6 +595,7 @@ _NOT_SHAPING_VALUES = frozenset(
         "checks",
         "updates",
         "timeseries",
+        "retention",
     }
 )
 
