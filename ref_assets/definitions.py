@@ -15,6 +15,7 @@ from ref_assets.defs.derived import (
     is_derived,
 )
 from ref_assets.defs.io_manager import IcechunkIOManager
+from ref_assets.defs.maintenance import build_maintenance_job, build_maintenance_schedule
 from ref_assets.defs.metadata import source_asset
 from ref_assets.defs.resources import (
     IcechunkStorage,
@@ -46,6 +47,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         for spec in derived
     ]
     copies = [build_timeseries_asset(spec) for spec in specs if spec.timeseries]
+    maintained = {spec.id: build_maintenance_job(spec) for spec in specs if spec.retention}
     return dg.Definitions(
         assets=[
             *datasets,
@@ -59,7 +61,12 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             build_quality_check(spec, asset.partitions_def)
             for spec, asset in zip(specs, datasets, strict=True)
         ],
-        jobs=[build_check_job(spec) for spec in specs],
+        jobs=[*(build_check_job(spec) for spec in specs), *maintained.values()],
+        schedules=[
+            build_maintenance_schedule(spec, maintained[spec.id])
+            for spec in specs
+            if spec.id in maintained
+        ],
         sensors=[
             *(build_updates_sensor(spec) for spec in sourced),
             *(build_automation_sensor(spec) for spec in derived),

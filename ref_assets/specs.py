@@ -342,8 +342,9 @@ class RetentionSpec(_Strict):
     )
     schedule: str = Field(
         default="0 3 * * 0",
-        description="when Dagster's maintain_<dataset> schedule runs (cron; default Sundays "
-        "03:00 UTC)",
+        pattern=r"^\s*[0-9*/,A-Za-z-]+(\s+[0-9*/,A-Za-z-]+){4}\s*$",
+        description="when Dagster's maintain_<dataset> schedule runs (a 5-field cron "
+        "expression, UTC; default Sundays 03:00)",
     )
     default_status: Literal["running", "stopped"] = Field(
         default="stopped",

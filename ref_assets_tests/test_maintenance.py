@@ -18,7 +18,6 @@ from ref_assets.definitions import build_definitions
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.reader import open_dataset
 from ref_assets.specs import DatasetSpec
-from ref_assets.store import reader as store_reader
 from ref_assets.store.branches import leftover_work, start_work
 from ref_assets.store.maintenance import RetentionError, RetentionPolicy, maintain
 from ref_assets.store.releases import ReleaseError, releases, resolve, tag
@@ -136,7 +135,7 @@ def test_after_maintenance_periods_verify_releases_open_and_bytes_shrink_as_repo
 
 
 def test_a_dry_run_changes_nothing_and_predicts_the_real_run(revised):
-    spec, store, _ = revised
+    _, store, _ = revised
     policy = RetentionPolicy(keep_last=3, grace=NO_GRACE)
     before, history = files(store.path), main_history(store)
 
@@ -181,7 +180,7 @@ def test_keep_last_and_keep_days(synthetic_dataset):
 
 
 def test_live_work_keeps_its_base_and_abandoned_work_is_discarded(synthetic_dataset):
-    spec, store, batch_for = synthetic_dataset
+    _, store, batch_for = synthetic_dataset
     write_period(store, batch_for("2024-01-01"), run_id="a")
     live = start_work(store, "rebuild", run_id="running")
     for day in range(2, 6):
@@ -197,8 +196,9 @@ def test_live_work_keeps_its_base_and_abandoned_work_is_discarded(synthetic_data
     assert live.base not in main_history(store)
 
 
-def test_the_command_line_tags_verifies_and_maintains(revised, capsys):
-    spec, store, keys = revised
+def test_the_command_line_tags_verifies_and_maintains(revised, write_spec, capsys):
+    write_spec()  # the spec the store was written with, as the command line finds it
+    spec, _, keys = revised
     assert cli(["tag", spec.id, "v3"]) == 0
     assert "v3" in capsys.readouterr().out
     assert cli(["tag", spec.id, "--list", "--json"]) == 0
@@ -228,7 +228,7 @@ def test_the_maintenance_schedule_runs_its_job(write_spec, settings, materialize
     materialize("test_t2m", "2024-01-01...2024-01-03")
     materialize("test_t2m", "2024-01-02")  # a revision: its first version becomes garbage
     defs = build_definitions()
-    schedule = defs.get_schedule_def("maintain_test_t2m_schedule")
+    schedule = defs.resolve_schedule_def("maintain_test_t2m_schedule")
     assert schedule.cron_schedule == "0 3 * * 0"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     names = {s.name for s in defs.schedules}

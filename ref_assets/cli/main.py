@@ -13,6 +13,8 @@ ref-assets sync-instance [DATASET ...]               # report the stores to the 
 ref-assets annotate DATASET [VARIABLE] --label ...   # the data dictionary, committed and logged
 ref-assets rebuild DATASET                           # rebuild the store for a changed spec
 ref-assets rechunk DATASET [--chunks y=N,x=N]        # other spatial chunks, periods copied
+ref-assets tag DATASET NAME | --list                 # releases: immutable, citable snapshots
+ref-assets maintain DATASET [--keep-last N] [--dry-run]   # expire old snapshots, collect garbage
 
 Modules are imported by the command that needs them, so that ``--help`` and ``--version`` answer
 at once (importing the library, xarray and Dagster takes seconds).
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from ref_assets.cli import annotations as annotations_cli
 from ref_assets.cli import config as config_cli
+from ref_assets.cli import maintain as maintain_cli
 from ref_assets.cli import provenance as provenance_cli
 from ref_assets.cli import rebuild as rebuild_cli
 from ref_assets.cli import timeseries as timeseries_cli
@@ -248,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     timeseries_cli.add_commands(commands)
     annotations_cli.add_commands(commands)
     rebuild_cli.add_commands(commands)
+    maintain_cli.add_commands(commands)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 ref-assets provenance DATASET PERIOD [--json]      # one period's record
 ref-assets provenance export DATASET DEST          # <period>.record.json files (dir or URL)
-ref-assets verify DATASET [--period P ...]         # stored values (and time-series copy) vs records
+ref-assets verify DATASET [--period P ...] [--tag NAME]   # stored values (and copy) vs records
 ref-assets reproduce DATASET PERIOD                # fetch again, rebuild, compare
 ref-assets sync-instance [DATASET ...]             # tell Dagster what the stores hold
 """
@@ -59,11 +59,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         examples=[
             "ref-assets verify demo_air_temperature",
             "ref-assets verify demo_air_temperature --period 2024-01-02 --json",
+            "ref-assets verify demo_air_temperature --tag v2024.1",
         ],
     )
     parser.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
     parser.add_argument(
         "--period", action="append", metavar="PERIOD", help="only this period (repeatable)"
+    )
+    parser.add_argument(
+        "--tag",
+        metavar="NAME",
+        help="verify release NAME (`ref-assets tag`) instead of main's tip; the time-series "
+        "copy, which follows main, is not checked then",
     )
     add_quiet(parser)
     parser.set_defaults(handler=verify)
@@ -169,6 +176,11 @@ def verify(args: argparse.Namespace) -> int:
     from ref_assets.verification import verify_dataset, verify_timeseries
 
     store = DatasetStore(load_settings().storage_root, args.dataset)
+    snapshot = None
+    if args.tag:
+        from ref_assets.store.releases import resolve
+
+        snapshot = resolve(store, args.tag)
     progress: Progress | None = None  # once the number of periods to read is known
 
     def checked(done: int, total: int) -> None:
@@ -179,14 +191,16 @@ def verify(args: argparse.Namespace) -> int:
 
     try:
         with store.reporting("verifying the store"):
-            checks = verify_dataset(args.dataset, periods=args.period, on_progress=checked)
+            checks = verify_dataset(
+                args.dataset, periods=args.period, snapshot=snapshot, on_progress=checked
+            )
     finally:
         if progress is not None:
             progress.finish()
     # The time-series copy is checked whole, against the whole per-period store.
     copy = timeseries_store(store)
     with copy.reporting("verifying the time-series copy"):
-        chunks = None if args.period else verify_timeseries(args.dataset)
+        chunks = None if args.period or args.tag else verify_timeseries(args.dataset)
     failed = [check for check in checks if not check.ok]
     failed_chunks = [check for check in chunks or [] if not check.ok]
     status = 1 if failed or failed_chunks else 0

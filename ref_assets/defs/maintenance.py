@@ -1,0 +1,79 @@
+"""Maintenance in Dagster: a job ``maintain_<dataset>`` and its schedule for every dataset whose
+spec has a ``retention`` section (`ref_assets.store.maintenance`).
+
+The schedule runs at the section's ``schedule`` (cron, UTC; default Sundays 03:00) and is stopped
+unless the section says ``default_status: running``. Each run records an observation of the
+dataset's asset whose metadata holds the numbers (bytes deleted and freed, the store's size,
+snapshots expired, objects deleted): numbers Dagster's UI lists under the asset's events.
+"""
+
+import dagster as dg
+
+from ref_assets.defs.resources import IcechunkStorage
+from ref_assets.specs import DatasetSpec
+from ref_assets.store.maintenance import RetentionPolicy, maintain
+
+
+class MaintenanceConfig(dg.Config):
+    dry_run: bool = False  # report what would go, on a copy of the store; change nothing
+
+
+def maintenance_job_name(spec: DatasetSpec) -> str:
+    return f"maintain_{spec.id}"
+
+
+def build_maintenance_job(spec: DatasetSpec) -> dg.JobDefinition:
+    """``maintain_<dataset>``: one op applying the spec's retention policy to the store."""
+
+    @dg.op(name=f"{spec.id}_maintenance", out={})
+    def maintenance(
+        context: dg.OpExecutionContext, config: MaintenanceConfig, icechunk_storage: IcechunkStorage
+    ):
+        report = maintain(
+            icechunk_storage.store(spec.id),
+            RetentionPolicy.for_dataset(spec),
+            dry_run=config.dry_run,
+        )
+        context.log.info(
+            f"{spec.id}: {'dry run: would expire' if report.dry_run else 'expired'} "
+            f"{len(report.expired_snapshots)} snapshots, deleted {report.bytes_deleted} bytes; "
+            f"store {report.store_bytes_before} -> {report.store_bytes_after} bytes"
+        )
+        yield dg.AssetObservation(
+            asset_key=dg.AssetKey(spec.id),
+            description="dry run of maintenance" if report.dry_run else "maintenance",
+            metadata={
+                "maintenance/bytes_deleted": dg.MetadataValue.int(report.bytes_deleted),
+                "maintenance/freed_bytes": dg.MetadataValue.int(report.freed_bytes),
+                "maintenance/store_bytes": dg.MetadataValue.int(report.store_bytes_after),
+                "maintenance/snapshots_expired": dg.MetadataValue.int(
+                    len(report.expired_snapshots)
+                ),
+                "maintenance/chunks_deleted": dg.MetadataValue.int(report.chunks_deleted),
+                "maintenance/seconds": dg.MetadataValue.float(report.seconds),
+                "maintenance/dry_run": dg.MetadataValue.bool(report.dry_run),
+                "maintenance/report": dg.MetadataValue.json(report.as_json()),
+            },
+        )
+
+    @dg.job(
+        name=maintenance_job_name(spec),
+        description=f"Expire old snapshots of {spec.id} and delete what nothing uses, per its "
+        "spec's retention section (tagged releases are kept).",
+    )
+    def job():
+        maintenance()
+
+    return job
+
+
+def build_maintenance_schedule(spec: DatasetSpec, job: dg.JobDefinition) -> dg.ScheduleDefinition:
+    retention = spec.retention
+    assert retention is not None, "only datasets with a retention section are maintained"
+    return dg.ScheduleDefinition(
+        name=f"{maintenance_job_name(spec)}_schedule",
+        job=job,
+        cron_schedule=retention.schedule,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus(retention.default_status.upper()),
+    )
