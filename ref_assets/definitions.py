@@ -15,7 +15,11 @@ from ref_assets.defs.derived import (
     is_derived,
 )
 from ref_assets.defs.io_manager import IcechunkIOManager
-from ref_assets.defs.maintenance import build_maintenance_job, build_maintenance_schedule
+from ref_assets.defs.maintenance import (
+    build_maintenance_job,
+    build_maintenance_schedule,
+    maintenance_asset,
+)
 from ref_assets.defs.metadata import source_asset
 from ref_assets.defs.resources import (
     IcechunkStorage,
@@ -56,6 +60,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 source_asset(spec, _version(registry.classes.get(spec.provider)))
                 for spec in sourced
             ),
+            *(maintenance_asset(spec) for spec in specs if spec.id in maintained),
         ],
         asset_checks=[
             build_quality_check(spec, asset.partitions_def)

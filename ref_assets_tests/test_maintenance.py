@@ -83,6 +83,8 @@ def test_a_release_opens_its_own_data_not_mains_later_data(revised, settings):
         tag(store, "../v3")
     with pytest.raises(ReleaseError, match=r"no release named 'v9' \(releases: v1, v2\)"):
         open_dataset(spec.id, tag="v9")
+    with pytest.raises(ValueError, match="either a tag or a snapshot"):
+        open_dataset(spec.id, tag="v1", layout="timeseries")
     with pytest.raises(ReleaseError, match="no snapshot"):
         tag(store, "v3", snapshot="0" * 20)
 
@@ -241,7 +243,9 @@ def test_the_maintenance_schedule_runs_its_job(write_spec, settings, materialize
         for event in result.all_events
         if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION
     ]
-    assert observation.asset_key == dg.AssetKey("test_t2m")
+    assert observation.asset_key == dg.AssetKey(["maintenance", "test_t2m"])
+    [maintained] = [s for s in defs.resolve_all_asset_specs() if s.key == observation.asset_key]
+    assert {dep.asset_key for dep in maintained.deps} == {dg.AssetKey("test_t2m")}
     metadata = observation.metadata
     assert metadata["maintenance/bytes_deleted"].value > 0
     assert metadata["maintenance/snapshots_expired"].value >= 1

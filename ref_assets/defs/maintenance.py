@@ -3,8 +3,11 @@ spec has a ``retention`` section (`ref_assets.store.maintenance`).
 
 The schedule runs at the section's ``schedule`` (cron, UTC; default Sundays 03:00) and is stopped
 unless the section says ``default_status: running``. Each run records an observation of the
-dataset's asset whose metadata holds the numbers (bytes deleted and freed, the store's size,
-snapshots expired, objects deleted): numbers Dagster's UI lists under the asset's events.
+external asset ``maintenance/<dataset>`` (downstream of the dataset in the lineage graph) whose
+numeric metadata (bytes deleted and freed, the store's size, snapshots expired, objects deleted)
+Dagster's UI plots over time. An asset of its own, because the dataset's plots are drawn by
+partition and from its latest hundred events, where a weekly observation would be lost among
+the materializations.
 """
 
 import dagster as dg
@@ -20,6 +23,30 @@ class MaintenanceConfig(dg.Config):
 
 def maintenance_job_name(spec: DatasetSpec) -> str:
     return f"maintain_{spec.id}"
+
+
+def maintenance_asset_key(spec: DatasetSpec) -> dg.AssetKey:
+    return dg.AssetKey(["maintenance", spec.id])
+
+
+def maintenance_asset(spec: DatasetSpec) -> dg.AssetSpec:
+    """The external asset the maintenance job observes: its numbers over time."""
+    retention = spec.retention
+    assert retention is not None, "only datasets with a retention section are maintained"
+    return dg.AssetSpec(
+        key=maintenance_asset_key(spec),
+        deps=[spec.id],
+        description=f"Retention of {spec.id}'s store: each maintenance run (job "
+        f"{maintenance_job_name(spec)}) observes what it expired and deleted.",
+        group_name=spec.group,
+        kinds={"icechunk"},
+        owners=spec.owners,
+        metadata={
+            "retention/keep_days": dg.MetadataValue.text(str(retention.keep_days)),
+            "retention/keep_last": dg.MetadataValue.text(str(retention.keep_last)),
+            "retention/schedule": dg.MetadataValue.text(retention.schedule),
+        },
+    )
 
 
 def build_maintenance_job(spec: DatasetSpec) -> dg.JobDefinition:
@@ -40,7 +67,7 @@ def build_maintenance_job(spec: DatasetSpec) -> dg.JobDefinition:
             f"store {report.store_bytes_before} -> {report.store_bytes_after} bytes"
         )
         yield dg.AssetObservation(
-            asset_key=dg.AssetKey(spec.id),
+            asset_key=maintenance_asset_key(spec),
             description="dry run of maintenance" if report.dry_run else "maintenance",
             metadata={
                 "maintenance/bytes_deleted": dg.MetadataValue.int(report.bytes_deleted),

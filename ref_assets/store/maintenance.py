@@ -176,8 +176,8 @@ def maintain(
     started = time.monotonic()
     now = now or datetime.now(UTC)
     repo = store.open()
-    before = store_bytes(store.path)
     if not dry_run:
+        before = store_bytes(store.path)
         with store.reporting("maintaining the store"):
             outcome = _expire_and_collect(
                 repo, policy, now, store.lock(run_id="maintenance"), store.dataset_id
