@@ -5,6 +5,7 @@ reported; a dry run changes nothing and predicts the real run."""
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from ref_assets.batch import fetch_batch
+from ref_assets.catalog import load_catalog
 from ref_assets.cli.main import main as cli
 from ref_assets.definitions import build_definitions
 from ref_assets.providers.synthetic import SyntheticProvider
@@ -21,9 +23,10 @@ from ref_assets.specs import DatasetSpec
 from ref_assets.store.branches import leftover_work, start_work
 from ref_assets.store.maintenance import RetentionError, RetentionPolicy, maintain
 from ref_assets.store.releases import ReleaseError, releases, resolve, tag
-from ref_assets.store.repository import StoreError
+from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.timeseries import timeseries_store, update_timeseries
 from ref_assets.store.writer import write_period
-from ref_assets.verification import verify_dataset
+from ref_assets.verification import verify_dataset, verify_timeseries
 from ref_assets_tests.conftest import spec_dict
 
 # Nothing writes while these tests maintain: unreferenced objects go at once.
@@ -215,7 +218,8 @@ def test_the_command_line_tags_verifies_and_maintains(revised, write_spec, capsy
     assert "dry run" in out and "would" in out
     assert cli(["maintain", spec.id, "--keep-last", "2", "--grace-minutes", "0", "--json"]) == 0
     done = json.loads(capsys.readouterr().out)
-    assert done["bytes_deleted"] > 0 and done["expired_snapshots"]
+    assert done["store"]["bytes_deleted"] > 0 and done["store"]["expired_snapshots"]
+    assert done["timeseries"] is None  # the spec keeps no time-series copy
     assert cli(["verify", spec.id, "--tag", "v1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["verified"] == len(keys)
     assert cli(["verify", spec.id, "--tag", "nope"]) == 2
@@ -225,10 +229,19 @@ def test_the_command_line_tags_verifies_and_maintains(revised, write_spec, capsy
 
 
 def test_the_maintenance_schedule_runs_its_job(write_spec, settings, materialize, instance):
-    write_spec(retention={"keep_last": 1, "grace_minutes": 0})
+    write_spec(
+        retention={"keep_last": 1, "grace_minutes": 0},
+        timeseries={"time_chunk": 8, "y": 4, "x": 6, "tile": 2},
+    )
     write_spec("no_retention")
+    spec = load_catalog(settings).get("test_t2m")
+    store = DatasetStore(settings.storage_root, "test_t2m")
     materialize("test_t2m", "2024-01-01...2024-01-03")
-    materialize("test_t2m", "2024-01-02")  # a revision: its first version becomes garbage
+    update_timeseries(spec, store, run_id="copy 1")
+    materialize("test_t2m", "2024-01-02")  # rewritten: its first records become garbage
+    materialize("test_t2m", "2024-01-04")
+    update_timeseries(spec, store, run_id="copy 2")  # the copy's second commit
+    copy_history = main_history(timeseries_store(store))
     defs = build_definitions()
     schedule = defs.resolve_schedule_def("maintain_test_t2m_schedule")
     assert schedule.cron_schedule == "0 3 * * 0"
@@ -249,4 +262,40 @@ def test_the_maintenance_schedule_runs_its_job(write_spec, settings, materialize
     metadata = observation.metadata
     assert metadata["maintenance/bytes_deleted"].value > 0
     assert metadata["maintenance/snapshots_expired"].value >= 1
+    store_report, copy_report = metadata["maintenance/reports"].value
+    assert copy_report["repository"] == "test_t2m.timeseries"
+    assert len(copy_history) == 3 and len(main_history(timeseries_store(store))) == 2
+    assert copy_report["expired_snapshots"] and copy_report["bytes_deleted"] > 0
+    assert store_report["bytes_deleted"] + copy_report["bytes_deleted"] == (
+        metadata["maintenance/bytes_deleted"].value
+    )
     assert all(check.ok for check in verify_dataset("test_t2m"))
+    assert all(check.ok for check in verify_timeseries("test_t2m"))
+
+
+def test_maintenance_beside_a_writer_loses_no_commit(synthetic_dataset):
+    """Expiry rewrites the repository object under the commit lock, and garbage collection
+    spares objects younger than the grace: a writer committing meanwhile keeps every period."""
+    spec, store, batch_for = synthetic_dataset
+    keys = [f"2024-01-{day:02d}" for day in range(1, 13)]
+    batches = [batch_for(key) for key in keys]
+    write_period(store, batches[0], run_id="first")
+    failures = []
+
+    def write_rest():
+        try:
+            for batch in batches[1:]:
+                write_period(store, batch, run_id="writer")
+        except Exception as err:  # reported below: a thread's exception is otherwise lost
+            failures.append(err)
+
+    writer = threading.Thread(target=write_rest)
+    writer.start()
+    expired = 0
+    while writer.is_alive():
+        expired += len(maintain(store, RetentionPolicy(keep_last=1)).expired_snapshots)
+    writer.join()
+    expired += len(maintain(store, RetentionPolicy(keep_last=1)).expired_snapshots)
+    assert not failures and expired > 0
+    checks = verify_dataset(spec.id)
+    assert [check.period for check in checks] == keys and all(check.ok for check in checks)

@@ -40,7 +40,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--keep-days and --keep-last replace its rules): discard work branches of runs that "
         "died, expire main's snapshots that neither rule keeps (tagged releases are always "
         "kept), then garbage-collect the snapshots, manifests and chunks nothing uses any "
-        "more. Prints what went, the bytes deleted and the store's size before and after.\n\n"
+        "more; the same for its time-series copy, if it has one. Prints what went, the bytes "
+        "deleted and the store's size before and after.\n\n"
         "--dry-run does it on a copy of the store (chunks linked, not copied) and reports "
         "what would go; the store is not changed.",
         examples=[
@@ -108,8 +109,7 @@ def _release(release) -> dict:
 def maintain(args: argparse.Namespace) -> int:
     from ref_assets.catalog import load_catalog
     from ref_assets.config import load_settings
-    from ref_assets.store.maintenance import RetentionPolicy
-    from ref_assets.store.maintenance import maintain as run_maintenance
+    from ref_assets.store.maintenance import RetentionPolicy, maintain_dataset
     from ref_assets.store.repository import DatasetStore
 
     settings = load_settings()
@@ -121,13 +121,25 @@ def maintain(args: argparse.Namespace) -> int:
         grace_minutes=args.grace_minutes,
     )
     store = DatasetStore(settings.storage_root, args.dataset)
-    report = run_maintenance(store, policy, dry_run=args.dry_run)
+    reports = maintain_dataset(store, policy, dry_run=args.dry_run)
     if args.json:
-        print_json(report.as_json())
+        print_json(
+            {
+                "dataset": args.dataset,
+                "store": reports[0].as_json(),
+                "timeseries": reports[1].as_json() if len(reports) > 1 else None,
+            }
+        )
         return 0
+    for report in reports:
+        _print_report(report)
+    return 0
+
+
+def _print_report(report) -> None:
     would = "would " if report.dry_run else ""
     heading = " (dry run: nothing was changed)" if report.dry_run else ""
-    print(f"{report.dataset}: maintenance{heading}")
+    print(f"{report.repository}: maintenance{heading}")
     for branch in report.discarded_branches:
         print(f"  {would}discard abandoned work branch {branch}")
     for branch in report.protected_branches:
@@ -146,7 +158,6 @@ def maintain(args: argparse.Namespace) -> int:
     )
     for note in report.notes:
         print(f"  note: {note}")
-    return 0
 
 
 def _size(count: int) -> str:

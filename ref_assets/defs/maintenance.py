@@ -14,7 +14,7 @@ import dagster as dg
 
 from ref_assets.defs.resources import IcechunkStorage
 from ref_assets.specs import DatasetSpec
-from ref_assets.store.maintenance import RetentionPolicy, maintain
+from ref_assets.store.maintenance import RetentionPolicy, maintain_dataset
 
 
 class MaintenanceConfig(dg.Config):
@@ -56,30 +56,37 @@ def build_maintenance_job(spec: DatasetSpec) -> dg.JobDefinition:
     def maintenance(
         context: dg.OpExecutionContext, config: MaintenanceConfig, icechunk_storage: IcechunkStorage
     ):
-        report = maintain(
+        reports = maintain_dataset(
             icechunk_storage.store(spec.id),
             RetentionPolicy.for_dataset(spec),
             dry_run=config.dry_run,
         )
-        context.log.info(
-            f"{spec.id}: {'dry run: would expire' if report.dry_run else 'expired'} "
-            f"{len(report.expired_snapshots)} snapshots, deleted {report.bytes_deleted} bytes; "
-            f"store {report.store_bytes_before} -> {report.store_bytes_after} bytes"
-        )
+        for report in reports:
+            context.log.info(
+                f"{report.repository}: {'dry run: would expire' if report.dry_run else 'expired'} "
+                f"{len(report.expired_snapshots)} snapshots, deleted {report.bytes_deleted} "
+                f"bytes; {report.store_bytes_before} -> {report.store_bytes_after} bytes"
+            )
+        store = reports[0]
         yield dg.AssetObservation(
             asset_key=maintenance_asset_key(spec),
-            description="dry run of maintenance" if report.dry_run else "maintenance",
+            description="dry run of maintenance" if config.dry_run else "maintenance",
             metadata={
-                "maintenance/bytes_deleted": dg.MetadataValue.int(report.bytes_deleted),
-                "maintenance/freed_bytes": dg.MetadataValue.int(report.freed_bytes),
-                "maintenance/store_bytes": dg.MetadataValue.int(report.store_bytes_after),
-                "maintenance/snapshots_expired": dg.MetadataValue.int(
-                    len(report.expired_snapshots)
+                # The store and its time-series copy (if any) together; each in the reports.
+                "maintenance/bytes_deleted": dg.MetadataValue.int(
+                    sum(r.bytes_deleted for r in reports)
                 ),
-                "maintenance/chunks_deleted": dg.MetadataValue.int(report.chunks_deleted),
-                "maintenance/seconds": dg.MetadataValue.float(report.seconds),
-                "maintenance/dry_run": dg.MetadataValue.bool(report.dry_run),
-                "maintenance/report": dg.MetadataValue.json(report.as_json()),
+                "maintenance/freed_bytes": dg.MetadataValue.int(
+                    sum(r.freed_bytes for r in reports)
+                ),
+                "maintenance/store_bytes": dg.MetadataValue.int(
+                    sum(r.store_bytes_after for r in reports)
+                ),
+                "maintenance/snapshots_expired": dg.MetadataValue.int(len(store.expired_snapshots)),
+                "maintenance/chunks_deleted": dg.MetadataValue.int(store.chunks_deleted),
+                "maintenance/seconds": dg.MetadataValue.float(sum(r.seconds for r in reports)),
+                "maintenance/dry_run": dg.MetadataValue.bool(config.dry_run),
+                "maintenance/reports": dg.MetadataValue.json([r.as_json() for r in reports]),
             },
         )
 

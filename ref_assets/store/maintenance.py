@@ -99,8 +99,9 @@ class RetentionPolicy:
         keep_last: int | None = None,
         grace_minutes: float | None = None,
     ) -> RetentionPolicy:
-        """The spec's ``retention`` section, each rule given here replacing the spec's. With
-        flags only, the spec's other settings (grace, abandoned work) still apply."""
+        """The spec's ``retention`` section; ``keep_days`` or ``keep_last`` given here replace
+        both of its keep rules, ``grace_minutes`` its grace. Its other settings (abandoned
+        work) apply either way."""
         section = spec.retention if spec is not None else None
         if section is not None and keep_days is None and keep_last is None:
             keep_days, keep_last = section.keep_days, section.keep_last
@@ -130,9 +131,11 @@ class RetentionPolicy:
 
 @dataclass(frozen=True)
 class MaintenanceReport:
-    """What a maintenance did (or, for a dry run, would do) to one store."""
+    """What a maintenance did (or, for a dry run, would do) to one repository: the dataset's
+    store or its time-series copy."""
 
     dataset: str
+    repository: str  # the repository's name under the storage root
     dry_run: bool
     policy: dict[str, Any]
     cutoff: datetime | None  # snapshots of main written before it were expired (None: none)
@@ -200,6 +203,7 @@ def maintain(
             after = store_bytes(clone)
     report = MaintenanceReport(
         dataset=store.dataset_id,
+        repository=store.name,
         dry_run=dry_run,
         policy=policy.describe(),
         store_bytes_before=before,
@@ -209,13 +213,31 @@ def maintain(
     )
     logger.info(
         "%s: %smaintenance expired %d snapshots, deleted %d objects (%d bytes)",
-        store.dataset_id,
+        store.name,
         "dry-run " if dry_run else "",
         len(report.expired_snapshots),
         report.snapshots_deleted + report.manifests_deleted + report.chunks_deleted,
         report.bytes_deleted,
     )
     return report
+
+
+def maintain_dataset(
+    store: DatasetStore,
+    policy: RetentionPolicy,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[MaintenanceReport]:
+    """`maintain` the dataset's store, then its time-series copy if it has one: derived data
+    with a history of its own (a commit per update), kept by the same policy."""
+    from ref_assets.store.timeseries import timeseries_store
+
+    reports = [maintain(store, policy, dry_run=dry_run, now=now)]
+    copy = timeseries_store(store)
+    if copy.exists():
+        reports.append(maintain(copy, policy, dry_run=dry_run, now=now))
+    return reports
 
 
 def _expire_and_collect(
