@@ -19,8 +19,10 @@ history. `maintain` applies a `RetentionPolicy` (the spec's ``retention`` sectio
 3. **Garbage collection**: snapshots, manifests and chunks no surviving snapshot, branch or tag
    uses are deleted, if older than ``grace`` (default an hour): a writer writes its chunks
    before it takes the lock to commit them, so younger unreferenced objects may be a commit in
-   progress. It runs without the lock (Icechunk allows it beside writers); ``grace=0`` is for a
-   store nothing writes to meanwhile.
+   progress; ``grace=0`` is for a store nothing writes to meanwhile. It also runs under the
+   lock: Icechunk 2.3's garbage collection rewrites the repository object as well, and beside
+   a writer, without the lock, it dropped commits (tested). Writers wait for it (up to the
+   lock's timeout, `LOCK_TIMEOUT_SECONDS`); it lists every object of the repository.
 
 Icechunk cannot expire in a dry run, so ``dry_run=True`` does the whole maintenance on a clone
 of the repository (under ``<root>/.maintenance``; chunks and manifests, which Icechunk never
@@ -269,10 +271,12 @@ def _expire_and_collect(
                     protected.append(branch)
         expired = sorted(repo.expire_snapshots(cutoff)) if cutoff is not None else []
         releases = sorted(repo.list_tags())
+        # Under the lock as well: Icechunk 2.3's garbage collection rewrites the repository
+        # object too (measured: even when it deletes nothing), and a commit landing between
+        # its read and its write would be dropped (the test with a writer alongside shows it).
+        summary = repo.garbage_collect(datetime.now(UTC) - policy.grace)
     if cutoff is None:
         notes.append(f"main has no snapshot the policy lets go ({len(ancestry)} in its history)")
-    # Outside the lock: it only deletes what no surviving snapshot, branch or tag uses.
-    summary = repo.garbage_collect(datetime.now(UTC) - policy.grace)
     if summary.objects_failed_to_delete:
         notes.append(
             f"{summary.objects_failed_to_delete} objects could not be deleted; the next "
