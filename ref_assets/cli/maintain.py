@@ -152,9 +152,16 @@ def _print_report(report) -> None:
         f"  {would}delete {report.snapshots_deleted} snapshots, {report.manifests_deleted} "
         f"manifests, {report.chunks_deleted} chunks: {_size(report.bytes_deleted)}"
     )
+    change = (
+        f"{would}free {_size(report.freed_bytes)}"
+        if report.freed_bytes >= 0
+        # Nothing to delete: what remains is the repository object Icechunk rewrote and its
+        # backup of the previous one.
+        else f"{_size(-report.freed_bytes)} more: Icechunk's rewritten repository object"
+    )
     print(
         f"  store: {_size(report.store_bytes_before)} -> {_size(report.store_bytes_after)} "
-        f"({would}free {_size(report.freed_bytes)}) in {report.seconds:.1f} s"
+        f"({change}) in {report.seconds:.1f} s"
     )
     for note in report.notes:
         print(f"  note: {note}")
