@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -195,7 +196,7 @@ def test_live_work_keeps_its_base_and_abandoned_work_is_discarded(synthetic_data
     assert report.protected_branches == [live.branch]
     assert live.base in main_history(store), "the rebuild can still replay what landed since"
 
-    later = datetime.now(UTC) + timedelta(days=8)  # the run died a week ago
+    later = datetime.now(UTC) + timedelta(days=8)  # the run died over a week ago
     dead = maintain(store, RetentionPolicy(keep_last=1, grace=NO_GRACE), now=later)
     assert dead.discarded_branches == [live.branch] and leftover_work(store, "rebuild") == []
     assert live.base not in main_history(store)
@@ -301,3 +302,16 @@ def test_maintenance_beside_a_writer_loses_no_commit(synthetic_dataset):
     assert not failures and expired > 0
     checks = verify_dataset(spec.id)
     assert [check.period for check in checks] == keys and all(check.ok for check in checks)
+
+
+def test_a_rebuild_just_started_from_an_old_main_is_not_abandoned(synthetic_dataset):
+    """The branch's tip is main's old tip; its creation, in Icechunk's operations log, is new."""
+    _, store, batch_for = synthetic_dataset
+    write_period(store, batch_for("2024-01-01"), run_id="long ago")
+    time.sleep(1.0)  # main's tip is now a second old: "long ago" for the policy below
+    work = start_work(store, "rebuild", run_id="just started")
+    policy = RetentionPolicy(keep_last=1, abandoned_after=timedelta(seconds=0.5))
+    assert maintain(store, policy).discarded_branches == []
+    assert leftover_work(store, "rebuild") == [work.branch]
+    a_day_later = datetime.now(UTC) + timedelta(days=1)
+    assert maintain(store, policy, now=a_day_later).discarded_branches == [work.branch]

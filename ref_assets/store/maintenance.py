@@ -5,10 +5,11 @@ repository's list of snapshots, so a long-lived store grows and commits slow dow
 history. `maintain` applies a `RetentionPolicy` (the spec's ``retention`` section, or flags):
 
 1. **Abandoned work** (``rebuild.*``, ``rechunk.*``, ``publish.*`` branches left by runs that died,
-   `ref_assets.store.branches`) is discarded once its tip is older than
-   ``abandoned_after`` (default 7 days). A running rebuild commits on its branch far more often
-   than that, and every live branch's base on ``main`` is kept (below), so maintenance never
-   pulls history out from under work that is still going to publish.
+   `ref_assets.store.branches`) is discarded once nothing happened to it for
+   ``abandoned_after`` (default 7 days): no commit on it, and its creation (Icechunk's
+   operations log) that long ago. A running rebuild commits on its branch far more often than
+   that, and every live branch's base on ``main`` is kept (below), so maintenance never pulls
+   history out from under work that is still going to publish.
 2. **Expiry**: snapshots of ``main`` older than the cut-off leave its history. The cut-off keeps
    every snapshot newer than ``keep_for`` *and* the ``keep_last`` newest commits of ``main``
    (the earlier of the two cut-offs), and never passes the base of a live work branch (its
@@ -25,8 +26,9 @@ history. `maintain` applies a `RetentionPolicy` (the spec's ``retention`` sectio
    lock's timeout, `LOCK_TIMEOUT_SECONDS`); it lists every object of the repository.
 
 Icechunk cannot expire in a dry run, so ``dry_run=True`` does the whole maintenance on a clone
-of the repository (under ``<root>/.maintenance``; chunks and manifests, which Icechunk never
-rewrites, are hard links, the rest is copied) and reports what went there: the same snapshots,
+of the repository (local storage, the only kind stores have today: under
+``<root>/.maintenance``; chunks and manifests, which Icechunk never rewrites, are hard links,
+the rest is copied) and reports what went there: the same snapshots,
 objects and bytes as the real run would, given that nothing commits in between. The store is
 not changed.
 """
@@ -184,9 +186,7 @@ def maintain(
     if not dry_run:
         before = store_bytes(store.path)
         with store.reporting("maintaining the store"):
-            outcome = _expire_and_collect(
-                repo, policy, now, store.lock(run_id="maintenance"), store.dataset_id
-            )
+            outcome = _expire_and_collect(repo, policy, now, store.lock(run_id="maintenance"))
         after = store_bytes(store.path)
     else:
         scratch = store.root / ".maintenance"
@@ -199,9 +199,7 @@ def maintain(
             with store.lock(run_id="maintenance dry run"):  # a consistent copy
                 _clone(store.path, clone)
                 before = store_bytes(store.path)
-            outcome = _expire_and_collect(
-                _open(clone), policy, now, contextlib.nullcontext(), store.dataset_id
-            )
+            outcome = _expire_and_collect(_open(clone), policy, now, contextlib.nullcontext())
             after = store_bytes(clone)
     report = MaintenanceReport(
         dataset=store.dataset_id,
@@ -247,16 +245,17 @@ def _expire_and_collect(
     policy: RetentionPolicy,
     now: datetime,
     lock: contextlib.AbstractContextManager,
-    dataset_id: str,
 ) -> dict[str, Any]:
     notes = []
     with lock:
         discarded = []
+        since = now - policy.abandoned_after
+        active = _branches_active_since(repo, since)
         for branch in sorted(repo.list_branches()):
             if not branch.startswith(tuple(f"{p}." for p in WORK_PURPOSES)):
                 continue
             tip = repo.lookup_snapshot(repo.lookup_branch(branch))
-            if tip.written_at < now - policy.abandoned_after:
+            if branch not in active and tip.written_at < since:
                 repo.delete_branch(branch)
                 discarded.append(branch)
         ancestry = list(repo.ancestry(branch="main"))
@@ -282,7 +281,6 @@ def _expire_and_collect(
             f"{summary.objects_failed_to_delete} objects could not be deleted; the next "
             "maintenance deletes them"
         )
-    logger.debug("%s: expiry cut-off %s, expired %d", dataset_id, cutoff, len(expired))
     return {
         "cutoff": cutoff,
         "expired_snapshots": expired,
@@ -316,6 +314,22 @@ def expiry_cutoff(
     return min(cutoffs)
 
 
+def _branches_active_since(repo: ic.Repository, since: datetime) -> set[str]:
+    """Branches created, reset or committed to since ``since``, from Icechunk's operations log
+    (newest first, read back only that far). A branch's tip alone would not do: a rebuild that
+    just started from an old ``main`` has a tip as old as that."""
+    active = set()
+    for update in repo.ops_log():
+        if update.updated_at < since:
+            break
+        kind = update.kind
+        if isinstance(kind, ic.UpdateType.BranchCreated | ic.UpdateType.BranchReset):
+            active.add(kind.name)
+        elif isinstance(kind, ic.UpdateType.NewCommit | ic.UpdateType.CommitAmended):
+            active.add(kind.branch)
+    return active
+
+
 def _base_on_main(
     repo: ic.Repository, branch: str, on_main: dict[str, ic.SnapshotInfo]
 ) -> ic.SnapshotInfo | None:
@@ -347,7 +361,7 @@ def _clone(source: Path, target: Path) -> None:
     for directory, _, names in os.walk(source):
         relative = Path(directory).relative_to(source)
         (target / relative).mkdir(parents=True, exist_ok=True)
-        immutable = relative.parts[:1] and relative.parts[0] in _IMMUTABLE_DIRECTORIES
+        immutable = bool(relative.parts) and relative.parts[0] in _IMMUTABLE_DIRECTORIES
         for name in names:
             origin, copy = Path(directory) / name, target / relative / name
             if immutable:
