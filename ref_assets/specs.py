@@ -337,8 +337,8 @@ class RetentionSpec(_Strict):
     abandoned_days: float = Field(
         default=7,
         gt=0,
-        description="work branches (rebuild, rechunk, publish) whose newest commit is older "
-        "than this are runs that died: maintenance discards them",
+        description="work branches (rebuild, rechunk, publish) with no commit, creation or "
+        "reset for this many days are runs that died: maintenance discards them",
     )
     schedule: str = Field(
         default="0 3 * * 0",
