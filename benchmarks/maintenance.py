@@ -50,6 +50,8 @@ HEADING = "## Maintenance: commit cost of a long-lived store before and after ex
 WINDOW = 100
 KEEP_LAST = 10
 TARGET = 1.15
+# Ratios of interleaved means closer to 1 than this are within the shared machine's noise.
+NOISE = 1.05
 
 
 def spec(dataset_id: str):
@@ -189,9 +191,16 @@ def render(r: dict, quick: bool) -> str:
     against_same = after["cpu_ms"] / same["cpu_ms"]
     size_alone = same["cpu_ms"] / fresh["cpu_ms"]
     met = against_fresh <= TARGET
+    growth = end["cpu_ms"] / first["cpu_ms"]
     if met:
         why = "the maintained store commits at a fresh store's cost"
-    elif against_same <= TARGET:
+    elif growth <= NOISE:
+        why = (
+            f"inconclusive: over {r['commits']:,} commits history added only {growth:.2f} x to "
+            "the commit cost, within this machine's noise, so there was little for maintenance "
+            "to take back; the full run's 2,400 commits are needed"
+        )
+    elif against_same <= NOISE:
         why = (
             f"what remains is the store's size, not its history: the same periods written "
             f"with little history ({r['bulk_history']} snapshots) cost {size_alone:.2f} x the "
@@ -199,10 +208,12 @@ def render(r: dict, quick: bool) -> str:
         )
     else:
         why = (
-            f"history maintenance does not remove still weighs: the maintained store costs "
-            f"{against_same:.2f} x a store of the same periods with little history (what "
-            "expiry leaves: Icechunk's operations log and its backups in `overwritten/`, which "
-            "garbage collection does not delete, earth-mover/icechunk#1852)"
+            f"the maintained store still costs {against_same:.2f} x a store of the same periods "
+            f"written with little history, and {after['cpu_ms'] / end['cpu_ms']:.2f} x its own "
+            "end of life; this run does not tell why (what the two stores still differ in: the "
+            "expired history's transaction logs and Icechunk's backups of the repository "
+            "object in `overwritten/`, which neither expiry nor garbage collection deletes, "
+            "earth-mover/icechunk#1852, though a commit reads neither)"
         )
     mib = 1024 * 1024
     rows = [
