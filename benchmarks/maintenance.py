@@ -15,10 +15,11 @@ prepared before the clock starts), each a new period, as a dataset kept current 
 - maintenance (`ref_assets.store.maintenance.maintain`, keep the last 10 commits, no grace:
   nothing else writes), its dry run first, both timed; bytes on disk before and after;
 - **after**: 100 more commits (new periods) into the maintained store, by a new writer as the
-  next run would, interleaved commit by commit with 100 commits into a **fresh** store of the
-  same grid (the first-day level now, on the machine as loaded now: the shared machine's load
-  drifts over minutes, and this pair does not depend on that drift). No window crosses a
-  growth of the time axis (every 366 periods) but the end's in the quick run.
+  next run would, interleaved commit by commit (in a shuffled order each round) with 100
+  commits into a **fresh** store of the same grid (the first-day level now, on the machine as
+  loaded now: the shared machine's load drifts over minutes, and this pair does not depend on
+  that drift). No window crosses a growth of the time axis (every 366 periods) but the end's
+  in the quick run.
 
 A third store holds the same periods as the long-lived one, written in commits of 64 (little
 history), and takes its 100 commits interleaved with the other two: it tells the store's size
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -153,10 +155,13 @@ def measure(commits: int, workdir: Path) -> dict:
     same_size.bulk(commits + 1)
     bulk_history = len(list(same_size.store.open().ancestry(branch="main")))
     after, now, unaged = [], [], []
+    # In a shuffled order each round: work Icechunk's threads finish after one commit returns
+    # counts in the next commit's CPU, whichever store that is.
+    rounds = [(old, after), (fresh, now), (same_size, unaged)]
+    order = random.Random(13)
     for _ in range(WINDOW):
-        after.append(old.commit())
-        now.append(fresh.commit())
-        unaged.append(same_size.commit())
+        for committer, timings_of in order.sample(rounds, len(rounds)):
+            timings_of.append(committer.commit())
     return {
         "commits": commits,
         "grid": [50, 50],
