@@ -235,6 +235,10 @@ def test_the_maintenance_schedule_runs_its_job(write_spec, settings, materialize
         timeseries={"time_chunk": 8, "y": 4, "x": 6, "tile": 2},
     )
     write_spec("no_retention")
+    write_spec(
+        "weekday",
+        retention={"keep_days": 1, "schedule": "0 4 * * 1-5", "default_status": "running"},
+    )
     spec = load_catalog(settings).get("test_t2m")
     store = DatasetStore(settings.storage_root, "test_t2m")
     materialize("test_t2m", "2024-01-01...2024-01-03")
@@ -248,7 +252,12 @@ def test_the_maintenance_schedule_runs_its_job(write_spec, settings, materialize
     assert schedule.cron_schedule == "0 3 * * 0"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     names = {s.name for s in defs.schedules}
-    assert names == {"maintain_test_t2m_schedule"}, "only datasets with a retention section"
+    assert names == {"maintain_test_t2m_schedule", "maintain_weekday_schedule"}, (
+        "only datasets with a retention section"
+    )
+    weekday = defs.resolve_schedule_def("maintain_weekday_schedule")
+    assert weekday.cron_schedule == "0 4 * * 1-5"
+    assert weekday.default_status == dg.DefaultScheduleStatus.RUNNING
 
     result = defs.get_job_def("maintain_test_t2m").execute_in_process(instance=instance)
     assert result.success
