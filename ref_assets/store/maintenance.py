@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 WORK_PURPOSES = ("rebuild", "rechunk", "publish")
 DEFAULT_GRACE = timedelta(hours=1)
 DEFAULT_ABANDONED_AFTER = timedelta(days=7)
+# A dry run's clone left behind (its process killed) this long ago is removed by the next one.
+STALE_CLONE_SECONDS = 86400
 # Objects Icechunk writes once and never rewrites: a dry run's clone links them.
 _IMMUTABLE_DIRECTORIES = ("chunks", "manifests")
 
@@ -190,10 +192,13 @@ def maintain(
         after = store_bytes(store.path)
     else:
         scratch = store.root / ".maintenance"
-        scratch.mkdir(parents=True, exist_ok=True)
+        prefix = f"{store.name}.dry-run-"
+        with store.reporting("maintaining a copy of the store (dry run)"):
+            scratch.mkdir(parents=True, exist_ok=True)
+            _remove_stale_clones(scratch, prefix)
         with (
             store.reporting("maintaining a copy of the store (dry run)"),
-            tempfile.TemporaryDirectory(prefix=f"{store.name}.", dir=scratch) as directory,
+            tempfile.TemporaryDirectory(prefix=prefix, dir=scratch) as directory,
         ):
             clone = Path(directory) / store.name
             with store.lock(run_id="maintenance dry run"):  # a consistent copy
@@ -371,6 +376,16 @@ def _clone(source: Path, target: Path) -> None:
                 except OSError:
                     pass
             shutil.copy2(origin, copy)
+
+
+def _remove_stale_clones(scratch: Path, prefix: str) -> None:
+    """Remove the clones of dry runs killed before they could (a dry run takes seconds to
+    minutes; one a day old is no longer in use)."""
+    stale = time.time() - STALE_CLONE_SECONDS
+    for clone in scratch.glob(f"{prefix}*"):
+        with contextlib.suppress(FileNotFoundError):
+            if clone.stat().st_mtime < stale:
+                shutil.rmtree(clone, ignore_errors=True)
 
 
 def _open(path: Path) -> ic.Repository:
