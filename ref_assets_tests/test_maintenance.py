@@ -289,6 +289,10 @@ def test_the_maintenance_schedule_runs_its_job(write_spec, settings, materialize
     )
     assert all(check.ok for check in verify_dataset("test_t2m"))
     assert all(check.ok for check in verify_timeseries("test_t2m"))
+    # A dataset not materialized yet: its scheduled run succeeds, with nothing to observe.
+    unborn = defs.get_job_def("maintain_weekday").execute_in_process(instance=instance)
+    assert unborn.success
+    assert not [e for e in unborn.all_events if e.event_type_value == "ASSET_OBSERVATION"]
 
 
 def test_maintenance_beside_a_writer_loses_no_commit(synthetic_dataset):

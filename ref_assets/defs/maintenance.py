@@ -56,8 +56,12 @@ def build_maintenance_job(spec: DatasetSpec) -> dg.JobDefinition:
     def maintenance(
         context: dg.OpExecutionContext, config: MaintenanceConfig, icechunk_storage: IcechunkStorage
     ):
+        store = icechunk_storage.store(spec.id)
+        if not store.exists():  # a schedule that runs before the first materialization
+            context.log.info(f"{spec.id}: no store at {store.location} yet; nothing to maintain")
+            return
         reports = maintain_dataset(
-            icechunk_storage.store(spec.id),
+            store,
             RetentionPolicy.for_dataset(spec),
             dry_run=config.dry_run,
         )
@@ -67,7 +71,7 @@ def build_maintenance_job(spec: DatasetSpec) -> dg.JobDefinition:
                 f"{len(report.expired_snapshots)} snapshots, deleted {report.bytes_deleted} "
                 f"bytes; {report.store_bytes_before} -> {report.store_bytes_after} bytes"
             )
-        store = reports[0]
+        store_report = reports[0]
         yield dg.AssetObservation(
             asset_key=maintenance_asset_key(spec),
             description="dry run of maintenance" if config.dry_run else "maintenance",
@@ -82,8 +86,10 @@ def build_maintenance_job(spec: DatasetSpec) -> dg.JobDefinition:
                 "maintenance/store_bytes": dg.MetadataValue.int(
                     sum(r.store_bytes_after for r in reports)
                 ),
-                "maintenance/snapshots_expired": dg.MetadataValue.int(len(store.expired_snapshots)),
-                "maintenance/chunks_deleted": dg.MetadataValue.int(store.chunks_deleted),
+                "maintenance/snapshots_expired": dg.MetadataValue.int(
+                    len(store_report.expired_snapshots)
+                ),
+                "maintenance/chunks_deleted": dg.MetadataValue.int(store_report.chunks_deleted),
                 "maintenance/seconds": dg.MetadataValue.float(sum(r.seconds for r in reports)),
                 "maintenance/dry_run": dg.MetadataValue.bool(config.dry_run),
                 "maintenance/reports": dg.MetadataValue.json([r.as_json() for r in reports]),
