@@ -23,6 +23,7 @@ from ref_assets.reader import open_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store.branches import leftover_work, start_work
 from ref_assets.store.maintenance import RetentionError, RetentionPolicy, maintain
+from ref_assets.store.reader import written_between
 from ref_assets.store.releases import ReleaseError, releases, resolve, tag
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.timeseries import timeseries_store, update_timeseries
@@ -188,6 +189,10 @@ def test_keep_last_and_keep_days(synthetic_dataset):
     assert maintain(store, both).expired_snapshots == []
     by_count = maintain(store, RetentionPolicy(keep_last=1, grace=NO_GRACE))
     assert len(by_count.expired_snapshots) == 2 and len(main_history(store)) == 2
+    # A sensor whose cursor names an expired snapshot lists the store instead of diffing.
+    repo = store.open()
+    tip = repo.lookup_branch("main")
+    assert written_between(repo, by_count.expired_snapshots[0], tip) is None
     assert len(verify_dataset(spec.id)) == 6 and all(c.ok for c in verify_dataset(spec.id))
     with pytest.raises(RetentionError, match="keep_days"):
         RetentionPolicy()
