@@ -29,6 +29,7 @@ from ref_assets.specs import DatasetSpec
 from ref_assets.store.layout import (
     RECORDS_PATH,
     axis_length,
+    capacity_for,
     grow_time_axis,
     open_laid_out_root,
 )
@@ -210,7 +211,7 @@ def copy_periods(
         session = repo.writable_session(branch)
         target = zarr.open_group(session.store, mode="r+")
         if axis_length(target) <= indices[-1]:
-            grow_time_axis(target, spec, source_length)
+            grow_time_axis(target, spec, capacity_for(spec, indices[-1]))
         names = [*spec.variables_by_name, RECORDS_PATH]
         period_bytes = max(1, sum(target[n].nbytes // max(1, target[n].shape[0]) for n in names))
         longest = max(1, min(READ_BLOCK, STACKED_BYTES // period_bytes))
