@@ -384,6 +384,30 @@ def test_a_writer_whose_session_began_before_the_publish_writes_the_new_layout_o
         assert store.open().lookup_branch("main") == rewritten[0].published
 
 
+def test_the_fill_reports_its_start_and_quiet_silences_the_stages(settings, write_spec, capsys):
+    fields = write_spec(runs={"commit_every": 8})
+    spec = DatasetSpec.model_validate(fields)
+    store = DatasetStore(settings.storage_root, spec.id)
+    provider = SyntheticProvider(spec)
+    for key in DAYS[:3]:
+        write_period(store, fetch_batch(spec, provider, spec.period_for_key(key)), run_id="w")
+    assert main(["rechunk", spec.id, "--chunks", "y=2,x=2", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "rechunked to chunks y=2, x=2" in captured.out and "[1/9]" not in captured.err
+    spec2 = new_spec(runs={"commit_every": 8})
+    calls = []
+    rebuild_dataset(
+        spec2,
+        SyntheticProvider(spec2),
+        store,
+        settings=settings,
+        run_id="r",
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
+    # The start first: the CLI measures its rate from there, not from the one commit.
+    assert calls == [(0, 3), (3, 3)]
+
+
 class FailingProvider(SyntheticProvider):
     """The synthetic source with one day that no longer answers."""
 

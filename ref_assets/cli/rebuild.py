@@ -14,7 +14,13 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from ref_assets.cli.common import CommandError, add_command, print_json, wants_progress
+from ref_assets.cli.common import (
+    CommandError,
+    add_command,
+    add_quiet,
+    print_json,
+    wants_progress,
+)
 
 # What each stage of `ref_assets.rebuild.STAGES` does, as the progress lines say it.
 STAGE_TEXT = {
@@ -47,6 +53,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         examples=["ref-assets rebuild era5_land_east_africa"],
     )
     rebuild.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
+    add_quiet(rebuild)
     rebuild.set_defaults(handler=_rebuild)
     rechunk = add_command(
         commands,
@@ -67,6 +74,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rechunk.add_argument(
         "--chunks", metavar="y=N,x=N", help="cells a side of a chunk (default: the spec's)"
     )
+    add_quiet(rechunk)
     rechunk.set_defaults(handler=_rechunk)
 
 
