@@ -119,7 +119,8 @@ def rebuild_dataset(
 ) -> Rewrite:
     """Rebuild the store for ``spec`` on a branch, fetching every period ``main`` held again
     from ``provider``, and publish it (see the module). ``on_progress(done, total)`` follows
-    the fill: ``(0, total)`` as it starts, then after each commit. A spec that fits the store already is no reason to rebuild: nothing is done."""
+    the fill: ``(0, total)`` as it starts, then after each commit. A spec that fits the store
+    already is no reason to rebuild: nothing is done."""
     description = provider.describe()
     with _one_rewrite(store):
         group = _laid_out_main(store)
