@@ -217,7 +217,7 @@ def test_live_work_keeps_its_base_and_abandoned_work_is_discarded(synthetic_data
 
 def test_the_command_line_tags_verifies_and_maintains(revised, write_spec, capsys):
     write_spec()  # the spec the store was written with, as the command line finds it
-    spec, _, keys = revised
+    spec, store, keys = revised
     assert cli(["tag", spec.id, "v3"]) == 0
     assert "v3" in capsys.readouterr().out
     assert cli(["tag", spec.id, "--list", "--json"]) == 0
@@ -235,7 +235,12 @@ def test_the_command_line_tags_verifies_and_maintains(revised, write_spec, capsy
     assert done["store"]["bytes_deleted"] > 0 and done["store"]["expired_snapshots"]
     assert done["timeseries"] is None  # the spec keeps no time-series copy
     assert cli(["verify", spec.id, "--tag", "v1", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["verified"] == len(keys)
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["verified"] == len(keys) and verified["release"] == "v1"
+    assert verified["snapshot"] == resolve(store, "v1")
+    assert cli(["verify", spec.id, "--tag", "v1", "--quiet"]) == 0
+    # Which data was verified: the release, not main's tip.
+    assert f"{spec.id} release v1 (snapshot {verified['snapshot']}): " in capsys.readouterr().out
     assert cli(["verify", spec.id, "--tag", "nope"]) == 2
     assert "no release named 'nope'" in capsys.readouterr().err
     assert cli(["maintain", spec.id]) == 2  # no policy in the spec, none given

@@ -209,6 +209,8 @@ def verify(args: argparse.Namespace) -> int:
             {
                 "dataset": args.dataset,
                 "store": store.location,
+                "release": args.tag,  # None: main's tip
+                "snapshot": snapshot,
                 "checked": len(checks),
                 "verified": len(checks) - len(failed),
                 "mismatches": [
@@ -248,7 +250,8 @@ def verify(args: argparse.Namespace) -> int:
             f"MISMATCH {args.dataset} {check.period}: {check.problem} "
             f"(record {check.recorded}, store {check.recomputed})"
         )
-    print(f"{args.dataset}: {len(checks) - len(failed)} of {len(checks)} periods verified")
+    what = f"{args.dataset} release {args.tag} (snapshot {snapshot})" if args.tag else args.dataset
+    print(f"{what}: {len(checks) - len(failed)} of {len(checks)} periods verified")
     if chunks is not None:
         for check in failed_chunks:
             print(
