@@ -198,6 +198,19 @@ def test_keep_last_and_keep_days(synthetic_dataset):
         RetentionPolicy()
 
 
+def test_expired_snapshots_kept_by_the_grace_are_explained(synthetic_dataset):
+    _, store, batch_for = synthetic_dataset
+    for day in range(1, 4):
+        write_period(store, batch_for(f"2024-01-0{day}"), run_id="a")
+    young = maintain(store, RetentionPolicy(keep_last=1))  # the default grace: an hour
+    assert len(young.expired_snapshots) == 3 and young.snapshots_deleted == 0
+    [note] = young.notes
+    assert "3 of the 3 expired snapshots were written within the grace (60 min)" in note
+    assert "--grace-minutes 0" in note
+    done = maintain(store, RetentionPolicy(keep_last=1, grace=NO_GRACE))
+    assert done.snapshots_deleted == 3 and not any("grace" in n for n in done.notes)
+
+
 def test_live_work_keeps_its_base_and_abandoned_work_is_discarded(synthetic_dataset):
     _, store, batch_for = synthetic_dataset
     write_period(store, batch_for("2024-01-01"), run_id="a")

@@ -281,6 +281,14 @@ def _expire_and_collect(
         summary = repo.garbage_collect(datetime.now(UTC) - policy.grace)
     if cutoff is None:
         notes.append(f"main has no snapshot the policy lets go ({len(ancestry)} in its history)")
+    if (waiting := len(expired) - summary.snapshots_deleted) > 0 and policy.grace:
+        # Else a user sees "expire 14 snapshots ... delete 0 snapshots" and no reason.
+        notes.append(
+            f"{waiting} of the {len(expired)} expired snapshots were written within the grace "
+            f"({policy.grace.total_seconds() / 60:g} min), so they and what only they use stay "
+            "in case a writer is still committing: a maintenance after that deletes them "
+            "(--grace-minutes 0 when nothing writes meanwhile)"
+        )
     if summary.objects_failed_to_delete:
         notes.append(
             f"{summary.objects_failed_to_delete} objects could not be deleted; the next "
