@@ -15,7 +15,8 @@ Both run the same stages, each reported to ``on_stage(stage)`` (`STAGES`): stash
 annotations (`ref_assets.annotations_stash`; a stash left by an earlier try is kept and restored
 from) -> discard work branches of the same purpose left by a run that died -> branch off ``main``
 (`store.branches.start_work`) -> replace the arrays by the new layout on the branch -> fill it ->
-restore the annotations onto the branch (the stash, then ``main``'s own at the work's base) ->
+(a rebuild of a ``checks.publish: validated`` dataset checks what it fetched, as a run would)
+-> restore the annotations onto the branch (the stash, then ``main``'s own at the work's base) ->
 verify every period on the branch against its record -> publish: move ``main`` to the branch by
 compare-and-set, replaying onto the branch exactly the periods (and annotations) that landed on
 ``main`` meanwhile -> clear the stash. Until the publish, ``main``, its data and its annotations
@@ -154,6 +155,7 @@ def rebuild_dataset(
 
         stage("fill")
         _fetch_onto(work, spec, provider, kept, run_id, on_progress)
+        _check_validated(work, spec, settings, [p.key for p in kept])
 
         def replay(moved: MainMoved) -> None:
             tip_axis = store_reader.store_axis(store_reader.session_for(store, moved.tip))
@@ -164,6 +166,7 @@ def rebuild_dataset(
                 spec, tip_axis, np.asarray(sorted(set(moved.periods.tolist()) - held), "int64")
             )
             _fetch_onto(work, spec, provider, again, run_id, None)
+            _check_validated(work, spec, settings, [p.key for p in again])
             _remove_from(work, spec, gone, run_id)
             _verify_branch(work, settings, [p.key for p in again])
 
@@ -478,6 +481,31 @@ def _fetch_onto(
             f"({listed}{'; ...' if len(failures) > 5 else ''}). Nothing was published: main, "
             "its data and annotations are as they were. Once the source answers, run the "
             f"{work.purpose} again."
+        )
+
+
+def _check_validated(
+    work: WorkBranch, spec: DatasetSpec, settings: Settings, keys: list[str]
+) -> None:
+    """For a ``checks.publish: validated`` dataset, check the periods fetched again on the
+    branch as a run would: a rebuild must not publish what a run would refuse to. Any that
+    fails stops the work, naming each (``main`` keeps its versions, in the old layout)."""
+    if spec.checks.publish != "validated" or not keys:
+        return
+    from ref_assets.catalog import configured_vocabulary
+    from ref_assets.quality import check_stored_periods
+
+    session = work.store.open().readonly_session(branch=work.branch)
+    vocabulary = configured_vocabulary(settings)
+    refused = [q for q in check_stored_periods(spec, vocabulary, session, keys) if not q.passed]
+    if refused:
+        listed = "; ".join(f"{q.period}: {q.description}" for q in refused[:5])
+        raise RebuildError(
+            f"{spec.id}: {len(refused)} of {len(keys)} periods fetched again fail their checks "
+            f"({listed}{'; ...' if len(refused) > 5 else ''}), and the spec publishes only "
+            "periods that pass (checks.publish: validated). Nothing was published: main, its "
+            "data and annotations are as they were. Fix the source or the spec's checks, then "
+            f"run the {work.purpose} again."
         )
 
 

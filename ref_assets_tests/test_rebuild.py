@@ -3,6 +3,7 @@ data and its annotations are untouched and the stash stays; the retry completes,
 annotations and clears the stash; an update landing on main meanwhile is replayed; a rechunk keeps
 every record and checksum."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -447,6 +448,29 @@ def test_a_failed_fetch_or_a_period_that_does_not_verify_publishes_nothing(store
     rebuild_dataset(spec2, SyntheticProvider(spec2), store, settings=settings, run_id="good")
     assert read_stash(spec.id, settings=settings) is None
     assert read_annotations(spec.id).annotations == before["annotations"]
+
+
+class HotProvider(SyntheticProvider):
+    """The synthetic source with one day 300 degrees too hot: outside t2m's valid range."""
+
+    def fetch(self, period):
+        fetched = super().fetch(period)
+        if period.key == "2024-01-04":
+            return dataclasses.replace(fetched, data=fetched.data + 300)
+        return fetched
+
+
+def test_a_rebuild_of_a_validated_dataset_publishes_no_period_failing_its_checks(stored, settings):
+    spec, store, _ = stored
+    before = main_state(store)
+    spec2 = new_spec(checks={"publish": "validated"})
+    with pytest.raises(RebuildError, match=r"1 of 6 periods fetched again fail their checks") as e:
+        rebuild_dataset(spec2, HotProvider(spec2), store, settings=settings, run_id="hot")
+    assert "2024-01-04: values_within_valid_range failed" in str(e.value)
+    assert main_state(store) == before and read_stash(spec.id, settings=settings) is not None
+    # A dataset publishing directly rebuilds as its runs write: checked after the fact.
+    rebuild_dataset(new_spec(), HotProvider(new_spec()), store, settings=settings, run_id="d")
+    assert written_keys(store) == DAYS
 
 
 def test_a_second_rewrite_of_a_store_while_one_runs_is_refused(stored, settings):
