@@ -102,7 +102,7 @@ class Rewrite:
     annotations: int = 0  # operator annotations (keys) the published store holds
     chunks: tuple[int, int] | None = None  # the store's spatial chunks now
     stash_cleared: bool = False
-    note: str = ""
+    note: str = ""  # why nothing was done, or what is left to do
 
 
 Stage = Callable[[str], None]
@@ -181,6 +181,7 @@ def rebuild_dataset(
             annotations=annotations,
             chunks=tuple(structure(spec, description)["chunks"]),
             stash_cleared=True,
+            note=_stale_timeseries_copy(store),
         )
 
 
@@ -291,6 +292,21 @@ def _time_chunks_refused(dataset_id: str) -> str:
         "at once, and two of them must never rewrite a shared chunk. For reading long series "
         "at points, give the spec a `timeseries` section (the time-series copy, chunked along "
         "time); rechunk takes y=N,x=N only"
+    )
+
+
+def _stale_timeseries_copy(store: DatasetStore) -> str:
+    """What to do about the dataset's time-series copy after a rebuild ("" when it has none):
+    the copy's structure includes the store's, so it refuses to update until built again."""
+    from ref_assets.store.timeseries import timeseries_store
+
+    copy = timeseries_store(store)
+    if not copy.exists():
+        return ""
+    return (
+        f"{store.dataset_id}: the time-series copy {copy.location} holds the old layout and "
+        "refuses updates: move it aside (or delete it), and the next update "
+        f"(`ref-assets timeseries {store.dataset_id}`, or its Dagster asset) builds it again"
     )
 
 

@@ -5,6 +5,7 @@ every record and checksum."""
 
 import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import zarr
 from ref_assets.annotations import annotate, read_annotations
 from ref_assets.annotations_stash import read_stash, stash, stash_path
 from ref_assets.batch import fetch_batch
+from ref_assets.catalog import load_catalog
 from ref_assets.cli import main
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.rebuild import (
@@ -30,8 +32,9 @@ from ref_assets.store import writer as store_writer
 from ref_assets.store.branches import leftover_work
 from ref_assets.store.layout import StoreLayoutError
 from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.timeseries import timeseries_store, update_timeseries
 from ref_assets.store.writer import CommitPolicy, PeriodWriter, write_period
-from ref_assets.verification import verify_dataset
+from ref_assets.verification import verify_dataset, verify_timeseries
 from ref_assets_tests.conftest import spec_dict
 
 DAYS = [f"2024-01-{day:02d}" for day in range(1, 7)]
@@ -448,6 +451,26 @@ def test_a_failed_fetch_or_a_period_that_does_not_verify_publishes_nothing(store
     rebuild_dataset(spec2, SyntheticProvider(spec2), store, settings=settings, run_id="good")
     assert read_stash(spec.id, settings=settings) is None
     assert read_annotations(spec.id).annotations == before["annotations"]
+
+
+def test_a_rebuild_says_what_to_do_with_the_time_series_copy(settings, write_spec, capsys):
+    fields = write_spec(timeseries={"time_chunk": 8, "y": 8, "x": 12, "tile": 4})
+    spec = DatasetSpec.model_validate(fields)
+    store = DatasetStore(settings.storage_root, spec.id)
+    for key in DAYS[:2]:
+        batch = fetch_batch(spec, SyntheticProvider(spec), spec.period_for_key(key))
+        write_period(store, batch, run_id="w")
+    update_timeseries(spec, store, run_id="copy")
+    write_spec(params={**fields["params"], "resolution": 1.0}, timeseries=fields["timeseries"])
+    assert main(["rebuild", spec.id, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "the time-series copy" in out and "move it aside" in out
+    copy = timeseries_store(store)
+    with pytest.raises(StoreLayoutError, match="built for another structure"):  # as it says
+        update_timeseries(load_catalog(settings).get(spec.id), store, run_id="stale")
+    shutil.rmtree(copy.path)
+    update_timeseries(load_catalog(settings).get(spec.id), store, run_id="again")
+    assert all(check.ok for check in verify_timeseries(spec.id))
 
 
 class HotProvider(SyntheticProvider):

@@ -203,6 +203,8 @@ def _summary(args: argparse.Namespace, result, done: str, how: str) -> int:
             f"{result.dataset_id}: the periods have new checksums: `ref-assets sync-instance "
             f"{result.dataset_id}` shows them to the Dagster instance"
         )
+    if result.note:  # what is left to do (the time-series copy)
+        print(result.note)
     if result.dropped:
         print(
             f"{result.dataset_id}: {len(result.dropped)} periods the spec no longer covers were "
