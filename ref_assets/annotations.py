@@ -111,7 +111,7 @@ class AnnotationChange:
 
     @property
     def target_name(self) -> str:
-        return "the dataset" if self.target is None else f"variable {self.target}"
+        return "dataset" if self.target is None else f"variable {self.target}"
 
 
 @dataclass(frozen=True)

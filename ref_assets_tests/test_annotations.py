@@ -314,7 +314,7 @@ def test_the_spec_s_attributes_now_reach_the_store_under_the_operator_s(
     assert main(["annotate", spec.id, "--from-spec", "--by", "ops"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == [
-        "test_t2m the dataset: from the spec: title, institution",
+        "test_t2m dataset: from the spec: title, institution",
         "test_t2m variable t2m: from the spec: source, comment",
     ]
     ds = ref_assets.open_dataset(spec.id)
@@ -358,7 +358,9 @@ def test_the_command_line_annotates_shows_and_lists_the_history(annotated, capsy
     assert [c["by"] for c in document["history"]] == ["ann", "dee", getpass.getuser()]
     assert main(["annotate", spec.id, "--history"]) == 0
     history = capsys.readouterr().out.splitlines()
-    assert len(history) == 4 and " bob@" in history[1] and "the dataset: summary=" in history[1]
+    assert len(history) == 4 and " bob@" in history[1]
+    # The words of the list above: "dataset" as "variable t2m" (not "the dataset").
+    assert history[1].split(" ", 2)[2] == "dataset: summary='Test data, not for use'"
 
     assert main(["annotate", spec.id, "t2m", "--attr", "novalue"]) == 2
     assert "--attr 'novalue': write KEY=VALUE" in capsys.readouterr().err
