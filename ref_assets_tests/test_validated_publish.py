@@ -9,6 +9,7 @@ import sys
 
 import dagster as dg
 import pytest
+import zarr
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
 from ref_assets import publishing
@@ -16,6 +17,7 @@ from ref_assets.annotations import annotate, read_annotations
 from ref_assets.batch import fetch_batch
 from ref_assets.defs.checks import CHECK_NAME
 from ref_assets.publishing import ValidatedWriter, discard_leftovers
+from ref_assets.rebuild import rechunk_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import branches, writer
 from ref_assets.store import reader as store_reader
@@ -219,6 +221,23 @@ def test_a_failed_publish_discards_the_branch_and_leaves_main(core, monkeypatch)
         run.publish()
     assert store.open().lookup_branch("main") == before
     assert leftover_work(store, "publish") == []
+
+
+def test_a_run_that_began_before_a_rechunk_does_not_undo_it(core, settings):
+    spec, store, vocabulary, batch_for = core
+    write_period(store, batch_for("2024-01-01"), run_id="first")
+    run = ValidatedWriter(store, spec, vocabulary, run_id="r1")
+    run.add(batch_for("2024-01-02"))
+    run.flush()  # on its branch, laid out in the old chunks
+    rechunk_dataset(spec, store, chunks={"y": 2, "x": 2}, settings=settings, run_id="rc")
+    rechunked = store.open().lookup_branch("main")
+    # Replaying main into the old layout and publishing it would put the old chunks back.
+    with pytest.raises(PublishError, match=r"moving \(publish\): main was rebuilt or rechunked"):
+        run.publish()
+    assert store.open().lookup_branch("main") == rechunked
+    assert leftover_work(store, "publish") == []
+    session = store_reader.session_for(store)
+    assert zarr.open_group(session.store, mode="r")["t2m"].chunks == (1, 2, 2)
 
 
 def test_refused_periods_get_main_s_earlier_state_back(core, source):

@@ -120,18 +120,31 @@ def discard(store: DatasetStore, branch: str) -> None:
 def main_moved(repo: ic.Repository, since: str, tip: str) -> MainMoved:
     """What landed on ``main`` from ``since`` to ``tip``, from Icechunk's diff. A ``since`` that
     is no ancestor of ``tip`` (``main`` was reset by another publish) is refused: replaying
-    cannot reconcile two rewrites."""
+    cannot reconcile two rewrites. So is a layout changed in between (a rebuild or rechunk
+    published): copying periods into the old layout and publishing it would undo that."""
     periods = written_between(repo, since, tip)
     if periods is None:
         raise PublishError(
             f"main no longer descends from snapshot {since}: another rebuild or publish reset "
             "it meanwhile. Nothing was published; run this again from the new main."
         )
+    if _layout_at(repo, since) not in (None, _layout_at(repo, tip)):
+        raise PublishError(
+            f"main was rebuilt or rechunked since snapshot {since} (its layout changed): this "
+            "work was laid out for the old one, and publishing it would undo that. Nothing was "
+            "published; run it again, which writes in the new layout."
+        )
     diff = repo.diff(from_snapshot_id=since, to_snapshot_id=tip)
     annotations = ANNOTATION_LOG_PATH in diff.updated_chunks or any(
         str(path) == ANNOTATION_LOG_PATH for path in diff.new_arrays
     )
     return MainMoved(since, tip, periods, annotations)
+
+
+def _layout_at(repo: ic.Repository, snapshot: str) -> dict | None:
+    """The store's structure at ``snapshot`` (None before its first layout)."""
+    root = open_laid_out_root(repo.readonly_session(snapshot_id=snapshot).store)
+    return None if root is None else root.attrs["ref_assets"]["structure"]
 
 
 def publish(
@@ -165,7 +178,10 @@ def publish(
                     snapshot,
                 )
                 return Published(snapshot, replayed)
-        moved = main_moved(repo, expected, tip)
+        try:
+            moved = main_moved(repo, expected, tip)
+        except PublishError as err:  # which dataset, and which work, for the run's failure
+            raise PublishError(f"{store.dataset_id} ({work.purpose}): {err}") from None
         logger.info(
             "%s: main moved during the %s (%d periods written since %s); replaying them onto %s",
             store.dataset_id,
