@@ -491,12 +491,11 @@ def _fetch_onto(
             writer.add(item)
     writer.flush()
     if failures:
-        listed = "; ".join(f"{f.period.key}: {f.error}" for f in failures[:5])
         raise RebuildError(
             f"{spec.id}: {len(failures)} of {len(periods)} periods could not be fetched again "
-            f"({listed}{'; ...' if len(failures) > 5 else ''}). Nothing was published: main, "
-            "its data and annotations are as they were. Once the source answers, run the "
-            f"{work.purpose} again."
+            f"({_first_few([f'{f.period.key}: {f.error}' for f in failures])}). Nothing was "
+            "published: main, its data and annotations are as they were. Once the source "
+            f"answers, run the {work.purpose} again."
         )
 
 
@@ -515,13 +514,12 @@ def _check_validated(
     vocabulary = configured_vocabulary(settings)
     refused = [q for q in check_stored_periods(spec, vocabulary, session, keys) if not q.passed]
     if refused:
-        listed = "; ".join(f"{q.period}: {q.description}" for q in refused[:5])
         raise RebuildError(
             f"{spec.id}: {len(refused)} of {len(keys)} periods fetched again fail their checks "
-            f"({listed}{'; ...' if len(refused) > 5 else ''}), and the spec publishes only "
-            "periods that pass (checks.publish: validated). Nothing was published: main, its "
-            "data and annotations are as they were. Fix the source or the spec's checks, then "
-            f"run the {work.purpose} again."
+            f"({_first_few([f'{q.period}: {q.description}' for q in refused])}), and the spec "
+            "publishes only periods that pass (checks.publish: validated). Nothing was "
+            "published: main, its data and annotations are as they were. Fix the source or the "
+            f"spec's checks, then run the {work.purpose} again."
         )
 
 
@@ -624,7 +622,11 @@ def _verify_branch(
     if failed:
         raise RebuildError(
             f"{dataset_id}: {len(failed)} periods on branch {work.branch} do not verify "
-            f"({'; '.join(failed[:5])}{'; ...' if len(failed) > 5 else ''}). Nothing was "
-            f"published: main, its data and annotations are as they were; the branch is kept "
-            f"for inspection until the next {work.purpose}."
+            f"({_first_few(failed)}). Nothing was published: main, its data and annotations "
+            f"are as they were; the branch is kept for inspection until the next {work.purpose}."
         )
+
+
+def _first_few(problems: list[str], most: int = 5) -> str:
+    """The first ``most`` problems, ``; ``-separated, and ``...`` when there are more."""
+    return "; ".join(problems[:most]) + ("; ..." if len(problems) > most else "")
