@@ -269,7 +269,11 @@ def rechunk_dataset(
 
 
 def parse_chunks(dataset_id: str, text: str) -> dict[str, int]:
-    """``y=N,x=N`` (either alone) as ``{"y": N, "x": N}``; time chunks are refused."""
+    """``y=N,x=N`` (either alone) as ``{"y": N, "x": N}``; time chunks are refused.
+
+    >>> parse_chunks("demo", "y=50, x=100")
+    {'y': 50, 'x': 100}
+    """
     chunks: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, equals, value = item.partition("=")

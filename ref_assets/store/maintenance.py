@@ -25,6 +25,12 @@ history. `maintain` applies a `RetentionPolicy` (the spec's ``retention`` sectio
    a writer, without the lock, it dropped commits (tested). Writers wait for it (up to the
    lock's timeout, `LOCK_TIMEOUT_SECONDS`); it lists every object of the repository.
 
+>>> store = DatasetStore(settings.storage_root, "demo_air_temperature")  # doctest: +SKIP
+>>> policy = RetentionPolicy.for_dataset(spec, keep_last=100)  # doctest: +SKIP
+>>> [report] = maintain_dataset(store, policy, dry_run=True)  # doctest: +SKIP
+>>> report.expired_snapshots, report.bytes_deleted, report.notes  # doctest: +SKIP
+(['5VBV400GMRA8HHXQNB90', ...], 24268, [])
+
 Icechunk cannot expire in a dry run, so ``dry_run=True`` does the whole maintenance on a clone
 of the repository (local storage, the only kind stores have today: under
 ``<root>/.maintenance``; chunks and manifests, which Icechunk never rewrites, are hard links,
