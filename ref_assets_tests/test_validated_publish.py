@@ -15,6 +15,7 @@ from dagster._core.definitions.data_version import extract_data_version_from_ent
 from ref_assets import publishing
 from ref_assets.annotations import annotate, read_annotations
 from ref_assets.batch import fetch_batch
+from ref_assets.cli.main import main as cli
 from ref_assets.defs.checks import CHECK_NAME
 from ref_assets.publishing import ValidatedWriter, discard_leftovers
 from ref_assets.rebuild import rechunk_dataset
@@ -339,6 +340,19 @@ def test_a_validated_range_run_in_dagster(
     materialized, checks = events(result)
     assert list(materialized) == ["2024-01-03"] and checks["2024-01-03"].passed
     assert "2024-01-03" in held(dataset)
+
+
+def test_the_command_line_says_what_a_validated_range_published(
+    dataset, source, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    source(versions={"2024-01-02": BAD})
+    assert cli(["materialize", DATASET, "--start", "2024-01-01", "--end", "2024-01-03"]) == 1
+    err = capsys.readouterr().err
+    assert "the periods that passed their checks were published to main, the others not" in err
+    assert "committed before a failure are kept" not in err  # direct mode's words
+    assert sorted(held(dataset)) == ["2024-01-01", "2024-01-03"]
 
 
 def test_a_refused_revision_leaves_main_s_earlier_version(dataset, source, materialize, instance):

@@ -486,9 +486,14 @@ def _materialize(args: argparse.Namespace) -> int:
                 f"(run {run['run_id']})"
             )
     if failed:
+        kept = (
+            "the periods that passed their checks were published to main, the others not"
+            if spec.checks.publish == "validated"
+            else "periods committed before a failure are kept"
+        )
         print(
-            f"{spec.id}: runs failed for {', '.join(failed)}; periods committed before a "
-            f"failure are kept (see `ref-assets status {spec.id}`)",
+            f"{spec.id}: runs failed for {', '.join(failed)}; {kept} (see `ref-assets status "
+            f"{spec.id}`, and the run's step failure for why)",
             file=sys.stderr,
         )
         return 1
