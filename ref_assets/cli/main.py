@@ -487,7 +487,7 @@ def _materialize(args: argparse.Namespace) -> int:
             )
     if failed:
         kept = (
-            "only periods that passed their checks can have reached main (checks.publish: validated)"
+            "only periods that passed their checks can have reached main (publish: validated)"
             if spec.checks.publish == "validated"
             else "periods committed before a failure are kept"
         )
