@@ -8,10 +8,12 @@ check) as the commit lands, and `ValidatedWriter.publish` then
 1. takes the refused periods back on the branch, restoring what ``main`` held of them when the
    run began (`copy_periods` from the branch's base: an earlier version, or nothing);
 2. moves ``main`` to the branch by compare-and-set; if ``main`` moved meanwhile (a sensor's
-   update landed), the periods written there are copied onto the branch first, except those this
-   run wrote and that passed: publishing is this run's write to ``main``, the later one, so its
-   checked version wins, as the later of two commits does in direct mode. Annotations made
-   meanwhile are copied too. Nothing passed: the branch is discarded, and ``main`` never moves.
+   update, another run's publish), the branch starts again from ``main``'s new tip, holding all
+   that landed there (periods and annotations), and the periods this run wrote and that passed
+   are copied onto it as they were checked: publishing is this run's write to ``main``, the
+   later one, so its checked version wins, as the later of two commits does in direct mode.
+   ``main`` so always descends from every tip it had, and runs that began from any of them can
+   publish in turn. Nothing passed: the branch is discarded, and ``main`` never moves.
 
 So no snapshot ``main`` points at holds a refused period, and a run that dies before publishing
 leaves ``main`` as it was: its branch remains (`leftover_work`), and the next validated run of
@@ -31,9 +33,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import zarr
-
-from ref_assets.annotations import ANNOTATIONS_PATH, append_to_log
 from ref_assets.batch import PeriodBatch
 from ref_assets.quality import PeriodQuality, check_stored_periods
 from ref_assets.specs import DatasetSpec
@@ -49,7 +48,7 @@ from ref_assets.store.branches import (
 from ref_assets.store.layout import open_laid_out_root
 from ref_assets.store.reader import read_records
 from ref_assets.store.repository import DatasetStore
-from ref_assets.store.writer import CommitPolicy, PeriodWriter, WriteReceipt, commit_rebasing
+from ref_assets.store.writer import CommitPolicy, PeriodWriter, WriteReceipt
 from ref_assets.vocabulary import VariableVocabulary
 
 logger = logging.getLogger(__name__)
@@ -173,24 +172,30 @@ class ValidatedWriter:
                 f"checks ({keys}; run {self.run_id})",
                 run_id=self.run_id,
             )
-        ours = {c.receipt.time_index for c in passed}
+        ours = sorted(c.receipt.time_index for c in passed)
 
-        def replay(moved: MainMoved) -> None:
-            theirs = [int(i) for i in moved.periods if int(i) not in ours]
+        def rebase(moved: MainMoved) -> None:
+            # The branch starts again from main's new tip, holding everything that landed there
+            # (periods, annotations), and gets this run's passed periods on top: its write is
+            # the later one. Main then descends from every tip it had, so a run that began from
+            # one of them still finds its base when it publishes (a replay onto the old branch
+            # would leave them out of main's history, and that run would fail).
+            checked = self.store.open().lookup_branch(work.branch)
+            with self.store.lock(run_id=self.run_id):
+                self.store.open().reset_branch(work.branch, moved.tip)
             copy_periods(
                 self.store,
                 self.spec,
-                theirs,
-                source_snapshot=moved.tip,
+                ours,
+                source_snapshot=checked,
                 branch=work.branch,
-                message=f"{self.spec.id}: replay {len(theirs)} periods written on main during "
-                f"run {self.run_id}",
+                message=f"{self.spec.id}: {len(ours)} periods of run {self.run_id} that passed "
+                f"their checks, onto main's {moved.tip} ({len(moved.periods)} periods landed "
+                "there meanwhile)",
                 run_id=self.run_id,
             )
-            if moved.annotations_changed:
-                copy_annotations(self.store, self.spec, moved.tip, work.branch, run_id=self.run_id)
 
-        published = publish(work, replay=replay)
+        published = publish(work, replay=rebase)
         self._work = None
         return ValidatedRun(
             work.base,
@@ -209,31 +214,6 @@ class ValidatedWriter:
             return frozenset()
         held = read_records(session, [c.receipt.time_index for c in refused])
         return frozenset(c.key for c in refused if c.receipt.time_index in held)
-
-
-def copy_annotations(
-    store: DatasetStore, spec: DatasetSpec, source_snapshot: str, branch: str, *, run_id: str
-) -> str:
-    """Give ``branch`` the annotations ``source_snapshot`` holds (dataset and variable
-    attributes, and their log), in one commit: a validated run's branch never changes them, so
-    what ``main`` holds is what publishing must keep."""
-    repo = store.open()
-    with store.reporting(f"copying annotations onto branch {branch}"):
-        source = open_laid_out_root(repo.readonly_session(snapshot_id=source_snapshot).store)
-        session = repo.writable_session(branch)
-        target = zarr.open_group(session.store, mode="r+")
-        for name in (None, *spec.variables_by_name):
-            node = target if name is None else target[name]
-            node.attrs.put((source if name is None else source[name]).attrs.asdict())
-        log = source[ANNOTATIONS_PATH]
-        append_to_log(target, [])  # creates the branch's log if it has none
-        copy = target[ANNOTATIONS_PATH]
-        copy.resize(log.shape)
-        if log.shape[0]:
-            copy[:] = log[:]
-        copy.attrs.put(log.attrs.asdict())
-        with store.lock(run_id=run_id):
-            return commit_rebasing(session, f"{spec.id}: replay annotations (run {run_id})")
 
 
 def discard_leftovers(store: DatasetStore, is_over: Callable[[str], bool]) -> list[str]:

@@ -25,6 +25,7 @@ from ref_assets.store import reader as store_reader
 from ref_assets.store.branches import PublishError, leftover_work
 from ref_assets.store.repository import DatasetStore
 from ref_assets.store.writer import CommitPolicy, observing_commits, write_period
+from ref_assets.verification import verify_dataset
 from ref_assets.vocabulary import load_vocabulary
 from ref_assets_tests.conftest import spec_dict, step_failure
 from ref_assets_tests.example_providers import MovableProvider
@@ -97,7 +98,8 @@ def held(store, snapshot=None) -> dict[str, str]:
 class MainStates(list):
     """Every state of ``main`` of ``store`` (as {key: checksum}), seen after each commit of
     period data anyone makes: period writes, take-backs and replays all commit through
-    `commit_rebasing`, and ``main`` moves only by such commits or by a publish."""
+    `commit_rebasing` (store.writer, store.branches), and ``main`` moves only by such commits or
+    by a publish."""
 
     store: DatasetStore | None = None
 
@@ -116,7 +118,7 @@ def main_states(monkeypatch) -> MainStates:
             states.append(held(states.store))
         return snapshot
 
-    for module in (writer, branches, publishing):
+    for module in (writer, branches):
         monkeypatch.setattr(module, "commit_rebasing", watching)
     return states
 
@@ -188,6 +190,26 @@ def test_periods_landing_on_main_meanwhile_are_kept(core, source, settings):
     assert len(annotations.history) == 1
     data = store_reader.open_store_dataset(store_reader.session_for(store))
     assert data.t2m.attrs["long_name"] == "Air temperature at 2 m"
+
+
+def test_overlapping_runs_all_publish_and_main_keeps_every_tip_it_had(core):
+    spec, store, vocabulary, batch_for = core
+    write_period(store, batch_for("2024-01-01"), run_id="first")
+    runs = {}
+    for name, key in (("a", "2024-01-02"), ("b", "2024-01-03")):
+        runs[name] = ValidatedWriter(store, spec, vocabulary, run_id=name)
+        runs[name].add(batch_for(key))
+        runs[name].flush()
+    tips = [runs["a"].publish().snapshot]
+    runs["c"] = ValidatedWriter(store, spec, vocabulary, run_id="c")  # begins from a's publish
+    runs["c"].add(batch_for("2024-01-04"))
+    runs["c"].flush()
+    tips.append(runs["b"].publish().snapshot)  # main moved: b goes on top of a's
+    tips.append(runs["c"].publish().snapshot)  # its base, a's publish, is still main's history
+    history = [s.id for s in store.open().ancestry(branch="main")]
+    assert all(tip in history for tip in tips)
+    assert sorted(held(store)) == ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"]
+    assert all(check.ok for check in verify_dataset(spec.id))
 
 
 def test_a_run_that_dies_before_publishing_leaves_main_untouched(core, source):
