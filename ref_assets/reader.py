@@ -63,10 +63,14 @@ def open_dataset(
         raise ValueError(f"{dataset_id}: layout must be 'periods' or 'timeseries', not {layout!r}")
     periods_store = store = _store(dataset_id, settings)
     if tag is not None:
-        if snapshot is not None or layout == "timeseries":
+        if snapshot is not None:
             raise ValueError(
-                f"{dataset_id}: tag={tag!r} names a snapshot of the per-period store; give "
-                "either a tag or a snapshot, with layout='periods'"
+                f"{dataset_id}: tag={tag!r} names a snapshot already; give a tag or a snapshot"
+            )
+        if layout == "timeseries":
+            raise ValueError(
+                f"{dataset_id}: tag={tag!r} names a snapshot of the per-period store, and the "
+                "time-series copy follows main only: open the release with layout='periods'"
             )
         from ref_assets.store.releases import resolve
 

@@ -88,8 +88,10 @@ def test_a_release_opens_its_own_data_not_mains_later_data(revised):
         tag(store, "../v3")
     with pytest.raises(ReleaseError, match=r"no release named 'v9' \(releases: v1, v2\)"):
         open_dataset(spec.id, tag="v9")
-    with pytest.raises(ValueError, match="either a tag or a snapshot"):
+    with pytest.raises(ValueError, match="the time-series copy follows main only: open the "):
         open_dataset(spec.id, tag="v1", layout="timeseries")
+    with pytest.raises(ValueError, match="names a snapshot already; give a tag or a snapshot"):
+        open_dataset(spec.id, tag="v1", snapshot=resolve(store, "v1"))
     with pytest.raises(ReleaseError, match="no snapshot"):
         tag(store, "v3", snapshot="0" * 20)
 
