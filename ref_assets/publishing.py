@@ -195,7 +195,7 @@ class ValidatedWriter:
                 run_id=self.run_id,
             )
 
-        published = publish(work, replay=rebase)
+        published = publish(work, replay=rebase, rebases=True)
         self._work = None
         return ValidatedRun(
             work.base,

@@ -18,7 +18,7 @@ from ref_assets.batch import fetch_batch
 from ref_assets.cli.main import main as cli
 from ref_assets.defs.checks import CHECK_NAME
 from ref_assets.publishing import ValidatedWriter, discard_leftovers
-from ref_assets.rebuild import rechunk_dataset
+from ref_assets.rebuild import rebuild_dataset, rechunk_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import branches, writer
 from ref_assets.store import reader as store_reader
@@ -246,21 +246,34 @@ def test_a_failed_publish_discards_the_branch_and_leaves_main(core, monkeypatch)
     assert leftover_work(store, "publish") == []
 
 
-def test_a_run_that_began_before_a_rechunk_does_not_undo_it(core, settings):
+def test_a_run_that_began_before_a_rechunk_or_rebuild_does_not_undo_it(core, settings):
     spec, store, vocabulary, batch_for = core
+
+    def run_on_branch(run_id: str, key: str) -> ValidatedWriter:
+        run = ValidatedWriter(store, spec, vocabulary, run_id=run_id)
+        run.add(batch_for(key))
+        run.flush()  # on its branch, in main's layout of now
+        return run
+
     write_period(store, batch_for("2024-01-01"), run_id="first")
-    run = ValidatedWriter(store, spec, vocabulary, run_id="r1")
-    run.add(batch_for("2024-01-02"))
-    run.flush()  # on its branch, laid out in the old chunks
+    run = run_on_branch("r1", "2024-01-02")
     rechunk_dataset(spec, store, chunks={"y": 2, "x": 2}, settings=settings, run_id="rc")
-    rechunked = store.open().lookup_branch("main")
-    # Replaying main into the old layout and publishing it would put the old chunks back.
-    with pytest.raises(PublishError, match=r"moving \(publish\): main was rebuilt or rechunked"):
-        run.publish()
-    assert store.open().lookup_branch("main") == rechunked
-    assert leftover_work(store, "publish") == []
+    # Its periods are copied onto main's tip, into the new chunks: the rechunk stays.
+    assert run.publish().snapshot == store.open().lookup_branch("main")
     session = store_reader.session_for(store)
     assert zarr.open_group(session.store, mode="r")["t2m"].chunks == (1, 2, 2)
+    assert sorted(held(store)) == ["2024-01-01", "2024-01-02"]
+    assert all(check.ok for check in verify_dataset(spec.id))
+
+    run = run_on_branch("r2", "2024-01-03")
+    rebuilt = spec.model_copy(update={"params": {**spec.params, "resolution": 0.5}})
+    rebuild_dataset(rebuilt, MovableProvider(rebuilt), store, settings=settings, run_id="rb")
+    tip = store.open().lookup_branch("main")
+    # Another grid: publishing the run's old layout would undo the rebuild.
+    with pytest.raises(PublishError, match=r"moving \(publish\): main was rebuilt or rechunked"):
+        run.publish()
+    assert store.open().lookup_branch("main") == tip
+    assert leftover_work(store, "publish") == []
 
 
 def test_refused_periods_get_main_s_earlier_state_back(core, source):

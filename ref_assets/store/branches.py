@@ -31,6 +31,7 @@ from ref_assets.store.layout import (
     axis_length,
     capacity_for,
     grow_time_axis,
+    incompatible_changes,
     open_laid_out_root,
 )
 from ref_assets.store.reader import READ_BLOCK, written_between
@@ -117,18 +118,23 @@ def discard(store: DatasetStore, branch: str) -> None:
             repo.delete_branch(branch)
 
 
-def main_moved(repo: ic.Repository, since: str, tip: str) -> MainMoved:
+def main_moved(repo: ic.Repository, since: str, tip: str, *, rebases: bool = False) -> MainMoved:
     """What landed on ``main`` from ``since`` to ``tip``, from Icechunk's diff. A ``since`` that
     is no ancestor of ``tip`` (``main`` was reset by another publish) is refused: replaying
     cannot reconcile two rewrites. So is a layout changed in between (a rebuild or rechunk
-    published): copying periods into the old layout and publishing it would undo that."""
+    published): copying periods into the old layout and publishing it would undo that. A
+    replay that ``rebases`` (starts the branch again from ``tip`` and copies the work onto it)
+    takes a rechunk along: only a change of more than the chunks is refused then."""
     periods = written_between(repo, since, tip)
     if periods is None:
         raise PublishError(
             f"main no longer descends from snapshot {since}: another rebuild or publish reset "
             "it meanwhile. Nothing was published; run this again from the new main."
         )
-    if _layout_at(repo, since) not in (None, _layout_at(repo, tip)):
+    before, now = _layout_at(repo, since), _layout_at(repo, tip)
+    if before is not None and (
+        incompatible_changes(before, now) is not None if rebases else before != now
+    ):
         raise PublishError(
             f"main was rebuilt or rechunked since snapshot {since} (its layout changed): this "
             "work was laid out for the old one, and publishing it would undo that. Nothing was "
@@ -151,12 +157,15 @@ def publish(
     work: WorkBranch,
     *,
     replay: Callable[[MainMoved], None],
+    rebases: bool = False,
     max_attempts: int = MAX_PUBLISH_ATTEMPTS,
 ) -> Published:
     """Move ``main`` to the work branch's tip if ``main`` is still where the work began (or
     where the last replay left it), under the dataset's commit lock; otherwise call
-    ``replay(moved)`` to put what landed on ``main`` onto the branch, and try again. The branch
-    is deleted once published. On any failure ``main`` is untouched and the branch is kept."""
+    ``replay(moved)`` to put what landed on ``main`` onto the branch, and try again (``rebases``:
+    the replay starts the branch again from ``moved.tip``, so a rechunk of ``main`` is taken
+    along; `main_moved`). The branch is deleted once published. On any failure ``main`` is
+    untouched and the branch is kept."""
     store = work.store
     repo = store.open()
     expected = work.base
@@ -179,7 +188,7 @@ def publish(
                 )
                 return Published(snapshot, replayed)
         try:
-            moved = main_moved(repo, expected, tip)
+            moved = main_moved(repo, expected, tip, rebases=rebases)
         except PublishError as err:  # which dataset, and which work, for the run's failure
             raise PublishError(f"{store.dataset_id} ({work.purpose}): {err}") from None
         logger.info(
