@@ -236,7 +236,7 @@ def test_a_failed_publish_discards_the_branch_and_leaves_main(core, monkeypatch)
     run = ValidatedWriter(store, spec, vocabulary, run_id="r1")
     run.add(batch_for("2024-01-02"))
 
-    def main_was_reset(work, replay):
+    def main_was_reset(work, replay, **options):
         raise PublishError("main no longer descends from the run's base")
 
     monkeypatch.setattr(publishing, "publish", main_was_reset)
