@@ -198,6 +198,13 @@ def test_keep_last_and_keep_days(synthetic_dataset):
     assert len(verify_dataset(spec.id)) == 6 and all(c.ok for c in verify_dataset(spec.id))
     with pytest.raises(RetentionError, match="keep_days"):
         RetentionPolicy()
+    # Named as the spec and the flags name them, in their units.
+    with pytest.raises(
+        RetentionError, match=r"keep_days \(--keep-days\) must not be negative, not -1$"
+    ):
+        RetentionPolicy.for_dataset(spec, keep_days=-1)
+    with pytest.raises(RetentionError, match=r"grace_minutes \(--grace-minutes\) .* not -5$"):
+        RetentionPolicy.for_dataset(spec, keep_last=1, grace_minutes=-5)
 
 
 def test_expired_snapshots_kept_by_the_grace_are_explained(synthetic_dataset):

@@ -96,11 +96,21 @@ class RetentionPolicy:
                 "--keep-last)"
             )
         if self.keep_last is not None and self.keep_last < 1:
-            raise RetentionError(f"keep_last must be 1 or more, not {self.keep_last}")
-        for name in ("keep_for", "grace", "abandoned_after"):
+            raise RetentionError(
+                f"keep_last (--keep-last) must be 1 or more, not {self.keep_last}: main's tip "
+                "is always kept"
+            )
+        # Named as the spec and the flags name them ("-1 day, 23:55:00" is timedelta's).
+        for name, key, unit in (
+            ("keep_for", "keep_days (--keep-days)", 86400),
+            ("grace", "grace_minutes (--grace-minutes)", 60),
+            ("abandoned_after", "abandoned_days", 86400),
+        ):
             value = getattr(self, name)
             if value is not None and value < timedelta(0):
-                raise RetentionError(f"{name} must not be negative, not {value}")
+                raise RetentionError(
+                    f"{key} must not be negative, not {value.total_seconds() / unit:g}"
+                )
 
     @classmethod
     def for_dataset(
