@@ -190,13 +190,16 @@ def rechunk_dataset(
     store: DatasetStore,
     *,
     chunks: Mapping[str, int] | None = None,
+    description: Description | None = None,
     settings: Settings,
     run_id: str,
     on_stage: Stage | None = None,
 ) -> Rewrite:
     """Give the store's variables the spatial ``chunks`` (``{"y": N, "x": N}``; default: the
     spec's) on a branch, copy every period into them from ``main``, and publish it (see the
-    module). The spec must fit the store but for its chunks (otherwise: `rebuild_dataset`)."""
+    module). The spec must fit the store but for its chunks (otherwise: `rebuild_dataset`): with
+    the provider's ``description`` the whole structure is compared (a grid changed in ``params``
+    too); without it, only what the spec alone decides (`spec_structure`)."""
     requested = dict(chunks or {})
     if unknown := sorted(set(requested) - {"y", "x"}):
         raise RebuildError(
@@ -209,7 +212,7 @@ def rechunk_dataset(
     with _one_rewrite(store):
         group = _laid_out_main(store)
         stored = group.attrs["ref_assets"]["structure"]
-        expected = spec_structure(spec)
+        expected = spec_structure(spec) if description is None else structure(spec, description)
         if changes := incompatible_changes({k: stored.get(k) for k in expected}, expected):
             raise RebuildError(
                 f"{spec.id}: the spec differs from the store in more than its chunks "

@@ -351,6 +351,23 @@ def test_the_command_line_rebuilds_and_rechunks(settings, write_spec, capsys):
     assert document["chunks"] == [4, 6]
 
 
+def test_a_rechunk_refuses_a_grid_changed_in_params(settings, write_spec, capsys):
+    """The grid comes from the provider, not the spec's own fields: the command line asks it."""
+    fields = write_spec()
+    spec = DatasetSpec.model_validate(fields)
+    store = DatasetStore(settings.storage_root, spec.id)
+    write_period(
+        store, fetch_batch(spec, SyntheticProvider(spec), spec.period_for_key(DAYS[0])), run_id="w"
+    )
+    tip = store.open().lookup_branch("main")
+    write_spec(params={**fields["params"], "resolution": 1.0})
+    assert main(["rechunk", spec.id, "--chunks", "y=2,x=3"]) == 2
+    err = capsys.readouterr().err
+    assert "more than its chunks (grid_first_last, grid_shape changed" in err
+    assert f"`ref-assets rebuild {spec.id}` rebuilds the store" in err
+    assert store.open().lookup_branch("main") == tip
+
+
 @pytest.mark.parametrize("purpose", ["rechunk", "rebuild"])
 def test_a_writer_whose_session_began_before_the_publish_writes_the_new_layout_or_nothing(
     stored, settings, monkeypatch, purpose

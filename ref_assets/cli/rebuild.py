@@ -104,11 +104,13 @@ def _rechunk(args: argparse.Namespace) -> int:
 
     spec, store, settings = _dataset(args)
     chunks = parse_chunks(spec.id, args.chunks) if args.chunks else None
+    description = _description(spec, settings)
     result = _reported(
         lambda: rechunk_dataset(
             spec,
             store,
             chunks=chunks,
+            description=description,
             settings=settings,
             run_id=_run_id("rechunk"),
             on_stage=_stages(args),
@@ -116,6 +118,25 @@ def _rechunk(args: argparse.Namespace) -> int:
     )
     y, x = result.chunks
     return _summary(args, result, f"rechunked to chunks y={y}, x={x}", "copied")
+
+
+def _description(spec, settings):
+    """The provider's description of ``spec`` (its grid), for a rechunk to compare the whole
+    structure with the store's; None, said on stderr, when the provider cannot be built here
+    (then only the spec's own fields are compared)."""
+    from ref_assets.providers.protocol import ProviderError
+    from ref_assets.providers.registry import installed_providers
+
+    try:
+        return installed_providers(settings.providers).create(spec).describe()
+    except (ProviderError, OSError) as err:
+        print(
+            f"{spec.id}: warning: the provider cannot describe the grid here ({err}); only the "
+            "spec's own fields are compared with the store, so a grid changed in params is not "
+            "noticed",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _dataset(args: argparse.Namespace):
