@@ -196,10 +196,11 @@ def rechunk_dataset(
     on_stage: Stage | None = None,
 ) -> Rewrite:
     """Give the store's variables the spatial ``chunks`` (``{"y": N, "x": N}``; default: the
-    spec's) on a branch, copy every period into them from ``main``, and publish it (see the
-    module). The spec must fit the store but for its chunks (otherwise: `rebuild_dataset`): with
-    the provider's ``description`` the whole structure is compared (a grid changed in ``params``
-    too); without it, only what the spec alone decides (`spec_structure`)."""
+    spec's; larger than the grid: the grid's, which ``note`` says) on a branch, copy every
+    period into them from ``main``, and publish it (see the module). The spec must fit the store
+    but for its chunks (otherwise: `rebuild_dataset`): with the provider's ``description`` the
+    whole structure is compared (a grid changed in ``params`` too); without it, only what the
+    spec alone decides (`spec_structure`)."""
     requested = dict(chunks or {})
     if unknown := sorted(set(requested) - {"y", "x"}):
         raise RebuildError(
@@ -224,8 +225,10 @@ def rechunk_dataset(
             requested.get("x") or spec.chunks.x,
             stored["grid_shape"],
         )
+        capped = _capped_note(spec.id, requested, target, stored["grid_shape"])
         if list(target) == stored["chunks"]:
             note = f"{spec.id}: the store has chunks y={target[0]}, x={target[1]} already"
+            note += f" ({capped})" if capped else ""
             return _nothing_to_do(store, "rechunk", settings, target, note)
         stage = on_stage or (lambda name: None)
         work = _start(store, "rechunk", settings, run_id, stage)
@@ -268,7 +271,22 @@ def rechunk_dataset(
             annotations=annotations,
             chunks=target,
             stash_cleared=True,
+            note=f"{spec.id}: {capped}" if capped else "",
         )
+
+
+def _capped_note(
+    dataset_id: str, requested: Mapping[str, int], target: tuple[int, int], grid_shape: list[int]
+) -> str:
+    """What to say when chunks asked for (``--chunks``) are larger than the grid, and so capped
+    to it ("" when none is)."""
+    got = dict(zip("yx", target, strict=True))
+    if all(value == got[name] for name, value in requested.items()):
+        return ""
+    asked = ", ".join(f"{name}={value}" for name, value in requested.items())
+    message = f"chunks {asked} capped to the grid: {grid_shape[0]} x {grid_shape[1]}"
+    logger.info("%s: %s", dataset_id, message)
+    return message
 
 
 def parse_chunks(dataset_id: str, text: str) -> dict[str, int]:

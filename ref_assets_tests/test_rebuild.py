@@ -368,6 +368,20 @@ def test_a_rechunk_refuses_a_grid_changed_in_params(settings, write_spec, capsys
     assert store.open().lookup_branch("main") == tip
 
 
+def test_chunks_larger_than_the_grid_are_capped_saying_so(stored, settings, write_spec, capsys):
+    spec, store, _ = stored
+    rechunk_dataset(spec, store, chunks={"y": 2, "x": 3}, settings=settings, run_id="small")
+    result = rechunk_dataset(
+        spec, store, chunks={"y": 100, "x": 100}, settings=settings, run_id="big"
+    )
+    assert variable_array(store).chunks == (1, 8, 12) and result.chunks == (8, 12)
+    assert result.note == "test_t2m: chunks y=100, x=100 capped to the grid: 8 x 12"
+    write_spec()  # the command line reads the spec from the catalogue
+    assert main(["rechunk", spec.id, "--chunks", "y=50,x=12", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "has chunks y=8, x=12 already (chunks y=50, x=12 capped to the grid: 8 x 12)" in out
+
+
 @pytest.mark.parametrize("purpose", ["rechunk", "rebuild"])
 def test_a_writer_whose_session_began_before_the_publish_writes_the_new_layout_or_nothing(
     stored, settings, monkeypatch, purpose
