@@ -164,6 +164,7 @@ def test_json_documents_of_every_data_printing_command(
         "last": "2024-01-03",
         "present": ["2024-01-01", "2024-01-02"],
         "missing": ["2024-01-03"],
+        "structure_changed": [],
     }
 
     assert main(["verify", "test_t2m", "--json"]) == 0

@@ -368,6 +368,25 @@ def test_a_rechunk_refuses_a_grid_changed_in_params(settings, write_spec, capsys
     assert store.open().lookup_branch("main") == tip
 
 
+def test_status_says_when_the_spec_no_longer_fits_the_store(settings, write_spec, capsys):
+    fields = write_spec()
+    spec = DatasetSpec.model_validate(fields)
+    store = DatasetStore(settings.storage_root, spec.id)
+    write_period(
+        store, fetch_batch(spec, SyntheticProvider(spec), spec.period_for_key(DAYS[0])), run_id="w"
+    )
+    assert main(["status", spec.id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["structure_changed"] == []
+    write_spec(variables=[{**fields["variables"][0], "dtype": "float64"}], start="2023-12-01")
+    assert main(["status", spec.id]) == 0
+    assert (
+        "structure: the spec no longer fits the store (start, variables changed): writes are "
+        "refused; `ref-assets rebuild test_t2m` rebuilds the store for it"
+    ) in capsys.readouterr().out
+    assert main(["status", spec.id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["structure_changed"] == ["start", "variables"]
+
+
 def test_chunks_larger_than_the_grid_are_capped_saying_so(stored, settings, write_spec, capsys):
     spec, store, _ = stored
     rechunk_dataset(spec, store, chunks={"y": 2, "x": 3}, settings=settings, run_id="small")

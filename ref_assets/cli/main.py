@@ -182,7 +182,9 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         summary="list present and missing periods of a dataset",
         description="Read the dataset's store (not Dagster's event log) and list which periods "
-        "of a range it holds.\n\nThe range defaults to the dataset's start and its last period.",
+        "of a range it holds, and whether the spec still fits the store (the fields that "
+        "changed, and `ref-assets rebuild`; other chunks, and `ref-assets rechunk`).\n\nThe "
+        "range defaults to the dataset's start and its last period.",
         examples=[
             "ref-assets status demo_air_temperature --start 2024-01-01 --end 2024-01-31",
             "ref-assets status era5_land_east_africa --start 2024-01-01T00:00 --json",
@@ -344,6 +346,8 @@ def _status(args: argparse.Namespace) -> int:
     end = spec.period_for_key(args.end).start if spec and args.end else (spec.end if spec else None)
     status = dataset_status(args.dataset, start=start, end=end, settings=settings)
     location = DatasetStore(settings.storage_root, args.dataset).location
+    stored = _stored_structure(args.dataset, settings) if spec is not None else None
+    changed = _structure_changes(spec, stored) if stored else []
     if args.json:
         print_json(
             {
@@ -353,6 +357,7 @@ def _status(args: argparse.Namespace) -> int:
                 "last": status.last.key if status.last else None,
                 "present": status.present.keys(),
                 "missing": status.missing.keys(),
+                "structure_changed": changed,
             }
         )
         return 0
@@ -366,23 +371,43 @@ def _status(args: argparse.Namespace) -> int:
     )
     print(f"present: {_ranges(status.present)}")
     print(f"missing: {_ranges(status.missing)}")
-    if spec is not None and (note := _chunks_note(spec, settings)):
+    if changed:
+        print(
+            f"structure: the spec no longer fits the store ({', '.join(changed)} changed): "
+            f"writes are refused; `ref-assets rebuild {spec.id}` rebuilds the store for it"
+        )
+    if stored and (note := _chunks_note(spec, stored)):
         print(note)
     return 0
 
 
-def _chunks_note(spec: DatasetSpec, settings) -> str | None:
-    """A line when the store's spatial chunks differ from the spec's (writes go into the
-    store's; `ref-assets rechunk` changes them)."""
+def _stored_structure(dataset_id: str, settings) -> dict | None:
+    """The structure the store was laid out with (None: no layout yet)."""
     from ref_assets.store import reader as store_reader
-    from ref_assets.store.layout import open_laid_out_root, spatial_chunks
+    from ref_assets.store.layout import open_laid_out_root
     from ref_assets.store.repository import DatasetStore
 
-    store = DatasetStore(settings.storage_root, spec.id)
+    store = DatasetStore(settings.storage_root, dataset_id)
     group = open_laid_out_root(store_reader.session_for(store).store)
-    if group is None:
-        return None
-    structure = group.attrs["ref_assets"]["structure"]
+    return None if group is None else group.attrs["ref_assets"]["structure"]
+
+
+def _structure_changes(spec: DatasetSpec, stored: dict) -> list[str]:
+    """The fields the spec alone decides (`layout.spec_structure`: no provider call, so status
+    stays fast) in which it differs from the store; the grid, which only the provider knows, is
+    not compared, and the chunks have their own line."""
+    from ref_assets.store.layout import incompatible_changes, spec_structure
+
+    expected = spec_structure(spec)
+    changes = incompatible_changes({k: stored.get(k) for k in expected}, expected)
+    return changes[0].split(", ") if changes else []
+
+
+def _chunks_note(spec: DatasetSpec, structure: dict) -> str | None:
+    """A line when the store's spatial chunks differ from the spec's (writes go into the
+    store's; `ref-assets rechunk` changes them)."""
+    from ref_assets.store.layout import spatial_chunks
+
     stored = tuple(structure["chunks"])
     wanted = spatial_chunks(spec.chunks.y, spec.chunks.x, structure["grid_shape"])
     if stored == wanted:
