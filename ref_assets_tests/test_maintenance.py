@@ -96,6 +96,24 @@ def test_a_release_opens_its_own_data_not_mains_later_data(revised):
         tag(store, "v3", snapshot="0" * 20)
 
 
+def test_a_snapshot_never_published_is_tagged_only_when_forced(revised, write_spec, capsys):
+    spec, store, keys = revised
+    work = start_work(store, "publish", run_id="refused")
+    write_period(store, revision(9)(keys[0]), run_id="refused", branch=work.branch)
+    unpublished = store.open().lookup_branch(work.branch)
+    with pytest.raises(ReleaseError, match=rf"never published.*work branch {work.branch} only"):
+        tag(store, "v2", snapshot=unpublished)
+    assert [r.name for r in releases(store)] == ["v1"]
+    write_spec()
+    assert cli(["tag", spec.id, "v2", "--snapshot", unpublished]) == 2
+    assert "give --force to tag it anyway" in capsys.readouterr().err
+    assert cli(["tag", spec.id, "v2", "--snapshot", unpublished, "--force"]) == 0
+    assert resolve(store, "v2") == unpublished
+    # A release's snapshot, off main's history after a rebuild say, may be tagged again.
+    assert tag(store, "v2-again", snapshot=unpublished).snapshot == unpublished
+    assert tag(store, "v0", snapshot=main_history(store)[-2]).name == "v0"
+
+
 def test_after_maintenance_periods_verify_releases_open_and_bytes_shrink_as_reported(revised):
     spec, store, keys = revised
     tagged = values(spec.id, keys[1], tag="v1")

@@ -1,6 +1,7 @@
 """``ref-assets tag | maintain``: releases people can cite, and the store's retention.
 
-ref-assets tag DATASET NAME [--snapshot ID]      # release NAME: main's tip (or a snapshot)
+ref-assets tag DATASET NAME [--snapshot ID]      # release NAME: main's tip (or a snapshot of
+                                                 # main's history; --force: any)
 ref-assets tag DATASET --list                    # every release, its snapshot and time
 ref-assets maintain DATASET [--keep-days N] [--keep-last N] [--dry-run]
 """
@@ -19,7 +20,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         summary="name a snapshot of a dataset's store as a release (immutable), or list them",
         description="Tag main's tip (or --snapshot) as release NAME: `open_dataset(DATASET, "
         "tag=NAME)` and `ref-assets verify DATASET --tag NAME` read it whatever main holds "
-        "later, and maintenance never expires it. A name is never reused nor moved. --list "
+        "later, and maintenance never expires it. A name is never reused nor moved. A "
+        "--snapshot must be in main's history (or a release's): one only a work branch holds "
+        "was never published and is refused unless --force. --list "
         "shows every release with its snapshot and when that snapshot was written.",
         examples=[
             "ref-assets tag demo_air_temperature v2024.1",
@@ -30,6 +33,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("name", nargs="?", help="the release's name (letters, digits, . - _)")
     parser.add_argument("--snapshot", metavar="ID", help="tag this snapshot (default: main's tip)")
     parser.add_argument("--list", action="store_true", help="list the releases")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="tag --snapshot even if it was never published (not in main's history nor a "
+        "release's: a work branch's)",
+    )
     parser.set_defaults(handler=tag)
 
     parser = add_command(
@@ -86,7 +95,9 @@ def tag(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise CommandError("give the release's NAME, or --list")
-    release = releases.tag(store, args.name, args.snapshot)
+    if args.force and not args.snapshot:
+        raise CommandError("--force goes with --snapshot (main's tip is published already)")
+    release = releases.tag(store, args.name, args.snapshot, force=args.force)
     if args.json:
         print_json({"dataset": args.dataset, **_release(release)})
     else:

@@ -37,9 +37,13 @@ class Release:
     message: str
 
 
-def tag(store: DatasetStore, name: str, snapshot: str | None = None) -> Release:
+def tag(
+    store: DatasetStore, name: str, snapshot: str | None = None, *, force: bool = False
+) -> Release:
     """Tag ``snapshot`` (default: ``main``'s tip) as release ``name``. An invalid or existing
-    name is refused (releases are immutable), as is a snapshot the store does not hold."""
+    name is refused (releases are immutable), as is a snapshot the store does not hold, and,
+    unless ``force``, one that was never published: neither in ``main``'s history nor another
+    release's (a work branch's, holding perhaps periods a validated run refused)."""
     if not TAG_NAME.fullmatch(name):
         raise ReleaseError(
             f"{store.dataset_id}: {name!r} is not a valid release name: use up to 100 letters, "
@@ -56,6 +60,8 @@ def tag(store: DatasetStore, name: str, snapshot: str | None = None) -> Release:
             )
         target = snapshot or repo.lookup_branch("main")
         info = _snapshot_info(store, repo, target)
+        if snapshot and not force:
+            _check_published(store, repo, target)
         repo.create_tag(name, target)
     return Release(name, target, info.written_at, info.message)
 
@@ -94,3 +100,25 @@ def _snapshot_info(store: DatasetStore, repo: ic.Repository, snapshot: str) -> i
             f"{store.dataset_id}: the store holds no snapshot {snapshot!r} (it may have been "
             "expired by maintenance); `ref-assets tag DATASET NAME` tags main's tip"
         ) from None
+
+
+def _check_published(store: DatasetStore, repo: ic.Repository, snapshot: str) -> None:
+    """Refuse a snapshot readers of ``main`` never saw: in neither ``main``'s history nor a
+    release. Such a snapshot is a work branch's (a rebuild's, a validated run's whose periods
+    may have failed their checks), and a release of it would publish data nobody published."""
+    if snapshot in {info.id for info in repo.ancestry(branch="main")}:
+        return
+    if snapshot in {repo.lookup_tag(tag) for tag in repo.list_tags()}:
+        return
+    holders = [
+        branch
+        for branch in sorted(repo.list_branches() - {"main"})
+        if snapshot in {info.id for info in repo.ancestry(branch=branch)}
+    ]
+    where = f"it is on work branch {', '.join(holders)} only" if holders else "no branch holds it"
+    raise ReleaseError(
+        f"{store.dataset_id}: snapshot {snapshot} was never published: it is not in main's "
+        f"history nor a release's ({where}), so it may hold periods that were never checked or "
+        "that a validated run refused. Tag a snapshot of main's history (`ref-assets tag "
+        f"{store.dataset_id} NAME` tags main's tip), or give --force to tag it anyway"
+    )
