@@ -330,19 +330,39 @@ def test_the_maintenance_schedule_runs_its_job(write_spec, settings, materialize
     metadata = observation.metadata
     assert metadata["maintenance/bytes_deleted"].value > 0
     assert metadata["maintenance/snapshots_expired"].value >= 1
-    store_report, copy_report = metadata["maintenance/reports"].value
+    copy_report = metadata["maintenance/reports"].value[1]
     assert copy_report["repository"] == "test_t2m.timeseries"
     assert len(copy_history) == 3 and len(main_history(timeseries_store(store))) == 2
     assert copy_report["expired_snapshots"] and copy_report["bytes_deleted"] > 0
-    assert store_report["bytes_deleted"] + copy_report["bytes_deleted"] == (
-        metadata["maintenance/bytes_deleted"].value
-    )
+    for name, total in [
+        ("bytes_deleted", metadata["maintenance/bytes_deleted"].value),
+        ("chunks_deleted", metadata["maintenance/chunks_deleted"].value),
+        ("expired_snapshots", metadata["maintenance/snapshots_expired"].value),
+    ]:  # every number counts the store and its copy alike
+        counts = [
+            r[name] if isinstance(r[name], int) else len(r[name])
+            for r in metadata["maintenance/reports"].value
+        ]
+        assert sum(counts) == total, name
     assert all(check.ok for check in verify_dataset("test_t2m"))
     assert all(check.ok for check in verify_timeseries("test_t2m"))
     # A dataset not materialized yet: its scheduled run succeeds, with nothing to observe.
     unborn = defs.get_job_def("maintain_weekday").execute_in_process(instance=instance)
     assert unborn.success
     assert not [e for e in unborn.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+
+
+def test_the_maintenance_job_logs_the_reports_notes(write_spec, settings, instance):
+    write_spec(retention={"keep_last": 1})  # expired, but within the grace: a note says so
+    spec = load_catalog(settings).get("test_t2m")
+    store = DatasetStore(settings.storage_root, spec.id)
+    write_period(store, revision(1)("2024-01-01"), run_id="w")
+    result = (
+        build_definitions().get_job_def("maintain_test_t2m").execute_in_process(instance=instance)
+    )
+    assert result.success
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(m.startswith("test_t2m: note: 1 of the 1 expired snapshots were") for m in messages)
 
 
 def test_maintenance_beside_a_writer_loses_no_commit(synthetic_dataset):
