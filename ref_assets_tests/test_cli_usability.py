@@ -114,6 +114,51 @@ def _json(capsys) -> dict | list:
     return json.loads(capsys.readouterr().out)
 
 
+UNKNOWN_ID_COMMANDS = [
+    ["annotate", "nope"],
+    ["annotate", "nope", "--label", "x"],
+    ["annotate", "nope", "--from-spec"],
+    ["annotate", "nope", "--stash", "save"],
+    ["tag", "nope", "v1"],
+    ["tag", "nope", "--list"],
+    ["status", "nope"],
+    ["materialize", "nope", "--start", "2024-01-01"],
+    ["maintain", "nope", "--keep-last", "1"],
+    ["verify", "nope"],
+    ["provenance", "nope", "2024-01-01"],
+    ["provenance", "export", "nope", "out.jsonl"],
+    ["reproduce", "nope", "2024-01-01"],
+    ["rebuild", "nope"],
+    ["rechunk", "nope"],
+    ["timeseries", "nope"],
+]
+
+
+@pytest.mark.parametrize("command", UNKNOWN_ID_COMMANDS, ids=" ".join)
+def test_every_command_answers_an_unknown_dataset_alike(settings, write_spec, capsys, command):
+    write_spec()
+    assert main(command) == 2
+    known = "(known: demo_air_temperature, test_t2m)"
+    assert capsys.readouterr().err == f"ref-assets: error: no dataset 'nope' {known}\n"
+
+
+def test_a_store_that_outlived_its_spec_is_still_read(settings, write_spec, capsys):
+    from ref_assets.batch import fetch_batch
+    from ref_assets.catalog import load_catalog
+    from ref_assets.providers.synthetic import SyntheticProvider
+    from ref_assets.store.repository import DatasetStore
+
+    write_spec()
+    spec = load_catalog(settings).get("test_t2m")
+    batch = fetch_batch(spec, SyntheticProvider(spec), spec.period_for_key("2024-01-01"))
+    write_period(DatasetStore(settings.storage_root, spec.id), batch, run_id="w")
+    (settings.user_spec_dir / "test_t2m.yaml").unlink()
+    for command in (["tag", "test_t2m", "v1"], ["verify", "test_t2m", "-q"], ["annotate", spec.id]):
+        assert main(command) == 0, command
+    assert main(["maintain", "test_t2m", "--keep-last", "1"]) == 2  # its retention is the spec's
+    assert "no dataset 'test_t2m'" in capsys.readouterr().err
+
+
 def test_json_documents_of_every_data_printing_command(
     settings, write_spec, tmp_path, monkeypatch, capsys
 ):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ref_assets.cli.common import CommandError, add_command, print_json
+from ref_assets.cli.common import CommandError, add_command, dataset_spec, print_json
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -69,6 +69,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def annotate(args: argparse.Namespace) -> int:
     from ref_assets import annotations
+    from ref_assets.config import load_settings
+
+    dataset_spec(args.dataset, load_settings(), store_may_outlive_spec=not args.from_spec)
 
     attributes = {}
     for item in args.attr:
@@ -109,11 +112,10 @@ def annotate(args: argparse.Namespace) -> int:
 
 def _from_spec(args: argparse.Namespace) -> int:
     from ref_assets.annotations import refresh_from_spec
-    from ref_assets.catalog import load_catalog
     from ref_assets.config import load_settings
 
     settings = load_settings()
-    spec = load_catalog(settings).get(args.dataset)
+    spec = dataset_spec(args.dataset, settings)
     receipt = refresh_from_spec(spec, by=args.by, settings=settings)
     if args.json:
         print_json(

@@ -5,6 +5,7 @@
 - `json_output` and `print_json`: a ``--json`` command prints exactly one JSON document on stdout
   (keys fixed per command, whatever the data); anything else goes to stderr.
 - `CommandError`: a failure shown as one line without a traceback.
+- `dataset_spec`: a DATASET argument checked against the catalogue, the same way by every command.
 
 This module imports nothing heavy: ``ref-assets --help`` and ``--version`` build every parser.
 """
@@ -18,7 +19,11 @@ import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from ref_assets.config import Settings
+    from ref_assets.specs import DatasetSpec
 
 
 class CommandError(Exception):
@@ -113,3 +118,22 @@ def print_json(document: Any) -> None:
     stream = _json_stdout.get() or sys.stdout
     stream.write(json.dumps(document, indent=2) + "\n")
     stream.flush()
+
+
+def dataset_spec(
+    dataset_id: str, settings: Settings, *, store_may_outlive_spec: bool = False
+) -> DatasetSpec | None:
+    """The spec of a command's DATASET, checked against the catalogue first so that every
+    command answers an unknown id alike: ``no dataset 'x' (known: ...)`` (`UnknownDatasetError`),
+    rather than a store's "no store ... materialize first". With ``store_may_outlive_spec`` (a
+    command that reads or annotates the store alone), an id the catalogue lacks whose store
+    exists is still a dataset: None, no spec."""
+    from ref_assets.catalog import load_catalog
+
+    catalog = load_catalog(settings)
+    if dataset_id not in catalog.specs and store_may_outlive_spec:
+        from ref_assets.store.repository import DatasetStore
+
+        if DatasetStore(settings.storage_root, dataset_id).exists():
+            return None
+    return catalog.get(dataset_id)

@@ -41,6 +41,7 @@ from ref_assets.cli.common import (
     HelpFormatter,
     add_command,
     add_quiet,
+    dataset_spec,
     json_output,
     print_json,
     wants_progress,
@@ -335,13 +336,13 @@ def _status(args: argparse.Namespace) -> int:
     from ref_assets.reader import dataset_status
     from ref_assets.store.repository import DatasetStore
 
-    spec = _catalog().specs.get(args.dataset)
+    settings = load_settings()
+    spec = dataset_spec(args.dataset, settings, store_may_outlive_spec=True)
     if spec is None and (args.start or args.end):
         raise CommandError(
             f"{args.dataset}: no spec is loaded for this dataset, so --start/--end cannot be read; "
             "run without them to see the whole store"
         )
-    settings = load_settings()
     start = spec.period_for_key(args.start).start if spec and args.start else None
     end = spec.period_for_key(args.end).start if spec and args.end else (spec.end if spec else None)
     status = dataset_status(args.dataset, start=start, end=end, settings=settings)
@@ -460,11 +461,12 @@ def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from ref_assets.cli.progress import Progress
+    from ref_assets.config import load_settings
     from ref_assets.definitions import build_definitions
     from ref_assets.defs.assets import range_run_tags
     from ref_assets.store.writer import observing_commits
 
-    spec = _catalog().get(args.dataset)
+    spec = dataset_spec(args.dataset, load_settings())
     periods = _period_range(spec, args.start, args.end)
     if os.environ.get("DAGSTER_HOME"):
         _init_instance()  # other runs may be starting on a new instance too

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ref_assets.cli.common import CommandError, add_command, print_json
+from ref_assets.cli.common import CommandError, add_command, dataset_spec, print_json
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -81,7 +81,9 @@ def tag(args: argparse.Namespace) -> int:
     from ref_assets.store import releases
     from ref_assets.store.repository import DatasetStore
 
-    store = DatasetStore(load_settings().storage_root, args.dataset)
+    settings = load_settings()
+    dataset_spec(args.dataset, settings, store_may_outlive_spec=True)
+    store = DatasetStore(settings.storage_root, args.dataset)
     if args.list:
         if args.name or args.snapshot:
             raise CommandError("--list takes no release name nor --snapshot")
@@ -118,13 +120,12 @@ def _release(release) -> dict:
 
 
 def maintain(args: argparse.Namespace) -> int:
-    from ref_assets.catalog import load_catalog
     from ref_assets.config import load_settings
     from ref_assets.store.maintenance import RetentionPolicy, maintain_dataset
     from ref_assets.store.repository import DatasetStore
 
     settings = load_settings()
-    spec = load_catalog(settings).get(args.dataset)
+    spec = dataset_spec(args.dataset, settings)
     policy = RetentionPolicy.for_dataset(
         spec,
         keep_days=args.keep_days,

@@ -17,6 +17,7 @@ from ref_assets.cli.common import (
     CommandError,
     add_command,
     add_quiet,
+    dataset_spec,
     print_json,
     wants_progress,
 )
@@ -104,6 +105,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def provenance(args: argparse.Namespace) -> int:
+    from ref_assets.config import load_settings
     from ref_assets.provenance import export_records, read_provenance
     from ref_assets.secrets import redact
 
@@ -111,6 +113,7 @@ def provenance(args: argparse.Namespace) -> int:
         if len(args.words) != 3:
             raise CommandError("usage: ref-assets provenance export DATASET DEST")
         _, dataset_id, destination = args.words
+        dataset_spec(dataset_id, load_settings(), store_may_outlive_spec=True)
         count = export_records(dataset_id, destination)
         if args.json:
             print_json(
@@ -121,6 +124,7 @@ def provenance(args: argparse.Namespace) -> int:
         return 0
     if len(args.words) != 2:
         raise CommandError("usage: ref-assets provenance DATASET PERIOD [--json]")
+    dataset_spec(args.words[0], load_settings(), store_may_outlive_spec=True)
     record = read_provenance(*args.words)
     if args.json:
         print_json(record.model_dump(mode="json", exclude_none=True))
@@ -175,7 +179,9 @@ def verify(args: argparse.Namespace) -> int:
     from ref_assets.store.timeseries import timeseries_store
     from ref_assets.verification import verify_dataset, verify_timeseries
 
-    store = DatasetStore(load_settings().storage_root, args.dataset)
+    settings = load_settings()
+    dataset_spec(args.dataset, settings, store_may_outlive_spec=True)
+    store = DatasetStore(settings.storage_root, args.dataset)
     snapshot = None
     if args.tag:
         from ref_assets.store.releases import resolve
@@ -266,13 +272,12 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def reproduce(args: argparse.Namespace) -> int:
-    from ref_assets.catalog import load_catalog
     from ref_assets.config import load_settings
     from ref_assets.providers.registry import installed_providers
     from ref_assets.verification import reproduce_period
 
     settings = load_settings()
-    spec = load_catalog(settings).get(args.dataset)
+    spec = dataset_spec(args.dataset, settings)
     result = reproduce_period(
         spec, installed_providers(settings.providers), args.period, settings=settings
     )

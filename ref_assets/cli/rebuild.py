@@ -18,6 +18,7 @@ from ref_assets.cli.common import (
     CommandError,
     add_command,
     add_quiet,
+    dataset_spec,
     print_json,
     wants_progress,
 )
@@ -140,12 +141,11 @@ def _description(spec, settings):
 
 
 def _dataset(args: argparse.Namespace):
-    from ref_assets.catalog import load_catalog
     from ref_assets.config import load_settings
     from ref_assets.store.repository import DatasetStore
 
     settings = load_settings()
-    spec = load_catalog(settings).get(args.dataset)
+    spec = dataset_spec(args.dataset, settings)
     return spec, DatasetStore(settings.storage_root, spec.id), settings
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ref_assets.cli.common import CommandError, add_command, print_json
+from ref_assets.cli.common import CommandError, add_command, dataset_spec, print_json
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -35,7 +35,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def update(args: argparse.Namespace) -> int:
-    from ref_assets.catalog import load_catalog
     from ref_assets.config import load_settings
     from ref_assets.periods import Period
     from ref_assets.store.layout import StoreLayoutError
@@ -43,7 +42,7 @@ def update(args: argparse.Namespace) -> int:
     from ref_assets.store.timeseries import timeseries_store, update_timeseries
 
     settings = load_settings()
-    spec = load_catalog(settings).get(args.dataset)
+    spec = dataset_spec(args.dataset, settings)
     indices = None
     if args.start or args.end:
         first, stop = 0, None  # defaults: the first period; the newest stored one
