@@ -64,8 +64,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Recreate the variables with other spatial chunks on a branch, copy every "
         "period from main (values and records unchanged, so every checksum stays valid), "
         "verify them and publish the branch as rebuild does. Without --chunks, the spec's "
-        "chunks. Along time a chunk is always one period (runs write distinct periods at "
-        "once); for long series at points, give the spec a `timeseries` section.",
+        "chunks; chunks larger than the grid are capped to it, saying so. The spec must fit "
+        "the store but for its chunks: the provider is asked for the grid, and a spec that "
+        "differs otherwise (a grid changed in params too) is refused, naming rebuild. Along "
+        "time a chunk is always one period (runs write distinct periods at once); for long "
+        "series at points, give the spec a `timeseries` section.",
         examples=[
             "ref-assets rechunk demo_air_temperature --chunks y=50,x=50",
             "ref-assets rechunk demo_air_temperature",
