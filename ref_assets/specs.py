@@ -243,6 +243,18 @@ class RunSpec(_Strict):
     fetch_workers: int = Field(
         default=2, gt=0, le=32, description="periods fetched at once within a run"
     )
+    pool: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="the Dagster pool of the dataset's fetch steps: datasets sharing a pool "
+        "share its limit (default: the provider's name, one pool per upstream)",
+    )
+    pool_limit: int | None = Field(
+        default=None,
+        gt=0,
+        description="at most this many fetch steps of the pool at once, each fetching "
+        "`fetch_workers` periods (default: the provider's `pool_limit`; none: unlimited)",
+    )
     commit_every: int = Field(default=32, gt=0, description="periods per commit within a run")
     commit_seconds: float = Field(
         default=30.0, gt=0, description="commit at least this often within a run"

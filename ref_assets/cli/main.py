@@ -4,7 +4,8 @@ ref-assets datasets                                  # the datasets and any brok
 ref-assets template [NAME]                           # example specs to start a dataset from
 ref-assets status DATASET [--start P] [--end P]      # present and missing periods
 ref-assets materialize DATASET --start P [--end P]   # run partitions with the Dagster instance
-ref-assets instance init                             # create the Dagster instance of DAGSTER_HOME
+ref-assets backfill DATASET --start P [--end P]     # queue a backfill for the Dagster daemon
+ref-assets instance init [--mode M]                  # create the Dagster instance of DAGSTER_HOME
 ref-assets config show|validate|set KEY VALUE        # the effective configuration
 ref-assets providers list|prune [--dry-run]          # declared providers and their state
 ref-assets provenance DATASET PERIOD | export DATASET DEST   # period records
@@ -243,11 +244,44 @@ def _parser() -> argparse.ArgumentParser:
         summary="create the instance (dagster.yaml and every storage) once, under a lock; safe "
         "to repeat",
         description="Create the instance once, under a file lock: write ref_assets' dagster.yaml "
-        "if there is none, and create the run, event-log and schedule storage with every "
-        "table, so that runs started at once on a new DAGSTER_HOME do not race creating them.",
-        examples=["DAGSTER_HOME=/srv/dagster ref-assets instance init"],
+        "for --mode if there is none, and create the run, event-log and schedule storage with "
+        "every table, so that runs started at once on a new DAGSTER_HOME do not race creating "
+        "them. Then give each dataset pool its limit (`runs.pool_limit`, else the provider's).\n\n"
+        "Modes: local (SQLite in DAGSTER_HOME, runs as local subprocesses), production "
+        "(PostgreSQL from DAGSTER_PG_HOST, _PORT, _USER, _PASSWORD, _DB; queued runs limited per "
+        "dataset and provider), cluster (production, each run in its own Docker container).",
+        examples=[
+            "DAGSTER_HOME=/srv/dagster ref-assets instance init",
+            "DAGSTER_HOME=/srv/dagster DAGSTER_PG_HOST=db ... ref-assets instance init --mode "
+            "production",
+        ],
+    )
+    init.add_argument(
+        "--mode",
+        choices=["local", "production", "cluster"],
+        help="the deployment mode whose dagster.yaml to write when there is none (default: "
+        "local); an existing one of another mode is an error, never replaced",
     )
     init.set_defaults(handler=_instance_init)
+
+    backfill = add_command(
+        commands,
+        "backfill",
+        summary="queue a backfill of --start..--end for the Dagster daemon, tagged for the "
+        "instance's run limits",
+        description="Queue a backfill of the dataset's partitions --start..--end in the instance "
+        "of DAGSTER_HOME; the daemon (`dagster-daemon run`, or `./dev ui`) cuts it into runs of "
+        "`runs.max_partitions_per_run` periods and launches them as the run queue, the per-"
+        "dataset and per-provider limits and the provider's pool allow. Prints the backfill id; "
+        "the UI shows its progress.",
+        examples=[
+            "ref-assets backfill chirps3_east_africa --start 2024-01-01 --end 2024-12-31",
+        ],
+    )
+    backfill.add_argument("dataset", help="a dataset id (see `ref-assets datasets`)")
+    backfill.add_argument("--start", required=True, metavar="PERIOD", help="first period")
+    backfill.add_argument("--end", metavar="PERIOD", help="last period (default: --start)")
+    backfill.set_defaults(handler=_backfill)
 
     config_cli.add_commands(commands)
     provenance_cli.add_commands(commands)
@@ -427,26 +461,41 @@ def _ranges(periods: PeriodRanges) -> str:
     return ", ".join(a if a == b else f"{a}..{b}" for a, b in runs)
 
 
-def _init_instance():
-    """The instance of DAGSTER_HOME, created if need be (an `InstanceReport`)."""
+def _init_instance(mode: str | None = None, with_pools: bool = False):
+    """The instance of DAGSTER_HOME, created if need be (an `InstanceReport`); with
+    ``with_pools``, every dataset pool gets its limit."""
+    from ref_assets.config import load_settings
     from ref_assets.defs.instance_init import InstanceInitError, dagster_home, init_instance
+    from ref_assets.pools import configured_pools
 
+    pools = configured_pools(load_settings()) if with_pools else ()
     try:
-        return init_instance(dagster_home())
+        return init_instance(dagster_home(), mode, pools)
     except InstanceInitError as err:
         raise CommandError(str(err)) from None
 
 
 def _instance_init(args: argparse.Namespace) -> int:
-    report = _init_instance()
-    config = "written (ref_assets' defaults)" if report.config_written else "kept"
+    report = _init_instance(args.mode, with_pools=True)
+    config = f"written ({report.mode} mode)" if report.config_written else f"kept ({report.mode})"
     if args.json:
         print_json(
             {
                 "home": str(report.home),
                 "config_file": str(report.home / "dagster.yaml"),
                 "config_written": report.config_written,
+                "mode": report.mode,
                 "storages": list(report.storages),
+                "pools": [
+                    {
+                        "pool": pool.pool,
+                        "limit": pool.limit,
+                        "origin": pool.origin,
+                        "datasets": list(pool.datasets),
+                    }
+                    for pool in report.pools
+                ],
+                "pools_changed": list(report.pools_changed),
             }
         )
         return 0
@@ -454,6 +503,29 @@ def _instance_init(args: argparse.Namespace) -> int:
     print(f"  {report.home / 'dagster.yaml'}: {config}")
     for storage in report.storages:
         print(f"  {storage}")
+    for pool in report.pools:
+        limit = "unlimited" if pool.limit is None else f"{pool.limit} at once ({pool.origin})"
+        print(f"  pool {pool.pool}: {limit}; {', '.join(pool.datasets)}")
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from ref_assets.defs.backfills import submit_backfill
+
+    spec = _catalog().get(args.dataset)
+    periods = _period_range(spec, args.start, args.end)
+    _init_instance()
+    with dg.DagsterInstance.get() as instance:
+        backfill = submit_backfill(instance, spec, periods[0].key, periods[-1].key)
+    if args.json:
+        print_json({"dataset": spec.id, "periods": len(periods), "backfill_id": backfill.backfill_id})
+    else:
+        print(
+            f"{spec.id} {periods[0].key}..{periods[-1].key} ({len(periods)} periods): backfill "
+            f"{backfill.backfill_id} queued; the daemon runs it (UI: /runs/b/{backfill.backfill_id})"
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ from ref_assets.defs.io_manager import IcechunkIOManager, materialization, not_p
 from ref_assets.defs.metadata import dataset_metadata, source_asset_key
 from ref_assets.defs.resources import PackagedFilesResource, ProviderRegistryResource
 from ref_assets.periods import Period, last_complete_period
+from ref_assets.pools import dataset_pool
 from ref_assets.preview import PreviewStyle
 from ref_assets.provenance import code_version
 from ref_assets.providers.protocol import Provider
@@ -194,6 +195,9 @@ def build_dataset_asset(
                 else dg.BackfillPolicy.single_run()
             ),
             group_name=spec.group,
+            # One pool per upstream (`ref_assets.pools`): its limit, set in the instance by
+            # `ref-assets instance init`, caps the fetches that hit the source at once.
+            pool=dataset_pool(spec),
             owners=spec.owners,
             tags=spec.tags,
             kinds={"icechunk", "xarray"},

@@ -14,7 +14,14 @@ with two alembic heads. `init_instance` creates everything once, under a file lo
   (``schedules/schedules.db``), each opened and queried once. The event log's per-run databases
   are created by each run for its own id, which no other process shares, so they do not race.
 
-It is idempotent: on an existing instance it only opens and queries the storages.
+It is idempotent: on an existing instance it only opens and queries the storages, and sets the
+pools' limits (`ref_assets.pools`) where they differ from the specs'.
+
+Deployment modes (`MODES`) choose the config written: ``local`` is the packaged ``dagster.yaml``
+(SQLite in ``DAGSTER_HOME``, runs as subprocesses of the daemon), ``production`` replaces its
+storage by PostgreSQL and adds run limits per dataset and provider (``data/instance/
+production.yaml``), ``cluster`` adds to that a run launcher putting each run in its own container
+(``data/instance/cluster.yaml``). An overlay's top-level keys replace the base's, comments kept.
 
 >>> report = init_instance(Path("/srv/dagster"))  # doctest: +SKIP
 >>> report.config_written  # doctest: +SKIP
@@ -24,7 +31,7 @@ False
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,11 +40,19 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 
 from ref_assets.files import atomic_write_bytes
+from ref_assets.pools import PoolLimit
 
 if TYPE_CHECKING:
     import dagster as dg
 
 CONFIG_FILE_NAME = "dagster.yaml"
+# Each mode's overlays on the packaged dagster.yaml, in order (`instance_config`).
+MODES: dict[str, tuple[str, ...]] = {
+    "local": (),
+    "production": ("production.yaml",),
+    "cluster": ("production.yaml", "cluster.yaml"),
+}
+MODE_HEADER = "# ref_assets instance mode: "
 LOCK_FILE_NAME = ".ref_assets_instance.lock"
 # Creating a fresh SQLite instance takes about a second; a minute means the holder is stuck.
 LOCK_TIMEOUT_SECONDS = 60.0
@@ -54,6 +69,9 @@ class InstanceReport:
     home: Path
     config_written: bool
     storages: tuple[str, ...]  # the storage classes opened, e.g. "runs: SqliteRunStorage"
+    mode: str  # a key of MODES, or "custom" for a config `instance_config` did not write
+    pools: tuple[PoolLimit, ...] = ()
+    pools_changed: tuple[str, ...] = ()  # the pools whose limit this call set or removed
 
 
 def dagster_home(environ: Mapping[str, str] = os.environ) -> Path:
@@ -67,8 +85,58 @@ def dagster_home(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(value).expanduser().absolute()
 
 
-def init_instance(home: Path) -> InstanceReport:
-    """Create the instance in ``home`` if needed (config and every storage), under a file lock."""
+def instance_config(mode: str) -> str:
+    """The ``dagster.yaml`` text of ``mode``: the packaged config with the mode's overlays,
+    each overlay's top-level keys (and the comments above them) replacing the base's."""
+    if mode not in MODES:
+        raise InstanceInitError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    data = resources.files("ref_assets").joinpath("data")
+    blocks = _top_level_blocks(data.joinpath(CONFIG_FILE_NAME).read_text())
+    for overlay in MODES[mode]:
+        blocks.update(_top_level_blocks(data.joinpath("instance", overlay).read_text()))
+    body = "\n".join(block.rstrip("\n") + "\n" for block in blocks.values())
+    return f"{MODE_HEADER}{mode} (written by `ref-assets instance init --mode {mode}`)\n{body}"
+
+
+def _top_level_blocks(text: str) -> dict[str, str]:
+    """``text`` cut at its top-level keys, in order: each block holds the comments above its key
+    (the file's leading comment goes with the first key), the key and its indented lines."""
+    blocks: dict[str, str] = {}
+    leading: list[str] = []
+    key = None
+    for line in text.splitlines(keepends=True):
+        if line[:1].isalnum() or line[:1] == "_":
+            key = line.split(":", 1)[0].strip()
+            blocks[key] = "".join(leading) + line
+            leading = []
+        elif key is None or line.startswith("#") or (leading and not line.strip()):
+            leading.append(line)
+        else:  # indented, or a blank line ending a block
+            blocks[key] += line
+    if leading and key is not None:
+        blocks[key] += "".join(leading)
+    return blocks
+
+
+def config_mode(text: str) -> str:
+    """The mode a ``dagster.yaml`` was written for, "custom" if `instance_config` did not
+    write it as it is now."""
+    first = text.split("\n", 1)[0]
+    if first.startswith(MODE_HEADER):
+        mode = first.removeprefix(MODE_HEADER).split(" ", 1)[0]
+        if mode in MODES and text == instance_config(mode):
+            return mode
+    packaged = resources.files("ref_assets").joinpath("data", CONFIG_FILE_NAME).read_text()
+    return "local" if text == packaged else "custom"
+
+
+def init_instance(
+    home: Path, mode: str | None = None, pools: Sequence[PoolLimit] = ()
+) -> InstanceReport:
+    """Create the instance in ``home`` if needed (config and every storage), under a file lock,
+    and give each of ``pools`` its limit. Without a config, ``mode``'s is written (default:
+    local); with one, a ``mode`` it was not written for is an error: the operator moves it
+    aside first (see the README's "Deployment modes")."""
     import dagster as dg  # here, not at import: every ref-assets command imports this module
     from alembic.util.exc import CommandError as SchemaError
     from sqlalchemy.exc import SQLAlchemyError
@@ -77,9 +145,10 @@ def init_instance(home: Path) -> InstanceReport:
     try:
         home.mkdir(parents=True, exist_ok=True)
         with FileLock(lock_path, timeout=LOCK_TIMEOUT_SECONDS):
-            config_written = _ensure_config(home)
+            config_written, found = _ensure_config(home, mode)
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 storages = _create_storages(instance)
+                changed = set_pool_limits(instance, pools)
     except Timeout:
         raise InstanceInitError(
             f"waited {LOCK_TIMEOUT_SECONDS:.0f} s for {lock_path}: another process is initializing "
@@ -105,12 +174,13 @@ def init_instance(home: Path) -> InstanceReport:
             "the UI; `ref-assets sync-instance` reports the stored periods again), then run "
             "`ref-assets instance init`"
         ) from err
-    return InstanceReport(home, config_written, storages)
+    return InstanceReport(home, config_written, storages, found, tuple(pools), changed)
 
 
-def _ensure_config(home: Path) -> bool:
-    """Write the packaged ``dagster.yaml`` into ``home`` unless one is there; return whether it
-    was written. A dangling link is an error: replacing it would hide a broken setup."""
+def _ensure_config(home: Path, mode: str | None) -> tuple[bool, str]:
+    """Write ``mode``'s ``dagster.yaml`` into ``home`` unless one is there; return whether it
+    was written and the mode of the config now there. A dangling link is an error: replacing
+    it would hide a broken setup; so is an existing config of another mode than ``mode``."""
     target = home / CONFIG_FILE_NAME
     if target.is_symlink() and not target.exists():
         raise InstanceInitError(
@@ -118,10 +188,36 @@ def _ensure_config(home: Path) -> bool:
             "remove the link (then ref_assets' default is written) or point it at a dagster.yaml"
         )
     if target.exists():
-        return False
-    packaged = resources.files("ref_assets").joinpath("data", CONFIG_FILE_NAME)
-    atomic_write_bytes(target, packaged.read_bytes())
-    return True
+        found = config_mode(target.read_text())
+        if mode is not None and found != mode:
+            raise InstanceInitError(
+                f"{target} is the {found} config, not the {mode} one, and is kept: move it aside "
+                f"(`mv {target} {target}.{found}`), then run `ref-assets instance init --mode "
+                f"{mode}` again; the README's \"Deployment modes\" says what moves with it"
+            )
+        return False, found
+    text = instance_config(mode or "local")
+    atomic_write_bytes(target, text.encode())
+    return True, mode or "local"
+
+
+def set_pool_limits(instance: dg.DagsterInstance, pools: Sequence[PoolLimit]) -> tuple[str, ...]:
+    """Give each pool its limit in ``instance`` (a pool without one gets none: unlimited, unless
+    the instance's ``concurrency.pools.default_limit`` says otherwise); return the pools
+    changed. Limits set in the UI are replaced: the specs and providers say them."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return ()
+    changed = []
+    for pool in pools:
+        current = storage.get_concurrency_info(pool.pool).slot_count if pool.limit else None
+        if pool.limit is not None and current != pool.limit:
+            storage.set_concurrency_slots(pool.pool, pool.limit)
+            changed.append(pool.pool)
+        elif pool.limit is None and pool.pool in storage.get_concurrency_keys():
+            storage.delete_concurrency_limit(pool.pool)
+            changed.append(pool.pool)
+    return tuple(changed)
 
 
 def _create_storages(instance: dg.DagsterInstance) -> tuple[str, ...]:

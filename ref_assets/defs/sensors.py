@@ -36,6 +36,7 @@ from ref_assets.updates import (
 )
 
 DATASET_TAG = "ref_assets/dataset"
+PROVIDER_TAG = "ref_assets/provider"  # counted by the production instance's run limits
 REVISION_TAG = "ref_assets/revision"
 # Dagster's own tags naming what a run materializes.
 PARTITION_TAG = "dagster/partition"
@@ -154,7 +155,7 @@ def _request(
 ) -> dg.RunRequest:
     """One run of ``first..last``: a single-partition run for one period (so its data version
     is its checksum), else a range run, as ``--partition-range`` starts one."""
-    tags = {DATASET_TAG: spec.id, **tags}
+    tags = {DATASET_TAG: spec.id, PROVIDER_TAG: spec.provider, **tags}
     if first == last:
         return dg.RunRequest(
             run_key=run_key, asset_selection=[asset_key], partition_key=first.key, tags=tags

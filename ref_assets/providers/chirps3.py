@@ -119,6 +119,9 @@ class Chirps3Provider:
 
     name: ClassVar[str] = "chirps3"
     version: ClassVar[str] = "1"
+    # A peer's four parallel requests got its address banned: one run at a time (each fetching
+    # `runs.fetch_workers` days) by default; see `ref_assets.pools`.
+    pool_limit: ClassVar[int] = 1
 
     def __init__(self, spec: DatasetSpec, client: HttpClient | None = None) -> None:
         self.params = parse_params(Chirps3Params, spec)

@@ -344,6 +344,8 @@ class Era5LandProvider:
 
     name: ClassVar[str] = "era5_land"
     version: ClassVar[str] = "1"
+    # The public ERA5-Land Zarr is read chunk by chunk; two runs at once stay polite.
+    pool_limit: ClassVar[int] = 2
 
     def __init__(self, spec: DatasetSpec) -> None:
         self.params = parse_params(Era5LandParams, spec)

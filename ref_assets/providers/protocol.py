@@ -259,6 +259,11 @@ class Provider(Protocol):
     extra dimensions (pressure levels...) on variables shaped ``(*dimensions, y, x)``; without
     it, a spec declaring `dimensions` is refused when the provider is built.
 
+    Optional: a class attribute ``pool_limit = N`` says how many runs may fetch from the
+    provider's upstream at once without being refused or banned (each fetching
+    ``runs.fetch_workers`` periods); the dataset's Dagster pool gets it as its limit (see
+    `ref_assets.pools`). None or absent: no limit of the provider's own.
+
     Optional: ``fingerprint(period) -> SourceFingerprint | None``, the published version of a
     period found cheaply (a HEAD, a stat; never a download), None when it is not published. A
     provider that has it, and sets `FetchedPeriod.fingerprint` when fetching, gets revisions:

@@ -171,6 +171,8 @@ class WorldPopProvider:
 
     name: ClassVar[str] = "worldpop"
     version: ClassVar[str] = "1"
+    # One public server for every country's rasters: one run at a time by default.
+    pool_limit: ClassVar[int] = 1
 
     def __init__(self, spec: DatasetSpec, *, http: HttpClient | None = None) -> None:
         self.params = parse_params(WorldPopParams, spec)
