@@ -56,8 +56,7 @@ def pool_limits(
         datasets = tuple(sorted(spec.id for spec in pooled))
         configured = [(s.runs.pool_limit, f"spec {s.id} runs.pool_limit") for s in pooled]
         declared = [
-            (getattr(provider_classes.get(s.provider), "pool_limit", None), f"provider {s.provider}")
-            for s in pooled
+            (_provider_limit(provider_classes, s), f"provider {s.provider}") for s in pooled
         ]
         for candidates in (configured, declared):
             known = [(limit, origin) for limit, origin in candidates if limit is not None]
@@ -68,6 +67,10 @@ def pool_limits(
         else:
             limits.append(PoolLimit(pool, None, "none", datasets))
     return limits
+
+
+def _provider_limit(provider_classes: Mapping[str, type], spec: DatasetSpec) -> int | None:
+    return getattr(provider_classes.get(spec.provider), "pool_limit", None)
 
 
 def configured_pools(settings: Settings) -> list[PoolLimit]:

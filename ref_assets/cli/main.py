@@ -520,11 +520,13 @@ def _backfill(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         backfill = submit_backfill(instance, spec, periods[0].key, periods[-1].key)
     if args.json:
-        print_json({"dataset": spec.id, "periods": len(periods), "backfill_id": backfill.backfill_id})
+        print_json(
+            {"dataset": spec.id, "periods": len(periods), "backfill_id": backfill.backfill_id}
+        )
     else:
         print(
             f"{spec.id} {periods[0].key}..{periods[-1].key} ({len(periods)} periods): backfill "
-            f"{backfill.backfill_id} queued; the daemon runs it (UI: /runs/b/{backfill.backfill_id})"
+            f"{backfill.backfill_id} queued for the daemon (UI: /runs/b/{backfill.backfill_id})"
         )
     return 0
 

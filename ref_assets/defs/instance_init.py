@@ -193,7 +193,7 @@ def _ensure_config(home: Path, mode: str | None) -> tuple[bool, str]:
             raise InstanceInitError(
                 f"{target} is the {found} config, not the {mode} one, and is kept: move it aside "
                 f"(`mv {target} {target}.{found}`), then run `ref-assets instance init --mode "
-                f"{mode}` again; the README's \"Deployment modes\" says what moves with it"
+                f'{mode}` again; the README\'s "Deployment modes" says what moves with it'
             )
         return False, found
     text = instance_config(mode or "local")
