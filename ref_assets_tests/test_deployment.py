@@ -1,0 +1,270 @@
+"""Deployment modes end to end: the instance `ref-assets instance init --mode` writes, the real
+``dagster-daemon run`` on it, and backfills queued with `ref-assets backfill` whose runs (the
+default run launcher's subprocesses) write two stores at once, several runs per store.
+
+The production instance runs on a real PostgreSQL server (`postgres_server`); the local one on
+SQLite, for comparison. Both datasets share one pool ("upstream", limit 2): however many runs the
+queue starts, no more than 2 fetch steps run at once; in production no more than 2 runs of one
+dataset are in progress at once (the ``ref_assets/dataset`` tag limit). The cluster config loads
+with its Docker run launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.execution.backfill import BulkActionStatus
+
+from ref_assets.cli import main
+from ref_assets.config import load_settings
+from ref_assets.defs.instance_init import config_mode, init_instance, instance_config
+from ref_assets.pools import configured_pools, pool_limits
+from ref_assets.providers.chirps3 import Chirps3Provider
+from ref_assets.verification import verify_dataset
+from ref_assets_tests.conftest import spec_dict
+from ref_assets_tests.postgres_server import PostgresServer, postgres_server
+from ref_assets_tests.processes import stop_process_group
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEADLINE_SECONDS = 240.0
+POOL = "upstream"
+POOL_LIMIT = 2
+DATASETS = ("east", "west")
+PERIODS = ("2024-01-01", "2024-01-04")  # 4 daily partitions each, one per run: 8 runs
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pooled_datasets(write_spec):
+    for dataset in DATASETS:
+        write_spec(
+            dataset,
+            end="2024-01-31",
+            params={"bbox": [0.0, 40.0, 2.0, 42.0], "resolution": 0.5, "seed": 3},
+            runs={"max_partitions_per_run": 1, "pool": POOL, "pool_limit": POOL_LIMIT},
+        )
+
+
+def run_daemon(home: Path, log: Path) -> subprocess.Popen:
+    with log.open("w") as output:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "dagster-daemon"),
+                *("run", "-w", str(REPOSITORY / "workspace.yaml")),
+            ],
+            cwd=home,
+            env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped with its code server
+        )
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` intervals that overlap at one instant."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    current = peak = 0
+    for _, step in edges:  # an end sorts before a start at the same instant
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def event_intervals(instance, run_ids, start, ends) -> list[tuple[float, float]]:
+    intervals = []
+    for run_id in run_ids:
+        records = instance.all_logs(run_id, of_type={start, *ends})
+        starts = [r.timestamp for r in records if r.dagster_event_type == start]
+        stops = [r.timestamp for r in records if r.dagster_event_type in ends]
+        assert len(starts) == len(stops) == 1, (run_id, starts, stops)
+        intervals.append((starts[0], stops[0]))
+    return intervals
+
+
+def backfill_through_the_daemon(home: Path, tmp_path: Path) -> dict:
+    """Queue both datasets' backfills, let the daemon run them; what the runs recorded."""
+    log = tmp_path / "daemon.log"
+    began = time.monotonic()
+    daemon = run_daemon(home, log)
+    try:
+        ids = []
+        for dataset in DATASETS:
+            assert (
+                main(["--json", "backfill", dataset, "--start", PERIODS[0], "--end", PERIODS[1]])
+                == 0
+            )
+        with dg.DagsterInstance.get() as instance:
+            ids = [b.backfill_id for b in instance.get_backfills()]
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while any(instance.get_backfill(i).status == BulkActionStatus.REQUESTED for i in ids):
+                if time.monotonic() > deadline:
+                    tail = "\n".join(log.read_text().splitlines()[-40:])
+                    pytest.fail(f"backfills unfinished after {DEADLINE_SECONDS:.0f} s:\n{tail}")
+                time.sleep(1.0)
+            elapsed = time.monotonic() - began
+            statuses = {instance.get_backfill(i).status for i in ids}
+            runs = {
+                dataset: [
+                    run.run_id
+                    for run in instance.get_runs(
+                        filters=dg.RunsFilter(tags={"ref_assets/dataset": dataset})
+                    )
+                ]
+                for dataset in DATASETS
+            }
+            failed = instance.get_runs(
+                filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])
+            )
+            steps = event_intervals(
+                instance,
+                [run_id for ids_ in runs.values() for run_id in ids_],
+                dg.DagsterEventType.STEP_START,
+                {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE},
+            )
+            runs_at_once = {
+                dataset: most_at_once(
+                    event_intervals(
+                        instance,
+                        run_ids,
+                        dg.DagsterEventType.RUN_START,
+                        {dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE},
+                    )
+                )
+                for dataset, run_ids in runs.items()
+            }
+            materialized = {
+                dataset: instance.get_materialized_partitions(dg.AssetKey(dataset))
+                for dataset in DATASETS
+            }
+            pool = instance.event_log_storage.get_concurrency_info(POOL)
+    finally:
+        stop_process_group(daemon, grace=30)
+    return {
+        "statuses": statuses,
+        "failed": [run.run_id for run in failed],
+        "runs": runs,
+        "steps_at_once": most_at_once(steps),
+        "runs_at_once": runs_at_once,
+        "materialized": materialized,
+        "pool_limit": pool.slot_count,
+        "pool_claimed": pool.active_slot_count,
+        "seconds": elapsed,
+    }
+
+
+def check_backfill(outcome: dict, settings) -> None:
+    assert outcome["statuses"] == {BulkActionStatus.COMPLETED_SUCCESS}, outcome
+    assert outcome["failed"] == []
+    keys = {f"2024-01-0{day}" for day in range(1, 5)}
+    for dataset in DATASETS:
+        assert len(outcome["runs"][dataset]) == 4  # max_partitions_per_run: 1
+        assert outcome["materialized"][dataset] == keys
+        checks = verify_dataset(dataset, settings=settings)
+        assert sorted(c.key for c in checks) == sorted(keys)
+        assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+    # The pool's limit, set by `instance init` from the specs, held across both datasets' runs.
+    assert outcome["pool_limit"] == POOL_LIMIT
+    assert 1 <= outcome["steps_at_once"] <= POOL_LIMIT, outcome
+    assert outcome["pool_claimed"] == 0  # every slot given back
+
+
+@pytest.mark.parametrize("mode", ["production", "local"])
+def test_a_backfill_runs_through_the_daemon_within_its_limits(
+    mode, request, pooled_datasets, settings, tmp_path, monkeypatch, capsys
+):
+    if mode == "production":
+        for name, value in request.getfixturevalue("postgres").environment().items():
+            monkeypatch.setenv(name, value)
+    home = tmp_path / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert main(["instance", "init", "--mode", mode]) == 0
+    printed = capsys.readouterr().out
+    assert f"dagster.yaml: written ({mode} mode)" in printed
+    assert f"pool {POOL}: {POOL_LIMIT} at once (spec east runs.pool_limit); east, west" in printed
+    if mode == "production":
+        text = (home / "dagster.yaml").read_text()
+        password = request.getfixturevalue("postgres").password
+        assert password not in text and "env: DAGSTER_PG_PASSWORD" in text
+        with dg.DagsterInstance.get() as instance:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+
+    outcome = backfill_through_the_daemon(home, tmp_path)
+    print(f"{mode}: 8 runs of 1 period in {outcome['seconds']:.1f} s; {outcome}")
+    check_backfill(outcome, settings)
+    if mode == "production":  # the `ref_assets/dataset` tag limit of the production config
+        assert all(1 <= n <= 2 for n in outcome["runs_at_once"].values()), outcome
+
+
+def test_init_refuses_to_replace_a_config_of_another_mode(settings, tmp_path):
+    home = tmp_path / "dagster_home"
+    assert init_instance(home, "local").mode == "local"
+    with pytest.raises(Exception, match=r"is the local config, not the production one.*mv "):
+        init_instance(home, "production")
+    assert config_mode((home / "dagster.yaml").read_text()) == "local"
+    # Edited by the operator: custom, still kept and used.
+    (home / "dagster.yaml").write_text(instance_config("local") + "\n# tuned\n")
+    assert init_instance(home).mode == "custom"
+
+
+def test_the_cluster_config_loads_with_its_docker_run_launcher(postgres, tmp_path, monkeypatch):
+    from dagster_docker import DockerRunLauncher
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_config("cluster"))
+    environment = {
+        **postgres.environment(),
+        "DAGSTER_RUN_IMAGE": "ref-assets:latest",
+        "DAGSTER_RUN_NETWORK": "ref-assets",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert config["run_launcher"]["class"] == "DockerRunLauncher"
+    assert config["storage"]["postgres"]["postgres_db"]["password"] == {
+        "env": "DAGSTER_PG_PASSWORD"
+    }
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    launcher = instance.run_launcher
+    assert isinstance(launcher, DockerRunLauncher)
+    assert launcher.image == "ref-assets:latest" and launcher.networks == ["ref-assets"]
+    assert "DAGSTER_PG_PASSWORD" in launcher.env_vars  # passed by name, from the daemon's env
+    assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 8
+
+
+def test_pool_limits_come_from_specs_then_providers():
+    chirps = dict(spec_dict("rain"), provider="chirps3")
+    from ref_assets.specs import DatasetSpec
+
+    rain = DatasetSpec.model_validate(chirps)
+    classes = {"chirps3": Chirps3Provider}
+    [pool] = pool_limits([rain], classes)
+    assert (pool.pool, pool.limit, pool.origin) == ("chirps3", 1, "provider chirps3")
+    relaxed = rain.model_copy(update={"runs": rain.runs.model_copy(update={"pool_limit": 3})})
+    assert pool_limits([relaxed], classes)[0].limit == 3
+    # Two specs sharing a pool: the smaller limit wins.
+    other = DatasetSpec.model_validate(dict(spec_dict("other"), runs={"pool": "chirps3"}))
+    [shared] = pool_limits([rain, other], classes)
+    assert (shared.limit, shared.datasets) == (1, ("other", "rain"))
+    [unlimited] = pool_limits([other.model_copy(update={"provider": "synthetic"})], {})
+    assert unlimited.limit is None
+
+
+def test_the_packaged_datasets_pools(settings):
+    pools = {pool.pool: pool for pool in configured_pools(load_settings())}
+    assert pools["synthetic"].limit is None  # the demo's: nothing upstream to spare
