@@ -6,6 +6,7 @@ ref-assets status DATASET [--start P] [--end P]      # present and missing perio
 ref-assets materialize DATASET --start P [--end P]   # run partitions with the Dagster instance
 ref-assets backfill DATASET --start P [--end P]     # queue a backfill for the Dagster daemon
 ref-assets instance init [--mode M]                  # create the Dagster instance of DAGSTER_HOME
+ref-assets instance config [--mode M]                # print a deployment mode's dagster.yaml
 ref-assets config show|validate|set KEY VALUE        # the effective configuration
 ref-assets providers list|prune [--dry-run]          # declared providers and their state
 ref-assets provenance DATASET PERIOD | export DATASET DEST   # period records
@@ -263,6 +264,23 @@ def _parser() -> argparse.ArgumentParser:
         "local); an existing one of another mode is an error, never replaced",
     )
     init.set_defaults(handler=_instance_init)
+    show_config = add_command(
+        instance_commands,
+        "config",
+        summary="print a mode's dagster.yaml (to write one elsewhere, e.g. into an image)",
+        description="Print the dagster.yaml that `instance init --mode` writes, without touching "
+        "any instance: for an image or a Helm value. No connection parameter is in it: each "
+        "process reads them from its environment.",
+        examples=["ref-assets instance config --mode cluster > $DAGSTER_HOME/dagster.yaml"],
+        prints_data=False,
+    )
+    show_config.add_argument(
+        "--mode",
+        choices=["local", "production", "cluster"],
+        default="local",
+        help="(default: local)",
+    )
+    show_config.set_defaults(handler=_instance_config)
 
     backfill = add_command(
         commands,
@@ -506,6 +524,13 @@ def _instance_init(args: argparse.Namespace) -> int:
     for pool in report.pools:
         limit = "unlimited" if pool.limit is None else f"{pool.limit} at once ({pool.origin})"
         print(f"  pool {pool.pool}: {limit}; {', '.join(pool.datasets)}")
+    return 0
+
+
+def _instance_config(args: argparse.Namespace) -> int:
+    from ref_assets.defs.instance_init import instance_config
+
+    sys.stdout.write(instance_config(args.mode))
     return 0
 
 
