@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 import xarray as xr
 
+from ref_assets.files import atomic_write_bytes
 from ref_assets.periods import Period
 from ref_assets.providers.http import SourceNotFoundError
 from ref_assets.providers.protocol import (
@@ -168,3 +169,44 @@ class AccumulatingProvider:
         data = xr.Dataset({"tp": (("y", "x"), values, {"units": "mm"})}, coords=self.grid.coords())
         item = SourceItem.from_bytes(f"accumulating://{period.key}", values.tobytes())
         return FetchedPeriod(data, (item,))
+
+
+class RendezvousProvider(SyntheticProvider):
+    """The synthetic fields, each fetch first waiting (up to ``params.wait_seconds``) until
+    ``params.parties`` fetches are in progress at once, in any processes: a test sees runs
+    fetch side by side without depending on how fast they start. In ``params.rendezvous``
+    (a directory) each fetch leaves ``<period>.in`` while it runs and ``<period>.met`` (the
+    periods it met) or ``<period>.alone`` when it gave up waiting. Its pool limit is 2, as a
+    provider declares one."""
+
+    name: ClassVar[str] = "rendezvous"
+    version: ClassVar[str] = "1.0"
+    pool_limit: ClassVar[int] = 2
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        params = dict(spec.params)
+        self.directory = Path(params.pop("rendezvous"))
+        self.parties = int(params.pop("parties"))
+        self.wait_seconds = float(params.pop("wait_seconds"))
+        super().__init__(spec.model_copy(update={"params": params}))
+
+    def fetch(self, period: Period) -> FetchedPeriod:
+        import time
+
+        arrived = self.directory / f"{period.key}.in"
+        arrived.touch()
+        deadline = time.monotonic() + self.wait_seconds
+        try:
+            while time.monotonic() < deadline:
+                present = sorted(p.stem for p in self.directory.glob("*.in"))
+                met = list(self.directory.glob("*.met"))
+                partners = [json.loads(p.read_text()) for p in met]
+                if len(present) >= self.parties or any(period.key in p for p in partners):
+                    record = json.dumps(present).encode()  # whole, for partners reading it
+                    atomic_write_bytes(self.directory / f"{period.key}.met", record)
+                    return super().fetch(period)
+                time.sleep(0.05)
+            (self.directory / f"{period.key}.alone").touch()
+            return super().fetch(period)
+        finally:
+            arrived.unlink()

@@ -1,12 +1,13 @@
 """Deployment modes end to end: the instance `ref-assets instance init --mode` writes, the real
-``dagster-daemon run`` on it, and backfills queued with `ref-assets backfill` whose runs (the
-default run launcher's subprocesses) write two stores at once, several runs per store.
+``dagster-daemon run`` on it, and a backfill queued with `ref-assets backfill` whose runs (the
+default run launcher's subprocesses) write one store at once.
 
 The production instance runs on a real PostgreSQL server (`postgres_server`); the local one on
-SQLite, for comparison. Both datasets share one pool ("upstream", limit 2): however many runs the
-queue starts, no more than 2 fetch steps run at once; in production no more than 2 runs of one
-dataset are in progress at once (the ``ref_assets/dataset`` tag limit). The cluster config loads
-with its Docker run launcher.
+SQLite, for comparison. The dataset's provider (`RendezvousProvider`) declares a pool limit of 2
+and makes each fetch wait until another one is in progress: two runs fetch, then write, side by
+side, whatever their start-up takes, and the runs' events show no more than 2 fetch steps at
+once. In production no more than 2 runs of the dataset are in progress at once (the
+``ref_assets/dataset`` tag limit). The cluster config loads with its Docker run launcher.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from ref_assets_tests.processes import stop_process_group
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 240.0
-POOL = "upstream"
-POOL_LIMIT = 2
-DATASETS = ("east", "west")
-PERIODS = ("2024-01-01", "2024-01-03")  # 3 daily partitions each, one per run: 6 runs
+POOL = "rendezvous"  # the provider's name
+POOL_LIMIT = 2  # the provider's
+DATASETS = ("east",)
+PERIODS = ("2024-01-01", "2024-01-04")  # 4 daily partitions, one per run
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +51,27 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def pooled_datasets(write_spec):
+def pooled_datasets(write_spec, register_providers, tmp_path) -> Path:
+    """The datasets, fetching from one rendezvous directory (returned)."""
+    register_providers("ref_assets_tests.example_providers:RendezvousProvider")
+    rendezvous = tmp_path / "rendezvous"
+    rendezvous.mkdir()
     for dataset in DATASETS:
         write_spec(
             dataset,
+            provider="rendezvous",
             end="2024-01-31",
-            params={"bbox": [0.0, 40.0, 2.0, 42.0], "resolution": 0.5, "seed": 3},
-            runs={"max_partitions_per_run": 1, "pool": POOL, "pool_limit": POOL_LIMIT},
+            params={
+                "bbox": [0.0, 40.0, 2.0, 42.0],
+                "resolution": 0.5,
+                "seed": 3,
+                "rendezvous": str(rendezvous),
+                "parties": POOL_LIMIT,
+                "wait_seconds": 20,  # the last fetch of an odd count meets nobody
+            },
+            runs={"max_partitions_per_run": 1},
         )
+    return rendezvous
 
 
 def run_daemon(home: Path, log: Path) -> subprocess.Popen:
@@ -171,7 +185,6 @@ def backfill_through_the_daemon(home: Path, tmp_path: Path) -> dict:
         "runs": runs,
         "steps_at_once": most_at_once(fetches),
         "runs_at_once": {dataset: most_at_once(spans) for dataset, spans in run_spans.items()},
-        "all_runs_at_once": most_at_once([span for spans in run_spans.values() for span in spans]),
         "materialized": materialized,
         "pool_limit": pool.slot_count,
         "pool_claimed": pool.active_slot_count,
@@ -182,16 +195,19 @@ def backfill_through_the_daemon(home: Path, tmp_path: Path) -> dict:
 def check_backfill(outcome: dict, settings) -> None:
     assert outcome["statuses"] == {BulkActionStatus.COMPLETED_SUCCESS}, outcome
     assert outcome["failed"] == []
-    keys = {f"2024-01-0{day}" for day in range(1, 4)}
+    keys = {f"2024-01-0{day}" for day in range(1, 5)}
     for dataset in DATASETS:
-        assert len(outcome["runs"][dataset]) == 3  # max_partitions_per_run: 1
+        assert len(outcome["runs"][dataset]) == 4  # max_partitions_per_run: 1
         assert outcome["materialized"][dataset] == keys
         checks = verify_dataset(dataset, settings=settings)
         assert sorted(c.period for c in checks) == sorted(keys)
         assert all(c.ok for c in checks), [c for c in checks if not c.ok]
     # The pool's limit, set by `instance init` from the specs, held across both datasets' runs.
     assert outcome["pool_limit"] == POOL_LIMIT
-    assert 1 <= outcome["steps_at_once"] <= POOL_LIMIT, outcome
+    # Fetches met (each waited for another in progress), so the pooled steps overlapped; and
+    # never more than the limit.
+    assert outcome["met"], outcome
+    assert outcome["steps_at_once"] == POOL_LIMIT, outcome
     assert outcome["pool_claimed"] == 0  # every slot given back
 
 
@@ -207,7 +223,7 @@ def test_a_backfill_runs_through_the_daemon_within_its_limits(
     assert main(["instance", "init", "--mode", mode]) == 0
     printed = capsys.readouterr().out
     assert f"dagster.yaml: written ({mode} mode)" in printed
-    assert f"pool {POOL}: {POOL_LIMIT} at once (spec east runs.pool_limit); east, west" in printed
+    assert f"pool {POOL}: {POOL_LIMIT} at once (provider {POOL}); east" in printed
     if mode == "production":
         text = (home / "dagster.yaml").read_text()
         password = request.getfixturevalue("postgres").password
@@ -216,7 +232,8 @@ def test_a_backfill_runs_through_the_daemon_within_its_limits(
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
 
     outcome = backfill_through_the_daemon(home, tmp_path)
-    print(f"{mode}: 6 runs of 1 period in {outcome['seconds']:.1f} s; {outcome}")
+    outcome["met"] = sorted(path.stem for path in pooled_datasets.glob("*.met"))
+    print(f"{mode}: 4 runs of 1 period in {outcome['seconds']:.1f} s; {outcome}")
     check_backfill(outcome, settings)
     if mode == "production":  # the `ref_assets/dataset` tag limit of the production config
         assert all(1 <= n <= 2 for n in outcome["runs_at_once"].values()), outcome

@@ -272,7 +272,6 @@ def _parser() -> argparse.ArgumentParser:
         "any instance: for an image or a Helm value. No connection parameter is in it: each "
         "process reads them from its environment.",
         examples=["ref-assets instance config --mode cluster > $DAGSTER_HOME/dagster.yaml"],
-        prints_data=False,
     )
     show_config.add_argument(
         "--mode",
@@ -530,7 +529,11 @@ def _instance_init(args: argparse.Namespace) -> int:
 def _instance_config(args: argparse.Namespace) -> int:
     from ref_assets.defs.instance_init import instance_config
 
-    sys.stdout.write(instance_config(args.mode))
+    text = instance_config(args.mode)
+    if args.json:
+        print_json({"mode": args.mode, "config": text})
+    else:
+        sys.stdout.write(text)
     return 0
 
 
