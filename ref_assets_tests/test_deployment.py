@@ -136,6 +136,7 @@ def backfill_through_the_daemon(home: Path, tmp_path: Path) -> dict:
                     pytest.fail(f"backfills unfinished after {DEADLINE_SECONDS:.0f} s:\n{tail}")
                 time.sleep(1.0)
             elapsed = time.monotonic() - began
+            instance_backfill_times = [instance.get_backfill(i).backfill_timestamp for i in ids]
             statuses = {instance.get_backfill(i).status for i in ids}
             runs = {
                 dataset: [
@@ -189,6 +190,10 @@ def backfill_through_the_daemon(home: Path, tmp_path: Path) -> dict:
         "pool_limit": pool.slot_count,
         "pool_claimed": pool.active_slot_count,
         "seconds": elapsed,
+        # From queuing the backfill to its last run's end: what the instance costs, without
+        # the daemon's start nor its wait before it marks the backfill done.
+        "runs_seconds": max(end for spans in run_spans.values() for _, end in spans)
+        - min(instance_backfill_times),
     }
 
 
@@ -233,7 +238,10 @@ def test_a_backfill_runs_through_the_daemon_within_its_limits(
 
     outcome = backfill_through_the_daemon(home, tmp_path)
     outcome["met"] = sorted(path.stem for path in pooled_datasets.glob("*.met"))
-    print(f"{mode}: 4 runs of 1 period in {outcome['seconds']:.1f} s; {outcome}")
+    print(
+        f"{mode}: 4 runs of 1 period in {outcome['runs_seconds']:.1f} s from queuing to the "
+        f"last run's end ({outcome['seconds']:.1f} s with the daemon's start); {outcome}"
+    )
     check_backfill(outcome, settings)
     if mode == "production":  # the `ref_assets/dataset` tag limit of the production config
         assert all(1 <= n <= 2 for n in outcome["runs_at_once"].values()), outcome
