@@ -307,3 +307,31 @@ def test_pool_limits_come_from_specs_then_providers():
 def test_the_packaged_datasets_pools(settings):
     pools = {pool.pool: pool for pool in configured_pools(load_settings())}
     assert pools["synthetic"].limit is None  # the demo's: nothing upstream to spare
+
+
+def env_variables(config) -> set[str]:
+    """Every variable a Dagster config reads (``{env: NAME}``), and the run launcher passes on."""
+    if isinstance(config, dict):
+        if set(config) == {"env"}:
+            return {config["env"]}
+        found = set().union(*(env_variables(value) for value in config.values()))
+        return found | set(config.get("env_vars", []))
+    if isinstance(config, list):
+        return set().union(*(env_variables(value) for value in config))
+    return set()
+
+
+def test_the_compose_example_gives_every_process_what_the_cluster_config_reads():
+    compose = yaml.safe_load((REPOSITORY / "deploy" / "docker-compose.yaml").read_text())
+    needed = env_variables(yaml.safe_load(instance_config("cluster")))
+    assert {"DAGSTER_PG_PASSWORD", "DAGSTER_RUN_IMAGE", "REF_STORAGE_ROOT"} <= needed
+    for name in ("code", "webserver", "daemon"):
+        service = compose["services"][name]
+        assert needed <= set(service["environment"]), name
+        assert service["image"] == service["environment"]["DAGSTER_RUN_IMAGE"]
+    # The runs' containers mount the volume the cluster config names, which compose creates.
+    launcher = yaml.safe_load(instance_config("cluster"))["run_launcher"]["config"]
+    [volume] = launcher["container_kwargs"]["volumes"]
+    assert compose["volumes"][volume.split(":")[0]]["name"] == volume.split(":")[0]
+    dockerfile = (REPOSITORY / "deploy" / "Dockerfile").read_text()
+    assert "instance config --mode cluster" in dockerfile
