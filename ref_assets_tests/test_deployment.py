@@ -28,6 +28,7 @@ from dagster._core.execution.backfill import BulkActionStatus
 
 from ref_assets.cli import main
 from ref_assets.config import load_settings
+from ref_assets.definitions import build_definitions
 from ref_assets.defs.instance_init import config_mode, init_instance, instance_config
 from ref_assets.pools import configured_pools, pool_limits
 from ref_assets.providers.chirps3 import Chirps3Provider
@@ -304,9 +305,16 @@ def test_pool_limits_come_from_specs_then_providers():
     assert unlimited.limit is None
 
 
-def test_the_packaged_datasets_pools(settings):
+def test_each_dataset_asset_is_in_its_pool(settings, write_spec):
+    write_spec("rain", provider="chirps3", runs={"pool": "chc"})
+    write_spec("plain")
+    defs = build_definitions()
+    # What the UI shows on each asset (and counts under Deployment > Concurrency).
+    assert defs.get_assets_def("rain").op.pool == "chc"
+    assert defs.get_assets_def("plain").op.pool == "synthetic"
     pools = {pool.pool: pool for pool in configured_pools(load_settings())}
-    assert pools["synthetic"].limit is None  # the demo's: nothing upstream to spare
+    assert (pools["chc"].limit, pools["chc"].origin) == (1, "provider chirps3")
+    assert pools["synthetic"].limit is None  # the demo's and plain's: nothing upstream to spare
 
 
 def env_variables(config) -> set[str]:
