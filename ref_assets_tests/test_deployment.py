@@ -343,3 +343,16 @@ def test_the_compose_example_gives_every_process_what_the_cluster_config_reads()
     assert compose["volumes"][volume.split(":")[0]]["name"] == volume.split(":")[0]
     dockerfile = (REPOSITORY / "deploy" / "Dockerfile").read_text()
     assert "instance config --mode cluster" in dockerfile
+
+
+def test_no_postgresql_skips_under_pytest_and_fails_under_dev_test(tmp_path, monkeypatch):
+    from ref_assets_tests import postgres_server as server_module
+
+    monkeypatch.setattr(server_module, "BINARIES", tmp_path)  # no postgres installed there
+    monkeypatch.delenv("REF_POSTGRES_TEST", raising=False)
+    skipped = pytest.raises(pytest.skip.Exception, match="apt-get install -y postgresql")
+    with skipped, postgres_server():
+        pass
+    monkeypatch.setenv("REF_POSTGRES_TEST", "required")  # as ./dev test sets it
+    with pytest.raises(pytest.fail.Exception, match="cannot start"), postgres_server():
+        pass
