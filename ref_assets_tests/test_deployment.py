@@ -30,7 +30,7 @@ from ref_assets.cli import main
 from ref_assets.config import load_settings
 from ref_assets.definitions import build_definitions
 from ref_assets.defs.instance_init import config_mode, init_instance, instance_config
-from ref_assets.pools import configured_pools, pool_limits
+from ref_assets.pools import PoolLimit, configured_pools, pool_limits
 from ref_assets.providers.chirps3 import Chirps3Provider
 from ref_assets.verification import verify_dataset
 from ref_assets_tests.conftest import spec_dict
@@ -257,6 +257,23 @@ def test_init_refuses_to_replace_a_config_of_another_mode(settings, tmp_path):
     # Edited by the operator: custom, still kept and used.
     (home / "dagster.yaml").write_text(instance_config("local") + "\n# tuned\n")
     assert init_instance(home).mode == "custom"
+
+
+def test_init_sets_the_pools_limits_and_keeps_the_operators_others(tmp_path):
+    home = tmp_path / "dagster_home"
+    fetched = PoolLimit("chc", 1, "provider chirps3", ("rain",))
+    archive = PoolLimit("local_files", None, "none", ("archive",))
+    assert init_instance(home, "local", [fetched, archive]).pools_changed == ("chc",)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("chc", 4)  # as in the UI
+        storage.set_concurrency_slots("local_files", 3)
+    assert init_instance(home, None, [fetched, archive]).pools_changed == ("chc",)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        assert storage.get_concurrency_info("chc").slot_count == 1
+        assert storage.get_concurrency_info("local_files").slot_count == 3
+    assert init_instance(home, None, [fetched, archive]).pools_changed == ()
 
 
 def test_the_cluster_config_loads_with_its_docker_run_launcher(postgres, tmp_path, monkeypatch):

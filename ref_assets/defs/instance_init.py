@@ -71,7 +71,7 @@ class InstanceReport:
     storages: tuple[str, ...]  # the storage classes opened, e.g. "runs: SqliteRunStorage"
     mode: str  # a key of MODES, or "custom" for a config `instance_config` did not write
     pools: tuple[PoolLimit, ...] = ()
-    pools_changed: tuple[str, ...] = ()  # the pools whose limit this call set or removed
+    pools_changed: tuple[str, ...] = ()  # the pools whose limit this call set
 
 
 def dagster_home(environ: Mapping[str, str] = os.environ) -> Path:
@@ -202,20 +202,19 @@ def _ensure_config(home: Path, mode: str | None) -> tuple[bool, str]:
 
 
 def set_pool_limits(instance: dg.DagsterInstance, pools: Sequence[PoolLimit]) -> tuple[str, ...]:
-    """Give each pool its limit in ``instance`` (a pool without one gets none: unlimited, unless
-    the instance's ``concurrency.pools.default_limit`` says otherwise); return the pools
-    changed. Limits set in the UI are replaced: the specs and providers say them."""
+    """Give each pool that has a limit that limit in ``instance``; return the pools changed.
+    A limit set in the UI for such a pool is replaced (the specs and providers say it); one set
+    for a pool without a limit of its own (a local archive on a shared disk) is left alone."""
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return ()
     changed = []
     for pool in pools:
-        current = storage.get_concurrency_info(pool.pool).slot_count if pool.limit else None
-        if pool.limit is not None and current != pool.limit:
+        if (
+            pool.limit is not None
+            and storage.get_concurrency_info(pool.pool).slot_count != pool.limit
+        ):
             storage.set_concurrency_slots(pool.pool, pool.limit)
-            changed.append(pool.pool)
-        elif pool.limit is None and pool.pool in storage.get_concurrency_keys():
-            storage.delete_concurrency_limit(pool.pool)
             changed.append(pool.pool)
     return tuple(changed)
 
