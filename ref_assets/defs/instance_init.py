@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 
 from ref_assets.files import atomic_write_bytes
-from ref_assets.pools import PoolLimit
 
 if TYPE_CHECKING:
     import dagster as dg
+
+    from ref_assets.pools import PoolLimit
 
 CONFIG_FILE_NAME = "dagster.yaml"
 # Each mode's overlays on the packaged dagster.yaml, in order (`instance_config`).
