@@ -236,6 +236,10 @@ def test_a_backfill_runs_through_the_daemon_within_its_limits(
         assert password not in text and "env: DAGSTER_PG_PASSWORD" in text
         with dg.DagsterInstance.get() as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+            assert {"key": "ref_assets/dataset", "limit": 2} in [
+                {"key": limit["key"], "limit": limit["limit"]} for limit in limits
+            ]
 
     outcome = backfill_through_the_daemon(home, tmp_path)
     outcome["met"] = sorted(path.stem for path in pooled_datasets.glob("*.met"))
