@@ -15,6 +15,7 @@ from ref_assets.definitions import build_definitions
 from ref_assets.defs.assets import range_run_tags
 from ref_assets.providers.registry import discover_providers
 from ref_assets.store import reader as store_reader
+from ref_assets_tests.s3_server import S3Server
 
 
 def spec_dict(dataset_id: str = "test_t2m", **overrides) -> dict:
@@ -43,6 +44,25 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     (configuration / "datasets").mkdir(parents=True)
     monkeypatch.setenv("REF_CONFIGURATION", str(configuration))
     monkeypatch.delenv("REF_STORAGE_ROOT", raising=False)
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterable[S3Server]:
+    """A real S3-compatible server (SeaweedFS `weed mini`) on loopback, for the session."""
+    with S3Server.started(tmp_path_factory.mktemp("s3-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_settings(
+    settings: Settings, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, request
+) -> Settings:
+    """`settings` with the stores on the S3 server (a prefix of its own per test), reached
+    through the AWS variables, as a deployment would."""
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REF_STORAGE_ROOT", s3_server.root(f"stores/{request.node.name}"))
     return load_settings()
 
 
