@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -167,23 +168,30 @@ class Settings:
 
 
 def storage_root_problem(root: str) -> str | None:
-    """Why ``root`` cannot be used as the storage root, and what to do; None if it can. The
-    root is shown masked: a URL's credentials would otherwise reach every error naming it."""
+    """Why ``root`` cannot be used as the storage root, and what to do; None if it can (a local
+    directory, or ``s3://bucket/prefix``). The root is shown masked: a URL's credentials would
+    otherwise reach every error naming it."""
     if "://" not in root:
         return None
-    local_only = (
-        "only local directories are supported as storage roots today (S3 support is a later "
-        "issue): set [storage] root in ref.toml or REF_STORAGE_ROOT to a directory"
+    supported = (
+        "storage roots are local directories or s3://bucket/prefix (the endpoint, region and "
+        "credentials from the environment: AWS_ENDPOINT_URL, AWS_REGION, the AWS credential "
+        "chain): set [storage] root in ref.toml or REF_STORAGE_ROOT to one of those"
     )
     shown = redact(root)
-    if shown == root:
-        return f"storage root {shown} is not a local directory; {local_only}"
-    return (
-        f"storage root {shown} holds credentials, which never belong in ref.toml or "
-        "REF_STORAGE_ROOT: give them through the environment (for S3, the AWS credential chain: "
-        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role) and name "
-        f"the root without them. Besides, {local_only}"
-    )
+    if shown != root:
+        return (
+            f"storage root {shown} holds credentials, which never belong in ref.toml or "
+            "REF_STORAGE_ROOT: give them through the environment (for S3, the AWS credential "
+            "chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance "
+            f"role) and name the root without them. Besides, {supported}"
+        )
+    parts = urlsplit(root)
+    if parts.scheme != "s3":
+        return f"storage root {shown} is neither a local directory nor on S3; {supported}"
+    if not parts.netloc or parts.query or parts.fragment:
+        return f"storage root {shown} is not of the form s3://bucket/prefix; {supported}"
+    return None
 
 
 def default_configuration_dir() -> Path:

@@ -112,7 +112,7 @@ def test_d2_a_storage_root_with_credentials_is_reported_and_never_shown(
     assert "(from ref.toml): storage root https://***@storage.example/bucket holds" in line
     assert "credentials, which never belong in ref.toml" in line
     assert "AWS credential chain" in line
-    assert "only local directories are supported as storage roots today" in line
+    assert "storage roots are local directories or s3://bucket/prefix" in line
 
     home = tmp_path / "dagster_home"
     home.mkdir()

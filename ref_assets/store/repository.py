@@ -1,7 +1,15 @@
 """One Icechunk repository per dataset, under a storage root.
 
-The root is a local directory today (object storage follows behind the same class). Each dataset's
-repository lives at ``<root>/<dataset_id>``. Local filesystem storage has no atomic ref updates, so
+The root is a local directory or ``s3://bucket/prefix`` (`ref_assets.store.s3`: the server and
+credentials come from the environment). Each dataset's repository lives at
+``<root>/<dataset_id>``.
+
+On S3, conditional writes make Icechunk's ref updates compare-and-set: a commit that lost a race
+fails with a conflict and is rebased and retried (with bounded, jittered back-off) by its
+writer, so no lock is needed and `DatasetStore.lock` holds none there. The server's support for
+them is proven before a process first writes (`ref_assets.store.s3.check_conditional_writes`).
+
+Local filesystem storage has no atomic ref updates, so
 concurrent commits can silently drop each other (measured with icechunk 2.3: 4 writers of 64
 periods into a laid-out store, no lock: 57 landed, no error raised);
 every commit and every layout change therefore happens under an inter-process lock,
@@ -21,6 +29,7 @@ import errno
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import socket
@@ -35,8 +44,17 @@ import icechunk as ic
 from ref_assets.config import storage_root_problem
 from ref_assets.secrets import redact
 from ref_assets.specs import DATASET_ID_PATTERN
+from ref_assets.store.s3 import (
+    S3Connection,
+    S3Location,
+    S3Problem,
+    check_conditional_writes,
+    conditional_writes_problem,
+    is_s3,
+)
 
 if TYPE_CHECKING:  # imported by the writers that lock: readers (`status`) need no lock
+    import fsspec
     from filelock import FileLock
 
 logger = logging.getLogger(__name__)
@@ -52,6 +70,9 @@ ic.set_logs_filter("warn,icechunk_arrow_object_store=error,icechunk_storage::rea
 LOCK_NOTICE_SECONDS = 5.0
 LOCK_NOTICE_EVERY_SECONDS = 60.0
 LOCK_TIMEOUT_SECONDS = 600.0
+
+# On S3, objects of a store creation this old with no repository object are a dead creation's.
+ABANDONED_CREATION_SECONDS = 30.0
 
 # Icechunk's default caches (500,000 snapshot nodes, 15 million chunk references) keep every
 # superseded snapshot and manifest shard of a long-lived writer: measured here over 3,650
@@ -144,21 +165,77 @@ class DatasetStore:
         if problem:
             raise StoreError(f"{dataset_id}: {problem}")
         self.dataset_id = dataset_id
-        self.root = Path(root)
+        self.root = root
         self.name = dataset_id + self.SUFFIX
-        self.path = self.root / self.name
+        if is_s3(root):
+            self.s3: S3Location | None = S3Location.parse(root).child(self.name)
+            self._local: Path | None = None
+        else:
+            self.s3 = None
+            self._local = Path(root) / self.name
+
+    @property
+    def on_s3(self) -> bool:
+        return self.s3 is not None
+
+    @property
+    def path(self) -> Path:
+        """The repository's local directory; a StoreError on S3 (callers that need one there
+        say what they do instead)."""
+        if self._local is None:
+            raise StoreError(f"{self.dataset_id}: the store at {self.location} has no local path")
+        return self._local
+
+    @property
+    def url(self) -> str:
+        """Where the repository lives: a local path or an s3:// URL (never with credentials)."""
+        return self.s3.url if self.s3 is not None else str(self.path)
 
     @property
     def location(self) -> str:
         """Where the repository lives, as messages and metadata show it (credentials masked)."""
-        return redact(str(self.path))
+        return redact(self.url)
+
+    def _connection(self) -> S3Connection:
+        try:
+            return S3Connection.from_environment()
+        except S3Problem as err:
+            raise StoreError(f"{self.dataset_id}: {err}") from None
 
     def _storage(self) -> ic.Storage:
+        if self.s3 is not None:
+            return self._connection().icechunk_storage(self.s3)
         return ic.local_filesystem_storage(str(self.path))
+
+    def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        """An fsspec file system and the repository's path in it (local or S3)."""
+        import fsspec
+
+        if self.s3 is not None:
+            return self._connection().filesystem(), f"{self.s3.bucket}/{self.s3.prefix}"
+        return fsspec.filesystem("file"), str(self.path)
+
+    def storage_bytes(self) -> int:
+        """Bytes the repository occupies (every object under its path; 0 if there is none)."""
+        fs, path = self.filesystem()
+        with self.reporting("measuring the store"):
+            try:
+                return int(fs.du(path, total=True))
+            except FileNotFoundError:
+                return 0
 
     @property
     def lock_path(self) -> Path:
-        return self.root / ".locks" / f"{self.name}.lock"
+        """The local lock file. On S3 there is no shared file system: a local file in the
+        temporary directory (keyed by the root), which serializes only the processes of this
+        machine; used by what must never run twice at once here (rewrites)."""
+        if self.s3 is not None:
+            import hashlib
+            import tempfile
+
+            key = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+            return Path(tempfile.gettempdir()) / "ref_assets-locks" / key / f"{self.name}.lock"
+        return Path(self.root) / ".locks" / f"{self.name}.lock"
 
     def exists(self) -> bool:
         with self.reporting("opening the store"):
@@ -174,7 +251,10 @@ class DatasetStore:
         return self._open_existing()
 
     def open_or_create(self, manifest_split: int, *, run_id: str | None = None) -> ic.Repository:
-        """Open the repository, creating it (with its persisted config) if it does not exist."""
+        """Open the repository, creating it (with its persisted config) if it does not exist.
+        This is the writers' way in: on S3 it first proves the server's conditional writes."""
+        if self.s3 is not None:
+            return self._open_or_create_on_s3(manifest_split)
         if self.exists():
             return self._open_existing()
         with self.lock(run_id=run_id):
@@ -186,6 +266,53 @@ class DatasetStore:
                 ic.Repository.create(self._storage(), config=repository_config(manifest_split))
             logger.info("%s: created repository at %s", self.dataset_id, self.location)
             return self._open_existing()
+
+    def _open_or_create_on_s3(self, manifest_split: int) -> ic.Repository:
+        """Without a lock: Icechunk creates the repository object last and conditionally, so of
+        racing creators one wins and the others open what it made. A creator that died halfway
+        left objects but no repository object; once they are `ABANDONED_CREATION_SECONDS` old
+        (no live creation takes that long) they are removed and the creation tried again."""
+        assert self.s3 is not None
+        try:
+            check_conditional_writes(self._connection(), self.s3.bucket, self.s3.prefix)
+        except S3Problem as err:
+            raise StoreError(f"{self.dataset_id}: {err}") from None
+        deadline = time.monotonic() + 2 * ABANDONED_CREATION_SECONDS
+        while not self.exists():
+            try:
+                with self.reporting("creating the store"):
+                    ic.Repository.create(self._storage(), config=repository_config(manifest_split))
+                logger.info("%s: created repository at %s", self.dataset_id, self.location)
+                break
+            except StorageFailure:
+                if self.exists():  # another writer created it first
+                    break
+                if time.monotonic() > deadline or not self._remains_of_creation():
+                    raise
+                time.sleep(random.uniform(0.2, 1.0))
+        repo = self._open_existing()
+        problem = conditional_writes_problem(repo.config.storage)
+        if problem:
+            raise StoreError(f"{self.dataset_id}: the store at {self.location}: {problem}.")
+        return repo
+
+    def _remains_of_creation(self) -> bool:
+        """Whether the prefix holds only Icechunk objects (no repository object); those of a
+        creation dead for `ABANDONED_CREATION_SECONDS` are removed. False for anything else."""
+        fs, path = self.filesystem()
+        objects = fs.find(path, detail=True)
+        names = {key[len(path) :].lstrip("/").split("/")[0] for key in objects}
+        if not names or names - _ICECHUNK_ENTRIES:
+            return False
+        newest = max(info["LastModified"] for info in objects.values())
+        if (datetime.now(UTC) - newest).total_seconds() > ABANDONED_CREATION_SECONDS:
+            logger.warning(
+                "%s: removing the remains of an interrupted store creation at %s",
+                self.dataset_id,
+                self.location,
+            )
+            fs.rm(list(objects))
+        return True
 
     def _clear_interrupted_creation(self) -> None:
         """Remove what a creation killed halfway left (Icechunk's folders, no repository
@@ -254,7 +381,7 @@ class DatasetStore:
         if isinstance(err, ic.FormatError) or any(sign in text for sign in _CORRUPTION_SIGNS):
             found = _corrupt_object(text)
             what = (
-                f"the repository file {self.path / found} is corrupt"
+                f"the repository file {self.url}/{found} is corrupt"
                 if found
                 else f"a file of the repository at {self.location} is corrupt"
             )
@@ -269,11 +396,17 @@ class DatasetStore:
 
     @contextlib.contextmanager
     def lock(self, *, run_id: str | None = None) -> Iterator[None]:
-        """Hold the dataset's inter-process commit lock, recording who holds it.
+        """Serialize commits and layout changes on local storage: hold the dataset's
+        inter-process commit lock, recording who holds it. On S3 it holds nothing: conditional
+        writes make every ref update a compare-and-set, and the committers rebase and retry
+        (what needs a consistent view beyond one commit checks `on_s3` itself).
 
         A wait longer than `LOCK_NOTICE_SECONDS` is logged (a warning naming the lock and its
         holder), again every `LOCK_NOTICE_EVERY_SECONDS`; after `LOCK_TIMEOUT_SECONDS` the wait
         ends in a StoreError saying what to do."""
+        if self.s3 is not None:
+            yield
+            return
         from filelock import FileLock
 
         lock = FileLock(self.lock_path)

@@ -178,8 +178,7 @@ class PeriodWriter:
             try:
                 with self._storage("committing"):
                     if attempt > 1:
-                        # Bounded, jittered back-off, so racing writers stop colliding in step.
-                        time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
+                        back_off(attempt)
                     session = self._repo.writable_session(self.branch)
                     if attempt > 1:
                         # The branch may have been rebuilt meanwhile (`store.branches.publish`):
@@ -278,27 +277,46 @@ def ensure_capacity(
     axis length.
 
     Checked first without the lock (the common case: nothing to do); changed under the lock in
-    its own commit, so the change is serialized with every other writer's.
+    its own commit, so the change is serialized with every other writer's. On S3 (no lock) a
+    writer that lost the race to another's growth sees its commit refused and looks again.
     """
     length = _capacity(repo.readonly_session(branch=branch), batch)
     if length > batch.time_index:
         return length
-    with store.lock(run_id=run_id):
-        session = repo.writable_session(branch)
-        group = zarr.open_group(session.store, mode="a")
-        needed = capacity_for(batch.spec, batch.time_index)
-        if not has_layout(group):
-            create_layout(group, batch.spec, batch.description, needed)
-            message = f"{batch.spec.id}: create layout ({needed} periods)"
-        else:
-            check_structure(group, batch.spec, batch.description)
-            if axis_length(group) > batch.time_index:
-                return axis_length(group)  # another writer grew it while we waited
-            grow_time_axis(group, batch.spec, needed)
-            message = f"{batch.spec.id}: grow time axis to {needed} periods"
-        session.commit(message)
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        if attempt > 1:
+            back_off(attempt)
+        with store.lock(run_id=run_id):
+            session = repo.writable_session(branch)
+            group = zarr.open_group(session.store, mode="a")
+            needed = capacity_for(batch.spec, batch.time_index)
+            if not has_layout(group):
+                create_layout(group, batch.spec, batch.description, needed)
+                message = f"{batch.spec.id}: create layout ({needed} periods)"
+            else:
+                check_structure(group, batch.spec, batch.description)
+                if axis_length(group) > batch.time_index:
+                    return axis_length(group)  # another writer grew it while we waited
+                grow_time_axis(group, batch.spec, needed)
+                message = f"{batch.spec.id}: grow time axis to {needed} periods"
+            try:
+                session.commit(message)
+            except ic.ConflictError:
+                logger.info("%s: another writer changed the layout first; looking again", message)
+                continue
         logger.info(message)
         return needed
+    raise StoreError(
+        f"{batch.spec.id} period {batch.period.key}: gave up laying out the time axis after "
+        f"{MAX_COMMIT_ATTEMPTS} conflicting attempts (other writers kept committing); nothing "
+        "was written, run the partitions again."
+    )
+
+
+def back_off(attempt: int) -> None:
+    """Sleep before retry ``attempt`` (from 2): bounded and jittered, so racing writers stop
+    colliding in step."""
+    time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
 
 
 def _capacity(session: ic.Session, batch: PeriodBatch) -> int:
