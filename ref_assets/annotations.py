@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import icechunk as ic
 import zarr
 
 import ref_assets
@@ -45,6 +46,7 @@ from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.layout import dataset_attributes, open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.writer import MAX_COMMIT_ATTEMPTS, back_off
 
 if TYPE_CHECKING:
     import icechunk as ic
@@ -226,24 +228,36 @@ def commit_annotations(
 ) -> AnnotationReceipt:
     """Run ``edit(root_group)`` (which returns the changes it made) on ``branch`` and commit it,
     under the dataset's commit lock: axis growth also commits under it, so the two never
-    conflict. No change: no commit (the snapshot is the branch's tip)."""
+    conflict. On S3 (no lock) a commit that lost a race to another writer's is refused, and the
+    edit runs again on the new tip. No change: no commit (the snapshot is the branch's tip)."""
     repo = store.open()
-    with store.reporting("annotating"), store.lock(run_id=f"annotation by {author}"):
-        session = repo.writable_session(branch)
-        if open_laid_out_root(session.store) is None:
-            raise StoreError(
-                f"{store.no_periods_yet()}; a store is annotated once its first period laid it out"
-            )
-        changes = edit(zarr.open_group(session.store, mode="r+"))
-        if not changes:
-            return AnnotationReceipt(store.dataset_id, session.snapshot_id, [])
-        targets = sorted({"dataset" if c.target is None else c.target for c in changes})
-        # A message only: Icechunk re-encodes every commit's metadata on each later commit
-        # (`store.writer.commit_rebasing`); the log array holds who, when and what.
-        snapshot = session.commit(
-            f"{store.dataset_id}: annotate {', '.join(targets)} (by {author})"
-        )
-    return AnnotationReceipt(store.dataset_id, snapshot, changes)
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        if attempt > 1:
+            back_off(attempt)
+        with store.reporting("annotating"), store.lock(run_id=f"annotation by {author}"):
+            session = repo.writable_session(branch)
+            if open_laid_out_root(session.store) is None:
+                raise StoreError(
+                    f"{store.no_periods_yet()}; a store is annotated once its first period laid "
+                    "it out"
+                )
+            changes = edit(zarr.open_group(session.store, mode="r+"))
+            if not changes:
+                return AnnotationReceipt(store.dataset_id, session.snapshot_id, [])
+            targets = sorted({"dataset" if c.target is None else c.target for c in changes})
+            # A message only: Icechunk re-encodes every commit's metadata on each later commit
+            # (`store.writer.commit_rebasing`); the log array holds who, when and what.
+            try:
+                snapshot = session.commit(
+                    f"{store.dataset_id}: annotate {', '.join(targets)} (by {author})"
+                )
+            except ic.ConflictError:
+                continue
+        return AnnotationReceipt(store.dataset_id, snapshot, changes)
+    raise StoreError(
+        f"{store.dataset_id}: gave up annotating after {MAX_COMMIT_ATTEMPTS} attempts (other "
+        "writers kept committing meanwhile); nothing was changed, run it again"
+    )
 
 
 def apply_change(

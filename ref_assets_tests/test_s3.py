@@ -33,7 +33,9 @@ def provider_values(spec: DatasetSpec, keys: list[str]) -> dict[str, np.ndarray]
     }
 
 
-def test_periods_materialized_on_s3_read_back_exactly(s3_settings, s3_server, write_spec, materialize):
+def test_periods_materialized_on_s3_read_back_exactly(
+    s3_settings, s3_server, write_spec, materialize
+):
     spec_fields = write_spec()
     spec = DatasetSpec.model_validate(spec_fields)
     keys = days(4)
@@ -59,7 +61,9 @@ def test_eight_spawned_writers_of_distinct_periods_lose_nothing(s3_settings, wri
     spec = DatasetSpec.model_validate(spec_fields)
     keys = days(24)
 
-    run_at_once(write_periods, [keys[i::8] for i in range(8)], s3_settings.storage_root, spec_fields)
+    run_at_once(
+        write_periods, [keys[i::8] for i in range(8)], s3_settings.storage_root, spec_fields
+    )
 
     assert check_whole_or_absent(s3_settings, spec, provider_values(spec, keys)) == set(keys)
 

@@ -202,12 +202,19 @@ def maintain(
     now = now or datetime.now(UTC)
     repo = store.open()
     if not dry_run:
-        before = store_bytes(store.path)
+        before = store.storage_bytes()
         with store.reporting("maintaining the store"):
             outcome = _expire_and_collect(repo, policy, now, store.lock(run_id="maintenance"))
-        after = store_bytes(store.path)
+        after = store.storage_bytes()
+    elif store.on_s3:
+        raise StoreError(
+            f"{store.dataset_id}: a maintenance dry run works on a copy of the repository, which "
+            f"is made for local stores only; {store.location} is on S3. Copy it to a local "
+            "directory and run the dry run with REF_STORAGE_ROOT there, or run the maintenance "
+            "itself (releases are always kept; `retention` in the spec says what goes)."
+        )
     else:
-        scratch = store.root / ".maintenance"
+        scratch = Path(store.root) / ".maintenance"
         prefix = f"{store.name}.dry-run-"
         with store.reporting("maintaining a copy of the store (dry run)"):
             scratch.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,7 +54,7 @@ from ref_assets.store.layout import (
 from ref_assets.store.layout import open_laid_out_root as _laid_out
 from ref_assets.store.reader import iter_records, store_axis, written_index_array
 from ref_assets.store.repository import DatasetStore, StoreError
-from ref_assets.store.writer import commit_rebasing
+from ref_assets.store.writer import back_off, commit_rebasing
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -151,7 +149,7 @@ def update_timeseries(
     repo = copy_store.open_or_create(MANIFEST_SPLIT_CHUNKS, run_id=run_id)
     for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1):
         if attempt > 1:  # bounded, jittered back-off, so racing updates stop colliding in step
-            time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
+            back_off(attempt)
         # The copy's session first: an update that commits after it touched the same chunks
         # conflicts with this one. Read the other way round, an update could copy a revision
         # in between, and this one would put the older values back.
