@@ -3,6 +3,7 @@ the way operators write them, and real in-process Dagster materializations."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def s3_settings(
     through the AWS variables, as a deployment would."""
     for name, value in s3_server.environment().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("REF_STORAGE_ROOT", s3_server.root(f"stores/{request.node.name}"))
+    prefix = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)
+    monkeypatch.setenv("REF_STORAGE_ROOT", s3_server.root(f"stores/{prefix}"))
     return load_settings()
 
 

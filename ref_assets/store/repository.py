@@ -71,6 +71,12 @@ LOCK_NOTICE_SECONDS = 5.0
 LOCK_NOTICE_EVERY_SECONDS = 60.0
 LOCK_TIMEOUT_SECONDS = 600.0
 
+# On S3, each request that fails (a server restarting, a network blip) is tried up to 8 times,
+# waiting 0.1 s doubling to at most 5 s between tries (about 16 s in all): a restart is ridden
+# through, a server that stays away fails the run in bounded time (Icechunk's default backs off
+# to 3 minutes).
+S3_RETRIES = ic.StorageRetriesSettings(max_tries=8, initial_backoff_ms=100, max_backoff_ms=5_000)
+
 # On S3, objects of a store creation this old with no repository object are a dead creation's.
 ABANDONED_CREATION_SECONDS = 30.0
 
@@ -341,6 +347,8 @@ class DatasetStore:
         config = ic.RepositoryConfig(
             caching=CACHING, num_updates_per_repo_info_file=UPDATES_PER_REPO_OBJECT
         )
+        if self.s3 is not None:
+            config.storage = ic.StorageSettings(retries=S3_RETRIES)
         with self.reporting("opening the store"):
             return ic.Repository.open(self._storage(), config=config)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import os
 import uuid
 from collections.abc import Mapping
@@ -27,6 +28,10 @@ from urllib.parse import urlsplit
 import icechunk as ic
 
 SCHEME = "s3://"
+
+# botocore's debug log prints each request's headers, whose Authorization names the access key:
+# never below INFO, whatever level a run's logging asks for.
+logging.getLogger("botocore").setLevel(logging.INFO)
 
 
 class S3Problem(RuntimeError):
