@@ -213,6 +213,9 @@ class S3Server:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def put(self, key: str, data: bytes) -> None:
+        self._client().put_object(Bucket=self.bucket, Key=key, Body=data)
+
     def list_keys(self, prefix: str = "") -> list[str]:
         """Every object key under ``prefix`` in the bucket."""
         client = self._client()

@@ -16,6 +16,7 @@ import numpy as np
 import ref_assets
 from ref_assets.batch import fetch_batch
 from ref_assets.cli.main import main
+from ref_assets.provenance import export_records
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
@@ -26,6 +27,7 @@ from ref_assets.verification import verify_dataset
 from ref_assets_tests.conftest import stored_checksum
 from ref_assets_tests.test_concurrency import checksum_of, days, run_at_once
 from ref_assets_tests.test_crash import check_whole_or_absent, start_writer
+from ref_assets_tests.test_provider_local_files import expected, sha256, spec_fields, write_netcdf
 from ref_assets_tests.workers import write_periods
 
 
@@ -243,3 +245,30 @@ def test_credentials_appear_in_no_output_log_record_or_dagster_event(
     for secret in secrets:
         assert secret not in shown
         assert secret.encode() not in written
+
+
+def test_a_local_files_archive_on_s3_lands_in_an_s3_store_and_its_records_export_to_s3(
+    s3_settings, s3_server, write_spec, register_providers, tmp_path, materialize
+):
+    files = {
+        d: write_netcdf(tmp_path / f"t2m_2024010{d}.nc", f"2024-01-0{d}", seed=d) for d in (1, 2)
+    }
+    for path in files.values():
+        s3_server.put(f"archive/{path.name}", path.read_bytes())
+    register_providers("ref_assets.providers.local_files:LocalFilesProvider")
+    archive = s3_server.root("archive")
+    fields = spec_fields(archive, "t2m_{year}{month}{day}.nc", bbox=[-60.0, -3.0, 60.0, 3.0])
+    write_spec("local_t2m", chunks={"y": 6, "x": 5}, **fields)
+
+    assert materialize("local_t2m", "2024-01-01...2024-01-02").success
+
+    stored = ref_assets.open_dataset("local_t2m", settings=s3_settings)
+    for d, path in files.items():
+        source = expected(path).sel(lat=slice(3.0, -3.0), lon=slice(-60.0, 60.0))
+        np.testing.assert_array_equal(stored["t2m"].sel(time=f"2024-01-0{d}").values, source)
+    [item] = ref_assets.read_provenance("local_t2m", "2024-01-02", settings=s3_settings).sources
+    assert (item.uri, item.sha256) == (f"{archive}/t2m_20240102.nc", sha256(files[2]))
+    exports = s3_server.root("exports/local_t2m")
+    assert export_records("local_t2m", exports, settings=s3_settings) == 2
+    exported = sorted(s3_server.list_keys("exports/local_t2m/"))
+    assert exported == [f"exports/local_t2m/2024-01-0{d}.record.json" for d in (1, 2)]
