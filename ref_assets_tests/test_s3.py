@@ -10,24 +10,31 @@ import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 
 import numpy as np
+import pytest
 
 import ref_assets
+from ref_assets.annotations import annotate
 from ref_assets.batch import fetch_batch
 from ref_assets.cli.main import main
 from ref_assets.provenance import export_records
 from ref_assets.providers.synthetic import SyntheticProvider
+from ref_assets.rebuild import rechunk_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
+from ref_assets.store import timeseries
 from ref_assets.store.maintenance import RetentionPolicy, maintain
-from ref_assets.store.repository import DatasetStore
-from ref_assets.store.writer import write_period
+from ref_assets.store.releases import releases, tag
+from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.writer import CommitPolicy, PeriodWriter, write_period
 from ref_assets.verification import verify_dataset
 from ref_assets_tests.conftest import stored_checksum
 from ref_assets_tests.test_concurrency import checksum_of, days, run_at_once
 from ref_assets_tests.test_crash import check_whole_or_absent, start_writer
 from ref_assets_tests.test_provider_local_files import expected, sha256, spec_fields, write_netcdf
+from ref_assets_tests.test_timeseries import TIMESERIES, assert_copy_equals_store
 from ref_assets_tests.workers import write_periods
 
 
@@ -272,3 +279,31 @@ def test_a_local_files_archive_on_s3_lands_in_an_s3_store_and_its_records_export
     assert export_records("local_t2m", exports, settings=s3_settings) == 2
     exported = sorted(s3_server.list_keys("exports/local_t2m/"))
     assert exported == [f"exports/local_t2m/2024-01-0{d}.record.json" for d in (1, 2)]
+
+
+def test_annotations_releases_the_time_series_copy_rechunk_and_maintenance_work_on_s3(
+    s3_settings, write_spec
+):
+    spec = DatasetSpec.model_validate(write_spec(timeseries=TIMESERIES))
+    store = DatasetStore(s3_settings.storage_root, spec.id)
+    provider = SyntheticProvider(spec)
+    writer = PeriodWriter(store, run_id="s3", policy=CommitPolicy(every=3))
+    for key in days(6):
+        writer.add(fetch_batch(spec, provider, spec.period_for_key(key)))
+    writer.flush()
+
+    annotate(spec.id, "t2m", attributes={"checked": "yes"}, by="ann")
+    release = tag(store, "v1")
+    timeseries.update_timeseries(spec, store, run_id="copy")
+    assert timeseries.timeseries_store(store).on_s3
+    assert_copy_equals_store(s3_settings, spec)
+    rechunk_dataset(spec, store, chunks={"y": 2, "x": 3}, settings=s3_settings, run_id="rc")
+
+    data = ref_assets.open_dataset(spec.id, settings=s3_settings)
+    assert data.t2m.attrs["checked"] == "yes" and data.t2m.encoding["chunks"] == (1, 2, 3)
+    assert all(check.ok for check in verify_dataset(spec.id, settings=s3_settings))
+    assert [r.name for r in releases(store)] == [release.name]
+    report = maintain(store, RetentionPolicy(keep_last=1, grace=timedelta(0)))
+    assert report.bytes_deleted > 0 and report.store_bytes_before > report.store_bytes_after > 0
+    with pytest.raises(StoreError, match="is on S3"):
+        maintain(store, RetentionPolicy(keep_last=1), dry_run=True)
