@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 
+import icechunk as ic
 import numpy as np
 import pytest
 
@@ -307,3 +308,18 @@ def test_annotations_releases_the_time_series_copy_rechunk_and_maintenance_work_
     assert report.bytes_deleted > 0 and report.store_bytes_before > report.store_bytes_after > 0
     with pytest.raises(StoreError, match="is on S3"):
         maintain(store, RetentionPolicy(keep_last=1), dry_run=True)
+
+
+def test_a_store_set_to_skip_conditional_writes_is_refused_to_writers(s3_settings, write_spec):
+    spec = DatasetSpec.model_validate(write_spec())
+    store = DatasetStore(s3_settings.storage_root, spec.id)
+    config = ic.RepositoryConfig.default()
+    config.storage = ic.StorageSettings(unsafe_use_conditional_update=False)
+    ic.Repository.create(store._storage(), config=config)
+    batch = fetch_batch(spec, SyntheticProvider(spec), spec.period_for_key("2024-01-01"))
+
+    with pytest.raises(StoreError) as refused:
+        write_period(store, batch, run_id="unsafe")
+
+    assert "turn unsafe_use_conditional_update off" in str(refused.value)
+    assert "Remove that setting from the repository's config" in str(refused.value)
