@@ -24,6 +24,9 @@ history. `maintain` applies a `RetentionPolicy` (the spec's ``retention`` sectio
    lock: Icechunk 2.3's garbage collection rewrites the repository object as well, and beside
    a writer, without the lock, it dropped commits (tested). Writers wait for it (up to the
    lock's timeout, `LOCK_TIMEOUT_SECONDS`); it lists every object of the repository.
+   On S3 there is no lock (`DatasetStore.lock`): the repository object is updated there with a
+   conditional write, so a commit racing expiry or collection is refused and retried, never
+   dropped (tested beside a writer: ref_assets_tests/test_s3.py).
 
 >>> store = DatasetStore(settings.storage_root, "demo_air_temperature")  # doctest: +SKIP
 >>> policy = RetentionPolicy.for_dataset(spec, keep_last=100)  # doctest: +SKIP
@@ -32,8 +35,7 @@ history. `maintain` applies a `RetentionPolicy` (the spec's ``retention`` sectio
 (['5VBV400GMRA8HHXQNB90', ...], 24268, [])
 
 Icechunk cannot expire in a dry run, so ``dry_run=True`` does the whole maintenance on a clone
-of the repository (local storage, the only kind stores have today: under
-``<root>/.maintenance``; chunks and manifests, which Icechunk never rewrites, are hard links,
+of the repository (local stores only; refused on S3: under ``<root>/.maintenance``; chunks and manifests, which Icechunk never rewrites, are hard links,
 the rest is copied) and reports what went there: the same snapshots,
 objects and bytes as the real run would, given that nothing commits in between. The store is
 not changed.
