@@ -170,14 +170,14 @@ def test_a_dry_run_changes_nothing_and_predicts_the_real_run(revised):
     policy = RetentionPolicy(keep_last=3, grace=NO_GRACE)
     before, history = files(store.path), main_history(store)
 
-    killed = store.root / ".maintenance" / f"{store.name}.dry-run-killed"
+    killed = Path(store.root) / ".maintenance" / f"{store.name}.dry-run-killed"
     killed.mkdir(parents=True)  # the clone of a dry run killed a day ago
     os.utime(killed, (time.time() - 2 * 86400,) * 2)
 
     predicted = maintain(store, policy, dry_run=True)
 
     assert files(store.path) == before and main_history(store) == history
-    assert not any((store.root / ".maintenance").iterdir()), "the clones are removed"
+    assert not any((Path(store.root) / ".maintenance").iterdir()), "the clones are removed"
     real = maintain(store, policy)
     assert predicted.dry_run and not real.dry_run
     assert predicted.expired_snapshots == real.expired_snapshots != []

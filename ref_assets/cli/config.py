@@ -195,6 +195,7 @@ def validate(args: argparse.Namespace) -> int:
     from ref_assets.catalog import load_catalog
     from ref_assets.config import ConfigError, load_settings, storage_root_problem
     from ref_assets.providers.registry import ProviderRegistry
+    from ref_assets.store.s3 import S3Connection, S3Problem, is_s3
     from ref_assets.vocabulary import load_vocabulary
 
     report: dict = {"settings_file": None, "ok": [], "warnings": [], "errors": []}
@@ -212,6 +213,11 @@ def validate(args: argparse.Namespace) -> int:
             _note(args, f"warning: {warning}")
         root = next(s for s in settings.values if s.key == "storage.root")
         problem = storage_root_problem(root.value)
+        if not problem and is_s3(root.value):
+            try:  # the S3 environment (endpoint, http) as the stores will read it
+                S3Connection.from_environment()
+            except S3Problem as err:
+                problem = str(err)
         if problem:
             report["errors"].append(f"storage.root (from {root.origin}): {problem}")
         try:
