@@ -25,7 +25,7 @@ from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.rebuild import rechunk_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
-from ref_assets.store import timeseries
+from ref_assets.store import repository, timeseries
 from ref_assets.store.maintenance import RetentionPolicy, maintain
 from ref_assets.store.releases import releases, tag
 from ref_assets.store.repository import DatasetStore, StoreError
@@ -323,3 +323,23 @@ def test_a_store_set_to_skip_conditional_writes_is_refused_to_writers(s3_setting
 
     assert "turn unsafe_use_conditional_update off" in str(refused.value)
     assert "Remove that setting from the repository's config" in str(refused.value)
+
+
+def test_the_remains_of_a_dead_store_creation_on_s3_do_not_block_the_next(
+    s3_settings, s3_server, write_spec, monkeypatch, caplog
+):
+    spec = DatasetSpec.model_validate(write_spec())
+    store = DatasetStore(s3_settings.storage_root, spec.id)
+    # What a creator killed before its repository object leaves: Icechunk's objects only.
+    s3_server.put(f"{store.s3.prefix}/config.yaml", b"{}")
+    s3_server.put(f"{store.s3.prefix}/snapshots/1CECHNK1CECHNK1CECHN", b"partial")
+    monkeypatch.setattr(repository, "ABANDONED_CREATION_SECONDS", 1.0)
+    batch = fetch_batch(spec, SyntheticProvider(spec), spec.period_for_key("2024-01-01"))
+
+    write_period(store, batch, run_id="after the dead creation")
+
+    assert "removing the remains of an interrupted store creation" in caplog.text
+
+    assert check_whole_or_absent(s3_settings, spec, provider_values(spec, ["2024-01-01"])) == {
+        "2024-01-01"
+    }

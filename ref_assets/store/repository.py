@@ -280,7 +280,9 @@ class DatasetStore:
         (no live creation takes that long) they are removed and the creation tried again."""
         assert self.s3 is not None
         try:
-            check_conditional_writes(self._connection(), self.s3.bucket, self.s3.prefix)
+            # Probed beside the repositories, never inside one's prefix (creation wants it empty).
+            root = S3Location.parse(self.root)
+            check_conditional_writes(self._connection(), root.bucket, root.prefix)
         except S3Problem as err:
             raise StoreError(f"{self.dataset_id}: {err}") from None
         deadline = time.monotonic() + 2 * ABANDONED_CREATION_SECONDS
