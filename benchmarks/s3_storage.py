@@ -158,7 +158,7 @@ def main() -> None:
                 "",
             ]
         if args.part in ("writers", "all"):
-            keys = [f"2001-01-{day:02d}" for day in range(1, 8 * per_writer + 1)]
+            keys = [str(day) for day in np.datetime64("2001-01-01") + np.arange(8 * per_writer)]
             one = concurrent_rate(f"{s3_root}/one", spec_fields("bench_one"), keys, 1)
             eight = concurrent_rate(f"{s3_root}/eight", spec_fields("bench_eight"), keys, 8)
             lines += [

@@ -140,6 +140,7 @@ class S3Server:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.directory),
+            "TMPDIR": str(sockets),  # its gRPC sockets, which no flag places
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
