@@ -140,7 +140,6 @@ class S3Server:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.directory),
-            "TMPDIR": str(sockets),  # its gRPC sockets, which no flag places
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
@@ -205,14 +204,17 @@ class S3Server:
         self.start()
 
     def stop(self) -> None:
-        """Stop the server by its PID (SIGTERM, then SIGKILL if it lingers)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """Stop the server by its PID (SIGTERM, then SIGKILL if it lingers), and remove the
+        gRPC sockets it put in /tmp (no flag places them), named by our ports."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for port in self.ports.values():
+            for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                leftover.unlink(missing_ok=True)
 
     def put(self, key: str, data: bytes) -> None:
         self._client().put_object(Bucket=self.bucket, Key=key, Body=data)

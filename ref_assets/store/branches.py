@@ -176,8 +176,12 @@ def publish(
             if tip == expected:
                 snapshot = repo.lookup_branch(work.branch)
                 # Compare-and-set: refused if main moved since the lookup above (the lock keeps
-                # ref_assets' writers out; the check keeps out anything else).
-                repo.reset_branch("main", snapshot, from_snapshot_id=expected)
+                # ref_assets' writers out on local storage; the check keeps out anything else,
+                # and on S3, where there is no lock, every other writer: then look again).
+                try:
+                    repo.reset_branch("main", snapshot, from_snapshot_id=expected)
+                except ic.ConflictError:
+                    continue
                 repo.delete_branch(work.branch)
                 logger.info(
                     "%s: published %s (branch %s) as main at %s",

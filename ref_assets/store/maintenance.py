@@ -36,9 +36,9 @@ history. `maintain` applies a `RetentionPolicy` (the spec's ``retention`` sectio
 
 Icechunk cannot expire in a dry run, so ``dry_run=True`` does the whole maintenance on a clone
 of the repository (local stores only, refused on S3: under ``<root>/.maintenance``; chunks and
-manifests, which Icechunk never rewrites, are hard links, the rest is copied) and reports what went there: the same snapshots,
-objects and bytes as the real run would, given that nothing commits in between. The store is
-not changed.
+manifests, which Icechunk never rewrites, are hard links, the rest is copied) and reports what
+went there: the same snapshots, objects and bytes as the real run would, given that nothing
+commits in between. The store is not changed.
 """
 
 from __future__ import annotations
