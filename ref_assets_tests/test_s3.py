@@ -191,11 +191,13 @@ def test_writers_killed_at_any_instant_on_s3_leave_whole_periods(s3_settings, wr
         # chunk writes, commits, axis growth.
         deadline = time.monotonic() + 60
         while stored_count(store) <= len(before) and time.monotonic() < deadline:
-            assert writer.poll() is None, f"trial {trial}: the writer failed on its own"
+            if writer.poll() is not None:
+                break
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.6))
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
+        assert writer.returncode in (0, -signal.SIGKILL), f"trial {trial}: the writer failed"
         present = check_whole_or_absent(s3_settings, spec, expected)
         # Committed periods stay; the waited-for commit is there (unless all were before).
         assert present > before or present == before == set(keys), f"trial {trial}"
