@@ -20,6 +20,7 @@ import ref_assets
 from ref_assets.annotations import annotate
 from ref_assets.batch import fetch_batch
 from ref_assets.cli.main import main
+from ref_assets.config import storage_root_problem
 from ref_assets.provenance import export_records
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.rebuild import rechunk_dataset
@@ -29,6 +30,7 @@ from ref_assets.store import repository, timeseries
 from ref_assets.store.maintenance import RetentionPolicy, maintain
 from ref_assets.store.releases import releases, tag
 from ref_assets.store.repository import DatasetStore, StoreError
+from ref_assets.store.s3 import S3Connection, S3Problem
 from ref_assets.store.writer import CommitPolicy, PeriodWriter, write_period
 from ref_assets.verification import verify_dataset
 from ref_assets_tests.conftest import stored_checksum
@@ -346,3 +348,17 @@ def test_the_remains_of_a_dead_store_creation_on_s3_do_not_block_the_next(
     assert check_whole_or_absent(s3_settings, spec, provider_values(spec, ["2024-01-01"])) == {
         "2024-01-01"
     }
+
+
+def test_roots_and_endpoints_that_cannot_be_used_are_refused_saying_what_to_do():
+    assert storage_root_problem("s3://bucket/prefix") is None
+    assert "neither a local directory nor on S3" in storage_root_problem("gs://bucket/x")
+    assert "not of the form s3://bucket/prefix" in storage_root_problem("s3://bucket/x?v=1")
+    assert "holds credentials" in storage_root_problem("s3://key:secret@bucket/x")
+    loopback = S3Connection.from_environment({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"})
+    assert loopback.allow_http
+    with pytest.raises(S3Problem, match="plain http on a network"):
+        S3Connection.from_environment({"AWS_ENDPOINT_URL": "http://10.0.0.5:9000"})
+    trusted = {"AWS_ENDPOINT_URL": "http://10.0.0.5:9000", "REF_S3_ALLOW_HTTP": "1"}
+    assert S3Connection.from_environment(trusted).allow_http
+    assert not S3Connection.from_environment({"AWS_REGION": "eu-west-1"}).allow_http
