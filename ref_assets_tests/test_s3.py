@@ -27,6 +27,7 @@ from ref_assets.rebuild import rechunk_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store import repository, timeseries
+from ref_assets.store.branches import copy_periods, publish, start_work
 from ref_assets.store.maintenance import RetentionPolicy, maintain
 from ref_assets.store.releases import releases, tag
 from ref_assets.store.repository import DatasetStore, StoreError
@@ -362,3 +363,41 @@ def test_roots_and_endpoints_that_cannot_be_used_are_refused_saying_what_to_do()
     trusted = {"AWS_ENDPOINT_URL": "http://10.0.0.5:9000", "REF_S3_ALLOW_HTTP": "1"}
     assert S3Connection.from_environment(trusted).allow_http
     assert not S3Connection.from_environment({"AWS_REGION": "eu-west-1"}).allow_http
+
+
+def test_work_published_beside_a_writer_on_s3_keeps_both(s3_settings, write_spec):
+    """publish moves main by compare-and-set: on S3, with no lock, a writer committing all
+    along makes it replay (or find its set refused and look again); nothing is lost."""
+    spec = DatasetSpec.model_validate(write_spec())
+    store = DatasetStore(s3_settings.storage_root, spec.id)
+    provider = SyntheticProvider(spec)
+    keys = days(10)
+    batches = {key: fetch_batch(spec, provider, spec.period_for_key(key)) for key in keys}
+    write_period(store, batches[keys[0]], run_id="first")
+    work = start_work(store, "rebuild", run_id="r")
+    writer = PeriodWriter(store, run_id="work", branch=work.branch)
+    writer.add(batches[keys[1]])
+    writer.flush()
+    failures = []
+
+    def write_main():
+        try:
+            for key in keys[2:]:
+                write_period(store, batches[key], run_id="sensor")
+        except Exception as err:  # reported below: a thread's exception is otherwise lost
+            failures.append(err)
+
+    def replay(moved):
+        copy_periods(
+            store, spec, moved.periods, source_snapshot=moved.tip, branch=work.branch, message="r"
+        )
+
+    main_writer = threading.Thread(target=write_main)
+    main_writer.start()
+    while main_writer.is_alive() and stored_count(store) < 4:
+        time.sleep(0.05)
+    publish(work, replay=replay, max_attempts=50)
+    main_writer.join()
+
+    assert not failures
+    assert check_whole_or_absent(s3_settings, spec, provider_values(spec, keys)) == set(keys)
