@@ -71,7 +71,16 @@ def test_status_json_lists_every_key_without_a_period_object_each(
 ):
     assert main(["status", "hourly_t2m", "--end", "2024-12-31T23:00", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"dataset", "store", "first", "last", "present", "missing"}
+    assert set(report) == {
+        "dataset",
+        "store",
+        "first",
+        "last",
+        "present",
+        "missing",
+        "structure_changed",
+    }
+    assert report["structure_changed"] == []  # the spec fits the store
     assert report["present"] == WRITTEN
     assert (report["first"], report["last"]) == ("1950-01-01-00:00", "2024-12-31-23:00")
     missing = report["missing"]

@@ -292,7 +292,9 @@ class DatasetStore:
                     ic.Repository.create(self._storage(), config=repository_config(manifest_split))
                 logger.info("%s: created repository at %s", self.dataset_id, self.location)
                 break
-            except StorageFailure:
+            except (StorageFailure, ic.ConflictError):
+                # Losing the race surfaces either way: the winner's repository object is there
+                # ("repo info object was updated"), or its other objects made the prefix unclean.
                 if self.exists():  # another writer created it first
                     break
                 if time.monotonic() > deadline or not self._remains_of_creation():
