@@ -25,7 +25,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 
-from results import replace_section
+from results import machine_load, replace_section
 
 SECTION = "## Rebuild and rechunk against writing once (`benchmarks/rebuild.py`)"
 GRID = {"bbox": [0.0, 0.0, 50.0, 50.0], "resolution": 0.25, "seed": 1, "land_only": False}
@@ -137,7 +137,7 @@ def main() -> None:
         "",
         f"Written by `.venv/bin/python benchmarks/rebuild.py` on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with two other jobs: loaded), Python {platform.python_version()}; icechunk "
+        f"({machine_load()}), Python {platform.python_version()}; icechunk "
         f"{icechunk.__version__}, zarr {zarr.__version__}. {count} daily periods of {ny} x {nx} "
         "float32 on local disk, each run once.",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -26,3 +27,10 @@ def replace_section(heading: str, text: str, *, path: Path = RESULTS, first: boo
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + body
     path.write_text(new.rstrip("\n") + "\n")
+
+
+def machine_load() -> str:
+    """How busy the machine was as a result is written, for its header: ratios measured beside
+    other work drift, and a reader should know whether they were."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from results import replace_section
+from results import machine_load, replace_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -177,8 +177,7 @@ def main() -> None:
         [
             SECTION,
             "",
-            f"{when}, {platform.machine()}, {os.cpu_count()} cores shared with other work "
-            "(a loaded machine: ratios, not absolute numbers).",
+            f"{when}, {platform.machine()}, {machine_load()} (ratios, not absolute numbers).",
             "",
             *lines,
         ]

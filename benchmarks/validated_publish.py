@@ -29,7 +29,7 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-from results import replace_section
+from results import machine_load, replace_section
 
 REFUSED = "2024-01-10"
 
@@ -165,7 +165,7 @@ def main() -> None:
         "## Validate, then publish (benchmarks/validated_publish.py)",
         "",
         f"Written on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.machine()}, "
-        f"{os.cpu_count()} cores (shared with other work: a loaded machine), Python "
+        f"{os.cpu_count()} cores ({machine_load()}), Python "
         f"{sys.version.split()[0]}, dagster {dg.__version__}, SQLite instance. {count} daily "
         "periods of 150 x 150 float32, one range run each (`execute_in_process`), commits of 32.",
         "",
