@@ -401,3 +401,23 @@ def test_work_published_beside_a_writer_on_s3_keeps_both(s3_settings, write_spec
 
     assert not failures
     assert check_whole_or_absent(s3_settings, spec, provider_values(spec, keys)) == set(keys)
+
+
+@pytest.mark.parametrize("lost_as", ["unclean prefix", "conflict"])
+def test_a_creator_that_loses_the_race_opens_the_winners_store(s3_settings, monkeypatch, lost_as):
+    store = DatasetStore(s3_settings.storage_root, "raced")
+    winner = store.open_or_create(manifest_split=8)
+    # The loser looked before the winner's repository object existed, then tried to create:
+    # Icechunk refuses the prefix the winner wrote into, or (when both wrote at once, seen with
+    # 8 writers) reports that the repository object changed under it.
+    looks = iter([False])
+    real_exists = DatasetStore.exists
+    monkeypatch.setattr(DatasetStore, "exists", lambda self: next(looks, real_exists(self)))
+    if lost_as == "conflict":
+
+        def create(*args, **kwargs):
+            raise ic.ConflictError("repo info object was updated after this session started")
+
+        monkeypatch.setattr(ic.Repository, "create", create)
+    loser = store.open_or_create(manifest_split=8)
+    assert loser.lookup_branch("main") == winner.lookup_branch("main")
