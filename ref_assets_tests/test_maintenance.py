@@ -373,6 +373,13 @@ def test_maintenance_beside_a_writer_loses_no_commit(synthetic_dataset):
     spec, store, batch_for = synthetic_dataset
     keys = [f"2024-01-{day:02d}" for day in range(1, 13)]
     batches = [batch_for(key) for key in keys]
+    maintain_beside_a_writer(store, spec, batches)
+
+
+def maintain_beside_a_writer(store, spec, batches) -> None:
+    """Maintain ``store`` again and again (keeping the last snapshot) while a thread writes
+    ``batches`` one commit each; then every period must verify."""
+    keys = [batch.period.key for batch in batches]
     write_period(store, batches[0], run_id="first")
     failures = []
 

@@ -37,6 +37,7 @@ from ref_assets.verification import verify_dataset
 from ref_assets_tests.conftest import stored_checksum
 from ref_assets_tests.test_concurrency import checksum_of, days, run_at_once
 from ref_assets_tests.test_crash import check_whole_or_absent, start_writer
+from ref_assets_tests.test_maintenance import maintain_beside_a_writer
 from ref_assets_tests.test_provider_local_files import expected, sha256, spec_fields, write_netcdf
 from ref_assets_tests.test_timeseries import TIMESERIES, assert_copy_equals_store
 from ref_assets_tests.workers import write_periods
@@ -119,26 +120,7 @@ def test_maintenance_beside_a_writer_on_s3_loses_no_commit(s3_settings, write_sp
     provider = SyntheticProvider(spec)
     keys = days(10)
     batches = [fetch_batch(spec, provider, spec.period_for_key(key)) for key in keys]
-    write_period(store, batches[0], run_id="first")
-    failures = []
-
-    def write_rest():
-        try:
-            for batch in batches[1:]:
-                write_period(store, batch, run_id="writer")
-        except Exception as err:  # reported below: a thread's exception is otherwise lost
-            failures.append(err)
-
-    writer = threading.Thread(target=write_rest)
-    writer.start()
-    expired = 0
-    while writer.is_alive():
-        expired += len(maintain(store, RetentionPolicy(keep_last=1)).expired_snapshots)
-    writer.join()
-    expired += len(maintain(store, RetentionPolicy(keep_last=1)).expired_snapshots)
-    assert not failures and expired > 0
-    checks = verify_dataset(spec.id)
-    assert [check.period for check in checks] == keys and all(check.ok for check in checks)
+    maintain_beside_a_writer(store, spec, batches)
 
 
 def stored_count(store: DatasetStore) -> int:
