@@ -8,8 +8,10 @@ import warnings
 import icechunk as ic
 import pytest
 import zarr
+from zarr.core.sync import sync
 
 from ref_assets.store import reader as store_reader
+from ref_assets.store import writer as store_writer
 from ref_assets.store.layout import RECORDS_PATH
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import (
@@ -57,6 +59,42 @@ def test_a_conflicting_commit_is_retried_and_the_later_writer_wins(setup, monkey
     assert record["run_id"] == "ours"
     axis = store_reader.store_axis(session)
     assert stored_checksum(session, axis, batch.time_index) == batch.checksum
+
+
+def test_commits_beaten_by_other_periods_are_replayed_without_writing_again(setup, monkeypatch):
+    """Other writers commit other periods before each of our first three commits: our session
+    is replayed on each new tip (Icechunk's rebase) and committed, and our values are written
+    only once."""
+    store, batch_for = setup
+    ours = batch_for("2024-01-02")
+    theirs = [batch_for(key) for key in ("2024-01-03", "2024-01-04", "2024-01-05")]
+    real_commit, real_write = ic.Session.commit, store_writer._write_periods
+    writes, competing = [], []
+
+    def commit(self, message, *args, **kwargs):
+        if len(competing) < len(theirs) and "run ours" in message:
+            # Committed as a writer in another process would (we hold the commit lock here).
+            other = store.open().writable_session("main")
+            sync(real_write(other, [theirs[len(competing)]], "theirs"))
+            competing.append(real_commit(other, "theirs"))
+        return real_commit(self, message, *args, **kwargs)
+
+    async def write(session, batches, run_id):
+        writes.append(run_id)
+        return await real_write(session, batches, run_id)
+
+    monkeypatch.setattr(ic.Session, "commit", commit)
+    monkeypatch.setattr(store_writer, "_write_periods", write)
+    receipt = write_period(store, ours, run_id="ours")
+    assert writes.count("ours") == 1 and receipt.attempts == 4
+    session = store_reader.session_for(store)
+    assert session.snapshot_id == receipt.snapshot_id
+    indices = [batch.time_index for batch in (ours, *theirs)]
+    records = store_reader.read_records(session, indices)
+    assert [records[i]["run_id"] for i in indices] == ["ours", "theirs", "theirs", "theirs"]
+    axis = store_reader.store_axis(session)
+    for batch in (ours, *theirs):
+        assert stored_checksum(session, axis, batch.time_index) == batch.checksum
 
 
 def test_endless_conflicts_give_up_with_nothing_of_ours_written(setup, monkeypatch):

@@ -249,7 +249,7 @@ def copy_periods(
                 held = _held(source, source_length, target[name], name, first, last)
                 target[name][first : last + 1] = held
         with store.lock(run_id=run_id):
-            return commit_rebasing(session, message)
+            return commit_rebasing(session, message).snapshot_id
 
 
 def _held(

@@ -169,7 +169,7 @@ def update_timeseries(
             )
             try:
                 with copy_store.lock(run_id=run_id):
-                    snapshot = commit_rebasing(session, message)
+                    snapshot = commit_rebasing(session, message).snapshot_id
             except (ic.ConflictError, ic.RebaseFailedError) as err:
                 logger.info("%s: attempt %d conflicted (%s); starting over", message, attempt, err)
                 continue
