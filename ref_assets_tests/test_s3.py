@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import signal
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -15,6 +16,7 @@ from datetime import timedelta
 import icechunk as ic
 import numpy as np
 import pytest
+from zarr.core.sync import sync
 
 import ref_assets
 from ref_assets.annotations import annotate
@@ -27,6 +29,7 @@ from ref_assets.rebuild import rechunk_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store import repository, timeseries
+from ref_assets.store import writer as store_writer
 from ref_assets.store.branches import copy_periods, publish, start_work
 from ref_assets.store.maintenance import RetentionPolicy, maintain
 from ref_assets.store.releases import releases, tag
@@ -40,7 +43,7 @@ from ref_assets_tests.test_crash import check_whole_or_absent, start_writer
 from ref_assets_tests.test_maintenance import maintain_beside_a_writer
 from ref_assets_tests.test_provider_local_files import expected, sha256, spec_fields, write_netcdf
 from ref_assets_tests.test_timeseries import TIMESERIES, assert_copy_equals_store
-from ref_assets_tests.workers import write_periods
+from ref_assets_tests.workers import write_periods, write_periods_on_machine
 
 
 def provider_values(spec: DatasetSpec, keys: list[str]) -> dict[str, np.ndarray]:
@@ -72,15 +75,18 @@ def test_periods_materialized_on_s3_read_back_exactly(
     assert check_whole_or_absent(s3_settings, spec, provider_values(spec, keys)) == set(keys)
 
 
-def test_eight_spawned_writers_of_distinct_periods_lose_nothing(s3_settings, write_spec):
+def test_eight_spawned_writers_of_distinct_periods_lose_nothing(s3_settings, write_spec, tmp_path):
+    """Two machines of four writers: each machine's writers take turns, the machines race."""
     # A small time block: the writers also race to grow the axis.
     spec_fields = write_spec(storage={"time_block": 4})
     spec = DatasetSpec.model_validate(spec_fields)
     keys = days(24)
+    machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    for machine in machines:
+        machine.mkdir()
 
-    run_at_once(
-        write_periods, [keys[i::8] for i in range(8)], s3_settings.storage_root, spec_fields
-    )
+    shares = [(str(machines[i % 2]), keys[i::8]) for i in range(8)]
+    run_at_once(write_periods_on_machine, shares, s3_settings.storage_root, spec_fields)
 
     assert check_whole_or_absent(s3_settings, spec, provider_values(spec, keys)) == set(keys)
 
@@ -403,3 +409,49 @@ def test_a_creator_that_loses_the_race_opens_the_winners_store(s3_settings, monk
         monkeypatch.setattr(ic.Repository, "create", create)
     loser = store.open_or_create(manifest_split=8)
     assert loser.lookup_branch("main") == winner.lookup_branch("main")
+
+
+def test_writers_on_one_machine_take_turns_and_catch_up_instead_of_failing_a_commit(
+    s3_settings, write_spec, monkeypatch
+):
+    """On S3 a writer waits for this machine's turn to commit (a lock in the temporary
+    directory), then replays its session on the tip that moved meanwhile before committing: no
+    commit is tried in vain. Writers on other machines are kept safe by compare-and-set."""
+    spec = DatasetSpec.model_validate(write_spec())
+    store = DatasetStore(s3_settings.storage_root, spec.id)
+    provider = SyntheticProvider(spec)
+    batch_for = lambda key: fetch_batch(spec, provider, spec.period_for_key(key))  # noqa: E731
+    write_period(store, batch_for("2024-01-01"), run_id="first")
+    assert str(store.lock_path).startswith(tempfile.gettempdir())  # this machine's, not S3's
+    real_write = store_writer._write_periods
+    written = threading.Event()
+
+    async def write(session, batches, run_id):
+        result = await real_write(session, batches, run_id)
+        written.set()
+        return result
+
+    monkeypatch.setattr(store_writer, "_write_periods", write)
+    receipts = []
+    with store.commit_turn(run_id="holder"):
+        waiting = threading.Thread(
+            target=lambda: receipts.append(
+                write_period(store, batch_for("2024-01-02"), run_id="waiting")
+            )
+        )
+        waiting.start()
+        assert written.wait(60)
+        time.sleep(0.5)
+        assert waiting.is_alive()  # its values are written; its commit waits for the turn
+        # The turn's holder commits another period, as a writer of this machine would.
+        other = store.open().writable_session("main")
+        sync(real_write(other, [batch_for("2024-01-03")], "holder"))
+        holder_snapshot = other.commit("holder")
+    waiting.join(60)
+
+    [receipt] = receipts
+    assert receipt.attempts == 1  # caught up on the holder's commit instead of failing one
+    session = store_reader.session_for(store)
+    assert session.snapshot_id == receipt.snapshot_id != holder_snapshot
+    keys = ["2024-01-01", "2024-01-02", "2024-01-03"]
+    assert check_whole_or_absent(s3_settings, spec, provider_values(spec, keys)) == set(keys)

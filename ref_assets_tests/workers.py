@@ -45,6 +45,18 @@ def write_periods(storage_root: str, spec_fields: dict, keys: list[str], barrier
         write_period(store, batch, run_id=f"worker-{os.getpid()}")
 
 
+def write_periods_on_machine(
+    storage_root: str, spec_fields: dict, share: tuple[str, list[str]], barrier
+) -> None:
+    """`write_periods` as if on the machine whose temporary directory is ``share[0]``: writers
+    on one machine take turns to commit (`DatasetStore.commit_turn`, a lock there), writers on
+    others race by compare-and-set."""
+    import tempfile
+
+    tempfile.tempdir = share[0]
+    write_periods(storage_root, spec_fields, share[1], barrier)
+
+
 def write_until_killed(storage_root: str, spec_json: str, keys: list[str]) -> None:
     """Entry point of ``python -c``: announce readiness on stdout, then write periods in a loop
     until the parent kills this process."""

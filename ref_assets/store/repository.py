@@ -419,17 +419,38 @@ class DatasetStore:
         if self.s3 is not None:
             yield
             return
-        from filelock import FileLock
+        with self._file_lock(run_id):
+            yield
+
+    @contextlib.contextmanager
+    def commit_turn(self, *, run_id: str | None = None) -> Iterator[bool]:
+        """Take this machine's turn to commit periods, yielding whether another writer held it
+        first (then the branch has likely moved: catch up before committing). It is the commit
+        lock (`lock`) on local storage; on S3 the same lock in the temporary directory
+        (`lock_path`), which lines up only this machine's writers, so their commits stop beating
+        each other, while writers on other machines stay safe by compare-and-set as before.
+        Measured with 8 processes writing one S3 store: benchmarks/s3_storage.py."""
+        with self._file_lock(run_id) as waited:
+            yield waited
+
+    @contextlib.contextmanager
+    def _file_lock(self, run_id: str | None) -> Iterator[bool]:
+        from filelock import FileLock, Timeout
 
         lock = FileLock(self.lock_path)
         try:
             self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            self._acquire(lock)
+            try:
+                lock.acquire(timeout=0)
+                waited = False
+            except Timeout:
+                self._acquire(lock)
+                waited = True
         except OSError as err:
             raise StorageFailure(self._lock_path_problem(err)) from err
         try:
             self._record_holder(run_id)
-            yield
+            yield waited
         finally:
             lock.release()
 

@@ -187,8 +187,8 @@ class PeriodWriter:
                         # never write these periods into a layout their spec does not fit.
                         _capacity(session, batches[0])
                     written = sync(_write_periods(session, batches, self.run_id))
-                    with self.store.lock(run_id=self.run_id):
-                        commit = commit_rebasing(session, message)
+                    with self.store.commit_turn(run_id=self.run_id) as others_first:
+                        commit = commit_rebasing(session, message, catch_up=others_first)
             except ic.ConflictError as err:
                 commits += getattr(err, "commit_attempts", MAX_COMMIT_ATTEMPTS)
                 logger.info("%s: write %d did not land (%s); writing again", message, write, err)
@@ -248,7 +248,7 @@ class Commit(NamedTuple):
     attempts: int
 
 
-def commit_rebasing(session: ic.Session, message: str) -> Commit:
+def commit_rebasing(session: ic.Session, message: str, *, catch_up: bool = False) -> Commit:
     """Commit; while other writers commit first, replay this session's changes on the new tip
     and commit again: immediately the first time, then after a bounded, jittered back-off, at
     most ``MAX_COMMIT_ATTEMPTS`` tries in all (then `ic.ConflictError`). The values written are
@@ -260,23 +260,32 @@ def commit_rebasing(session: ic.Session, message: str) -> Commit:
 
     A plain first attempt keeps uncontended commits cheap: committing with ``rebase_with``
     every time measured 6.0 -> 9.2 ms per commit over 1,200 commits, against 5.6 -> 7.1 ms.
+    With ``catch_up`` (the caller knows others committed meanwhile, `DatasetStore.commit_turn`)
+    the session is replayed on the tip first, which spares a commit bound to fail.
 
     The message is the commit's whole summary, with no commit metadata: Icechunk 2 keeps every
     commit's message and metadata in its repository object and decodes and re-encodes all of
     them on each commit, item by item; five metadata items a commit made the commit cost grow
     3.5 times as fast with history as none (measured over 2,000 commits)."""
+    if catch_up:
+        _replay(session, attempt=0)
     for attempt in range(1, MAX_COMMIT_ATTEMPTS):
         try:
             return Commit(session.commit(message), attempt)
         except ic.ConflictError:
             if attempt > 1:
                 back_off(attempt)
-            try:
-                session.rebase(ic.ConflictDetector())
-            except ic.RebaseFailedError as refused:
-                refused.commit_attempts = attempt  # for the caller's count
-                raise
+            _replay(session, attempt)
     return Commit(session.commit(message), MAX_COMMIT_ATTEMPTS)
+
+
+def _replay(session: ic.Session, attempt: int) -> None:
+    """Replay ``session``'s changes on its branch's tip, after ``attempt`` commits."""
+    try:
+        session.rebase(ic.ConflictDetector())
+    except ic.RebaseFailedError as refused:
+        refused.commit_attempts = attempt  # for the caller's count
+        raise
 
 
 def write_period(
