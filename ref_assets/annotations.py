@@ -44,9 +44,9 @@ from ref_assets.config import Settings, load_settings
 from ref_assets.secrets import redact
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
+from ref_assets.store.commits import MAX_COMMIT_ATTEMPTS, back_off
 from ref_assets.store.layout import dataset_attributes, open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
-from ref_assets.store.writer import MAX_COMMIT_ATTEMPTS, back_off
 
 if TYPE_CHECKING:
     import icechunk as ic

@@ -12,10 +12,10 @@ from zarr.core.sync import sync
 
 from ref_assets.store import reader as store_reader
 from ref_assets.store import writer as store_writer
+from ref_assets.store.commits import MAX_COMMIT_ATTEMPTS
 from ref_assets.store.layout import RECORDS_PATH
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import (
-    MAX_COMMIT_ATTEMPTS,
     CommitPolicy,
     PeriodWriter,
     _gather_bounded,

@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 from ref_assets.specs import DatasetSpec
+from ref_assets.store.commits import commit_rebasing
 from ref_assets.store.layout import (
     RECORDS_PATH,
     axis_length,
@@ -36,7 +37,7 @@ from ref_assets.store.layout import (
 )
 from ref_assets.store.reader import READ_BLOCK, written_between
 from ref_assets.store.repository import DatasetStore, StoreError
-from ref_assets.store.writer import STACKED_BYTES, commit_rebasing
+from ref_assets.store.writer import STACKED_BYTES
 
 logger = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from ref_assets.store.commits import back_off, commit_rebasing
 from ref_assets.store.layout import (
     StoreLayoutError,
     axis_length,
@@ -54,7 +55,6 @@ from ref_assets.store.layout import (
 from ref_assets.store.layout import open_laid_out_root as _laid_out
 from ref_assets.store.reader import iter_records, store_axis, written_index_array
 from ref_assets.store.repository import DatasetStore, StoreError
-from ref_assets.store.writer import back_off, commit_rebasing
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -17,12 +17,10 @@ import dataclasses
 import itertools
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import icechunk as ic
 import numpy as np
@@ -39,6 +37,7 @@ from ref_assets.provenance import (
     build_record,
 )
 from ref_assets.specs import DatasetSpec
+from ref_assets.store.commits import MAX_COMMIT_ATTEMPTS, back_off, commit_in_turn
 from ref_assets.store.layout import (
     RECORDS_PATH,
     axis_length,
@@ -52,10 +51,6 @@ from ref_assets.store.layout import (
 from ref_assets.store.repository import DatasetStore, StoreError
 
 logger = logging.getLogger(__name__)
-
-# A commit conflicts only when another writer grew the axis or wrote the same period after our
-# session began; each retry starts from the new tip, so a few attempts suffice in practice.
-MAX_COMMIT_ATTEMPTS = 8
 
 # Consecutive periods are stacked into one region write up to this size: a bounded copy, for
 # far fewer (and concurrent) zarr calls.
@@ -187,8 +182,9 @@ class PeriodWriter:
                         # never write these periods into a layout their spec does not fit.
                         _capacity(session, batches[0])
                     written = sync(_write_periods(session, batches, self.run_id))
-                    with self.store.commit_turn(run_id=self.run_id) as others_first:
-                        commit = commit_rebasing(session, message, catch_up=others_first)
+                    commit = commit_in_turn(
+                        self.store, session, message, run_id=self.run_id, branch=self.branch
+                    )
             except ic.ConflictError as err:
                 commits += getattr(err, "commit_attempts", MAX_COMMIT_ATTEMPTS)
                 logger.info("%s: write %d did not land (%s); writing again", message, write, err)
@@ -239,53 +235,6 @@ class PeriodWriter:
         if len(keys) == 1:
             return f"period {keys[0]}"
         return f"periods {keys[0]}..{keys[-1]} ({len(keys)}, uncommitted)"
-
-
-class Commit(NamedTuple):
-    """A commit that landed: its snapshot, and how many times it was tried."""
-
-    snapshot_id: str
-    attempts: int
-
-
-def commit_rebasing(session: ic.Session, message: str, *, catch_up: bool = False) -> Commit:
-    """Commit; while other writers commit first, replay this session's changes on the new tip
-    and commit again: immediately the first time, then after a bounded, jittered back-off, at
-    most ``MAX_COMMIT_ATTEMPTS`` tries in all (then `ic.ConflictError`). The values written are
-    never written again: only Icechunk's snapshot is, which is what lets many writers of one S3
-    store keep their aggregate rate (rewriting from the new tip on each conflict, as before,
-    measured 0.27x one writer's rate with 8 writers; see benchmarks/s3_storage.py). A replay
-    that cannot be done (another writer wrote the same chunks, grew the time axis or replaced
-    the arrays) raises `ic.RebaseFailedError`: the caller writes again from the new tip.
-
-    A plain first attempt keeps uncontended commits cheap: committing with ``rebase_with``
-    every time measured 6.0 -> 9.2 ms per commit over 1,200 commits, against 5.6 -> 7.1 ms.
-    With ``catch_up`` (the caller knows others committed meanwhile, `DatasetStore.commit_turn`)
-    the session is replayed on the tip first, which spares a commit bound to fail.
-
-    The message is the commit's whole summary, with no commit metadata: Icechunk 2 keeps every
-    commit's message and metadata in its repository object and decodes and re-encodes all of
-    them on each commit, item by item; five metadata items a commit made the commit cost grow
-    3.5 times as fast with history as none (measured over 2,000 commits)."""
-    if catch_up:
-        _replay(session, attempt=0)
-    for attempt in range(1, MAX_COMMIT_ATTEMPTS):
-        try:
-            return Commit(session.commit(message), attempt)
-        except ic.ConflictError:
-            if attempt > 1:
-                back_off(attempt)
-            _replay(session, attempt)
-    return Commit(session.commit(message), MAX_COMMIT_ATTEMPTS)
-
-
-def _replay(session: ic.Session, attempt: int) -> None:
-    """Replay ``session``'s changes on its branch's tip, after ``attempt`` commits."""
-    try:
-        session.rebase(ic.ConflictDetector())
-    except ic.RebaseFailedError as refused:
-        refused.commit_attempts = attempt  # for the caller's count
-        raise
 
 
 def write_period(
@@ -343,12 +292,6 @@ def ensure_capacity(
         f"{MAX_COMMIT_ATTEMPTS} conflicting attempts (other writers kept committing); nothing "
         "was written, run the partitions again."
     )
-
-
-def back_off(attempt: int) -> None:
-    """Sleep before retry ``attempt`` (from 2): bounded and jittered, so racing writers stop
-    colliding in step."""
-    time.sleep(random.uniform(0, min(0.05 * 2**attempt, 2.0)))
 
 
 def _capacity(session: ic.Session, batch: PeriodBatch) -> int:
