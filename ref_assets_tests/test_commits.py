@@ -66,7 +66,10 @@ def test_writers_waiting_for_the_turn_land_in_one_commit(stored):
     assert commits_on_main(store) == before + 1
     session = store_reader.session_for(store)
     assert session.snapshot_id == receipts["w0"].snapshot_id
-    assert "+ 2 more (grouped)" in next(store.open().ancestry(branch="main")).message
+    assert (
+        "+ 2 periods of 2 other writes (grouped)"
+        in next(store.open().ancestry(branch="main")).message
+    )
     axis = store_reader.store_axis(session)
     records = store_reader.read_records(session, [b.time_index for b in batches.values()])
     for name, batch in batches.items():
@@ -86,13 +89,13 @@ def test_a_session_left_by_a_writer_that_died_is_not_committed(stored):
         capture_output=True,
         text=True,
     )
-    ticket = _enqueue(_queue_dir(store, "main"), session)
-    ticket.path.rename(ticket.path.with_name(f"{dead.stdout.strip()}-x.session"))
+    ticket = _enqueue(_queue_dir(store, "main"), session, 1)
+    ticket.path.rename(ticket.path.with_name(f"{dead.stdout.strip()}-x-1.session"))
 
     # A writer that holds the turn carries only living writers' sessions.
     live = store.open().writable_session("main")
     sync(store_writer._write_periods(live, [batch_for("2024-01-03")], "live"))
-    commit = commit_in_turn(store, live, "live", run_id="live")
+    commit = commit_in_turn(store, live, "live", periods=1, run_id="live")
 
     assert commit.grouped == 0 and queued(store) == []
     written = store_reader.written_indices(store_reader.session_for(store))

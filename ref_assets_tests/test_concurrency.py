@@ -47,7 +47,9 @@ def test_eight_dagster_runs_in_separate_processes_all_land_exactly_once(settings
     repo = DatasetStore(settings.storage_root, spec.id).open()
     counts = [periods_committed(s.message) for s in repo.ancestry(branch="main")]
     assert sum(counts) == len(keys)  # all present, and committed once each
-    assert counts.count(2) == counts.count(1) == 8  # each run: a commit of 2, then of 1
+    # Each run commits 2, then 1; a writer waiting for the commit turn rides along with the
+    # holder's commit (`store.commits.commit_in_turn`), so there may be fewer commits.
+    assert len([count for count in counts if count]) <= 16
 
 
 def test_commits_racing_from_many_processes_all_land(settings, write_spec):
@@ -62,9 +64,15 @@ def test_commits_racing_from_many_processes_all_land(settings, write_spec):
 
 def periods_committed(message: str) -> int:
     """The number of periods a commit message says it holds (0: a layout commit)."""
+    message, _, grouped = message.partition(" + ")
+    carried = (
+        int(re.fullmatch(r"(\d+) periods of \d+ other writes \(grouped\)", grouped)[1])
+        if grouped
+        else 0
+    )
     if match := re.fullmatch(r"\S+ \S+\.\.\S+ \((\d+) periods, run \S+\)", message):
-        return int(match[1])
-    return 1 if re.fullmatch(r"\S+ \S+ \(run \S+\)", message) else 0
+        return int(match[1]) + carried
+    return 1 + carried if re.fullmatch(r"\S+ \S+ \(run \S+\)", message) else 0
 
 
 def assert_all_landed(settings, spec: DatasetSpec, keys: list[str]) -> None:

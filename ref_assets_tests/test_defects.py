@@ -19,8 +19,8 @@ from ref_assets.providers.protocol import ProviderError
 from ref_assets.providers.registry import installed_providers
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.specs import DatasetSpec
+from ref_assets.store import commits as store_commits
 from ref_assets.store import reader as store_reader
-from ref_assets.store import writer as store_writer
 from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets_tests.conftest import step_failure
 
@@ -167,7 +167,7 @@ def test_d4_periods_committed_before_a_write_failure_are_recorded_in_dagster(
     materializations although the periods committed before the failure were in the store:
     committed periods were reported only when a fetch had failed."""
     write_spec(runs={"commit_every": 1})
-    commit, commits = store_writer.commit_rebasing, []
+    commit, commits = store_commits.commit_rebasing, []
 
     def disk_full_on_the_third_commit(session, message):
         commits.append(message)
@@ -175,7 +175,7 @@ def test_d4_periods_committed_before_a_write_failure_are_recorded_in_dagster(
             raise OSError(28, "No space left on device")
         return commit(session, message)
 
-    monkeypatch.setattr(store_writer, "commit_rebasing", disk_full_on_the_third_commit)
+    monkeypatch.setattr(store_commits, "commit_rebasing", disk_full_on_the_third_commit)
     result = materialize("test_t2m", "2024-01-01...2024-01-05", raise_on_error=False)
 
     failure = step_failure(result).step_failure_data

@@ -20,7 +20,7 @@ from ref_assets.defs.checks import CHECK_NAME
 from ref_assets.publishing import ValidatedWriter, discard_leftovers
 from ref_assets.rebuild import rebuild_dataset, rechunk_dataset
 from ref_assets.specs import DatasetSpec
-from ref_assets.store import branches, writer
+from ref_assets.store import branches, commits
 from ref_assets.store import reader as store_reader
 from ref_assets.store.branches import PublishError, leftover_work
 from ref_assets.store.repository import DatasetStore
@@ -98,7 +98,7 @@ def held(store, snapshot=None) -> dict[str, str]:
 class MainStates(list):
     """Every state of ``main`` of ``store`` (as {key: checksum}), seen after each commit of
     period data anyone makes: period writes, take-backs and replays all commit through
-    `commit_rebasing` (store.writer, store.branches), and ``main`` moves only by such commits or
+    `commit_rebasing` (store.commits, store.branches), and ``main`` moves only by such commits or
     by a publish."""
 
     store: DatasetStore | None = None
@@ -110,7 +110,7 @@ class MainStates(list):
 @pytest.fixture
 def main_states(monkeypatch) -> MainStates:
     states = MainStates()
-    commit = writer.commit_rebasing
+    commit = commits.commit_rebasing
 
     def watching(session, message):
         snapshot = commit(session, message)
@@ -118,7 +118,7 @@ def main_states(monkeypatch) -> MainStates:
             states.append(held(states.store))
         return snapshot
 
-    for module in (writer, branches):
+    for module in (commits, branches):
         monkeypatch.setattr(module, "commit_rebasing", watching)
     return states
 

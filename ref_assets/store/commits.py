@@ -71,6 +71,10 @@ class _Ticket:
     def pid(self) -> int:
         return int(self.path.stem.split("-")[0])
 
+    @property
+    def periods(self) -> int:
+        return int(self.path.stem.split("-")[2])
+
     def landed(self) -> str | None:
         """The snapshot that carried this session, if one did."""
         try:
@@ -126,10 +130,18 @@ def back_off(attempt: int) -> None:
 
 
 def commit_in_turn(
-    store: DatasetStore, session: ic.Session, message: str, *, run_id: str, branch: str = "main"
+    store: DatasetStore,
+    session: ic.Session,
+    message: str,
+    *,
+    periods: int,
+    run_id: str,
+    branch: str = "main",
 ) -> Commit:
-    """Commit ``session`` (on ``branch``) in this machine's turn, with the sessions of the
-    writers waiting for it; or learn that a holder of the turn committed it already.
+    """Commit ``session`` (``periods`` periods on ``branch``) in this machine's turn, with the
+    sessions of the writers waiting for it; or learn that a holder of the turn committed it
+    already. A grouped commit's message ends with what it carried: "+ 5 periods of 3 other
+    writes (grouped)".
 
     Raises like `store.writer.commit_rebasing` (`ic.RebaseFailedError`: write again from the
     new tip)."""
@@ -138,7 +150,7 @@ def commit_in_turn(
     with contextlib.ExitStack() as turn:
         others_first = turn.enter_context(store.commit_turn(run_id=run_id, wait=False))
         if others_first is None:  # taken: queue this session, then wait for the turn
-            ticket = _enqueue(queue, session)
+            ticket = _enqueue(queue, session, periods)
             others_first = turn.enter_context(store.commit_turn(run_id=run_id))
             snapshot = ticket.landed()
             ticket.withdraw()
@@ -150,7 +162,10 @@ def commit_in_turn(
             _replay(session, attempt=0)
         carried = _carry_queued(queue, session)
         if carried:
-            message = f"{message} + {len(carried)} more (grouped)"
+            carried_periods = sum(other.periods for other in carried)
+            message = (
+                f"{message} + {carried_periods} periods of {len(carried)} other writes (grouped)"
+            )
         commit = commit_rebasing(session, message)
         for other in carried:
             _mark_done(other, commit.snapshot_id)
@@ -161,10 +176,10 @@ def _queue_dir(store: DatasetStore, branch: str) -> Path:
     return store.lock_path.with_name(f"{store.name}.queue") / quote(branch, safe="")
 
 
-def _enqueue(queue: Path, session: ic.Session) -> _Ticket:
+def _enqueue(queue: Path, session: ic.Session, periods: int) -> _Ticket:
     """Write the serialized session where the next holder looks, whole or not at all."""
     queue.mkdir(parents=True, exist_ok=True)
-    ticket = _Ticket(queue / f"{os.getpid()}-{uuid.uuid4().hex}.session")
+    ticket = _Ticket(queue / f"{os.getpid()}-{uuid.uuid4().hex}-{periods}.session")
     partial = ticket.path.with_suffix(".partial")
     partial.write_bytes(session._session.as_bytes())  # what Session.fork() pickles, unforked
     partial.rename(ticket.path)

@@ -183,7 +183,12 @@ class PeriodWriter:
                         _capacity(session, batches[0])
                     written = sync(_write_periods(session, batches, self.run_id))
                     commit = commit_in_turn(
-                        self.store, session, message, run_id=self.run_id, branch=self.branch
+                        self.store,
+                        session,
+                        message,
+                        periods=len(batches),
+                        run_id=self.run_id,
+                        branch=self.branch,
                     )
             except ic.ConflictError as err:
                 commits += getattr(err, "commit_attempts", MAX_COMMIT_ATTEMPTS)
