@@ -17,6 +17,8 @@ ref-assets rebuild DATASET                           # rebuild the store for a c
 ref-assets rechunk DATASET [--chunks y=N,x=N]        # other spatial chunks, periods copied
 ref-assets tag DATASET NAME | --list                 # releases: immutable, citable snapshots
 ref-assets maintain DATASET [--keep-last N] [--dry-run]   # expire old snapshots, collect garbage
+ref-assets stac --to DIR [DATASET ...] [--tag NAME]  # the STAC catalogue of the stores
+ref-assets serve [DATASET ...] [--port N] [--tag NAME]   # the stores over HTTP: Zarr, OGC EDR
 
 Modules are imported by the command that needs them, so that ``--help`` and ``--version`` answer
 at once (importing the library, xarray and Dagster takes seconds).
@@ -37,6 +39,8 @@ from ref_assets.cli import config as config_cli
 from ref_assets.cli import maintain as maintain_cli
 from ref_assets.cli import provenance as provenance_cli
 from ref_assets.cli import rebuild as rebuild_cli
+from ref_assets.cli import serve as serve_cli
+from ref_assets.cli import stac as stac_cli
 from ref_assets.cli import timeseries as timeseries_cli
 from ref_assets.cli.common import (
     CommandError,
@@ -101,6 +105,7 @@ USER_ERRORS = (
     ("ref_assets.periods", "PeriodError"),
     ("ref_assets.provenance", "ProvenanceNotFoundError"),
     ("ref_assets.providers.protocol", "ProviderError"),
+    ("ref_assets.serving", "ServingError"),
     ("ref_assets.specs", "UnknownDatasetError"),
     ("ref_assets.store.repository", "StoreError"),
 )
@@ -306,6 +311,8 @@ def _parser() -> argparse.ArgumentParser:
     annotations_cli.add_commands(commands)
     rebuild_cli.add_commands(commands)
     maintain_cli.add_commands(commands)
+    stac_cli.add_commands(commands)
+    serve_cli.add_commands(commands)
     return parser
 
 
