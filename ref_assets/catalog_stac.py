@@ -7,8 +7,8 @@ x and any extra ones, with their extents and steps) and variables (units, dimens
 ``icechunk`` points at the Icechunk repository, with the snapshot it describes and the branch or
 release tag that snapshot is the tip of, so that a reader opens exactly what the catalogue says.
 
->>> catalog = build_catalog(load_settings())  # doctest: +SKIP
->>> write_catalog(catalog, "/srv/stac")  # doctest: +SKIP
+>>> built = build_catalog("/srv/stores", {"demo_air_temperature": spec})  # doctest: +SKIP
+>>> write_catalog(built.catalog, "/srv/stac")  # doctest: +SKIP
 ['/srv/stac/catalog.json', '/srv/stac/demo_air_temperature/collection.json']
 
 The dataset's title, description (``summary``), ``license`` and ``source`` come from the store's
@@ -18,7 +18,7 @@ global attributes: the spec's ``attributes`` as annotated since (`ref_assets.ann
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -34,8 +34,8 @@ from pystac.extensions.datacube import (
     VariableType,
 )
 
-from ref_assets.config import Settings
 from ref_assets.periods import PeriodType
+from ref_assets.specs import DatasetSpec
 from ref_assets.store import reader as store_reader
 from ref_assets.store.layout import open_laid_out_root
 from ref_assets.store.repository import DatasetStore, StoreError
@@ -71,9 +71,13 @@ class CollectionSource:
     ref_kind: str  # "branch" or "tag"
 
 
-def dataset_collection(store: DatasetStore, *, tag: str | None = None) -> pystac.Collection:
+def dataset_collection(
+    store: DatasetStore, spec: DatasetSpec | None = None, *, tag: str | None = None
+) -> pystac.Collection:
     """The collection of ``store`` at the tip of ``main`` (or at release ``tag``), read from the
-    store; a `CatalogError` when it holds no period yet."""
+    store; a `CatalogError` when it holds no period yet. Title, description, licence and
+    producer are the store's global attributes, replaced by ``spec``'s where it has them (it may
+    have changed since the store was laid out) and by the annotations made since."""
     repo = store.open()
     with store.reporting("describing the store"):
         if tag is not None:
@@ -92,18 +96,19 @@ def dataset_collection(store: DatasetStore, *, tag: str | None = None) -> pystac
             raise CatalogError(f"{store.no_periods_yet()}; it has no collection until then")
         axis = store_reader.store_axis(session)
         assert axis is not None  # a laid-out store has an axis
-        return _collection(store, source, group, axis, indices)
+        attributes = _described_attributes(session, group, spec)
+        return _collection(store, source, group, attributes, axis, indices)
 
 
 def _collection(
     store: DatasetStore,
     source: CollectionSource,
     group: zarr.Group,
+    attributes: dict,
     axis: store_reader.StoreAxis,
     indices: np.ndarray,
 ) -> pystac.Collection:
-    attributes = group.attrs.asdict()
-    structure = attributes["ref_assets"]["structure"]
+    structure = group.attrs["ref_assets"]["structure"]
     first, last = axis.period_at(int(indices[0])), axis.period_at(int(indices[-1]))
     y, x = group["y"][:], group["x"][:]
     crs = _crs(group)
@@ -149,6 +154,21 @@ def _collection(
     cube.variables = {name: _variable(group[name]) for name in structure["variables"]}
     collection.add_asset(ICECHUNK_ASSET, _icechunk_asset(store, source))
     return collection
+
+
+def _described_attributes(session, group: zarr.Group, spec: DatasetSpec | None) -> dict:
+    """The store's global attributes < the spec's < the annotations' current values."""
+    from ref_assets.annotations import annotated_attributes
+
+    attributes = group.attrs.asdict()
+    if spec is not None:
+        attributes |= {"title": spec.title, "summary": spec.description, **spec.attributes}
+    for key, value in annotated_attributes(session).get(None, {}).items():
+        if value is None:
+            attributes.pop(key, None)
+        else:
+            attributes[key] = value
+    return attributes
 
 
 def _spatial(axis: HorizontalSpatialDimensionAxis, values: np.ndarray, crs: int | str):
@@ -246,24 +266,21 @@ class CatalogBuild:
 
 
 def build_catalog(
-    settings: Settings, datasets: Iterable[str] | None = None, *, tag: str | None = None
+    storage_root: str, datasets: Mapping[str, DatasetSpec | None], *, tag: str | None = None
 ) -> CatalogBuild:
-    """The root catalogue with a collection for each dataset (default: every dataset of the
-    configuration) whose store holds periods (at release ``tag``, if given); the others are in
-    ``skipped`` with the reason."""
-    from ref_assets.catalog import load_catalog
-
-    ids = sorted(datasets) if datasets is not None else sorted(load_catalog(settings).specs)
+    """The root catalogue with a collection for each of ``datasets`` (id -> spec, None for a
+    store that outlived its spec) whose store under ``storage_root`` holds periods (at release
+    ``tag``, if given); the others are in ``skipped`` with the reason."""
     catalog = pystac.Catalog(
         id=ROOT_ID,
         title="ref_assets datasets",
         description="Analysis-ready climate datasets kept in Icechunk repositories by ref_assets.",
     )
     skipped = {}
-    for dataset_id in ids:
-        store = DatasetStore(settings.storage_root, dataset_id)
+    for dataset_id in sorted(datasets):
+        store = DatasetStore(storage_root, dataset_id)
         try:
-            catalog.add_child(dataset_collection(store, tag=tag))
+            catalog.add_child(dataset_collection(store, datasets[dataset_id], tag=tag))
         except StoreError as err:  # no store, no period, an unknown tag: said, not fatal
             skipped[dataset_id] = str(err)
     return CatalogBuild(catalog, skipped)

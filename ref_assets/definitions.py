@@ -27,6 +27,7 @@ from ref_assets.defs.resources import (
     ProviderRegistryResource,
 )
 from ref_assets.defs.sensors import build_updates_sensor
+from ref_assets.defs.stac import StacDestination, build_catalog_asset, stac_sensor
 from ref_assets.defs.timeseries import build_timeseries_asset, timeseries_sensor
 from ref_assets.preview import PreviewStyle
 from ref_assets.providers.registry import installed_providers
@@ -52,10 +53,12 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     ]
     copies = [build_timeseries_asset(spec) for spec in specs if spec.timeseries]
     maintained = {spec.id: build_maintenance_job(spec) for spec in specs if spec.retention}
+    catalogue = [build_catalog_asset(specs)] if specs else []
     return dg.Definitions(
         assets=[
             *datasets,
             *copies,
+            *catalogue,
             *(
                 source_asset(spec, _version(registry.classes.get(spec.provider)))
                 for spec in sourced
@@ -76,6 +79,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             *(build_updates_sensor(spec) for spec in sourced),
             *(build_automation_sensor(spec) for spec in derived),
             *([timeseries_sensor(copies)] if copies else []),
+            *(stac_sensor(asset) for asset in catalogue),
         ],
         resources={
             # The root is resolved in each process that writes (REF_STORAGE_ROOT, ref.toml).
@@ -83,6 +87,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             "icechunk_storage": IcechunkStorage(),
             "providers": ProviderRegistryResource(),
             "packaged_files": PackagedFilesResource(),
+            "stac_destination": StacDestination(),
         },
     )
 

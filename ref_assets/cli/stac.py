@@ -35,13 +35,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def write(args: argparse.Namespace) -> int:
+    from ref_assets.catalog import load_catalog
     from ref_assets.catalog_stac import build_catalog, write_catalog
     from ref_assets.config import load_settings
 
     settings = load_settings()
-    for dataset_id in args.datasets:
-        dataset_spec(dataset_id, settings, store_may_outlive_spec=True)
-    built = build_catalog(settings, args.datasets or None, tag=args.tag)
+    datasets = {
+        dataset_id: dataset_spec(dataset_id, settings, store_may_outlive_spec=True)
+        for dataset_id in args.datasets
+    } or load_catalog(settings).specs
+    built = build_catalog(settings.storage_root, datasets, tag=args.tag)
     collections = sorted(child.id for child in built.catalog.get_children())
     if not collections:
         reasons = "; ".join(built.skipped.values()) or "no datasets are configured"
