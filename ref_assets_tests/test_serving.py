@@ -1,0 +1,183 @@
+"""``ref-assets serve``: the stores over HTTP, read-only, started as a real subprocess on a free
+loopback port. Read back with xarray over HTTP (Zarr v3) and queried with plain HTTP clients
+(OGC EDR position and area); from main or from a release tag; bound to loopback unless told."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from ref_assets.batch import fetch_batch
+from ref_assets.cli import main
+from ref_assets.config import load_settings
+from ref_assets.providers.synthetic import SyntheticProvider
+from ref_assets.reader import open_dataset
+from ref_assets.serving import ServingError, check_host
+from ref_assets.specs import DatasetSpec
+from ref_assets.store.releases import tag
+from ref_assets.store.repository import DatasetStore
+from ref_assets.store.writer import CommitPolicy, PeriodWriter
+from ref_assets_tests.conftest import spec_dict
+from ref_assets_tests.serve_process import ServeProcess
+
+DATASET = "test_t2m"
+RELEASED = ["2024-01-01", "2024-01-02", "2024-01-04"]  # 2024-01-03 never written: NaN chunks
+LATER = ["2024-01-05", "2024-01-06"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A configuration whose store holds the RELEASED days tagged v1 and, on main, LATER too;
+    its settings and the environment a server process needs."""
+    configuration = tmp_path_factory.mktemp("serve") / "ref"
+    (configuration / "datasets").mkdir(parents=True)
+    fields = spec_dict(DATASET)
+    (configuration / "datasets" / f"{DATASET}.yaml").write_text(yaml.safe_dump(fields))
+    env = {k: v for k, v in os.environ.items() if k != "REF_STORAGE_ROOT"}
+    env["REF_CONFIGURATION"] = str(configuration)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REF_CONFIGURATION", str(configuration))
+        patch.delenv("REF_STORAGE_ROOT", raising=False)
+        settings = load_settings()
+    spec = DatasetSpec.model_validate(fields)
+    store = DatasetStore(settings.storage_root, DATASET)
+    provider = SyntheticProvider(spec)
+    writer = PeriodWriter(store, run_id="test", policy=CommitPolicy(every=10))
+    for key in RELEASED:
+        writer.add(fetch_batch(spec, provider, spec.period_for_key(key)))
+    writer.flush()
+    tag(store, "v1")
+    for key in LATER:
+        writer.add(fetch_batch(spec, provider, spec.period_for_key(key)))
+    writer.flush()
+    return settings, env, configuration
+
+
+@pytest.fixture(scope="module")
+def server(served, tmp_path_factory):
+    _, env, _ = served
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    with ServeProcess.started(env, log) as process:
+        yield process
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_xarray_reads_the_store_back_over_http(served, server):
+    settings, _, _ = served
+    remote = xr.open_zarr(server.url(f"/datasets/{DATASET}/zarr"), zarr_format=3)
+    local = open_dataset(DATASET, settings=settings)
+    assert remote.sizes == local.sizes == {"time": 6, "y": 8, "x": 12}
+    # Chunked as stored: a request is one period's chunk.
+    assert remote.t2m.encoding["chunks"] == (1, 4, 6)
+    np.testing.assert_array_equal(remote.time.values, local.time.values)
+    np.testing.assert_array_equal(remote.y.values, local.y.values)
+    # Every value, the never-written day (all NaN: chunks zarr would skip) included.
+    np.testing.assert_array_equal(remote.t2m.values, local.t2m.values)
+    assert np.isnan(remote.t2m.sel(time="2024-01-03").values).all()
+    assert np.isfinite(remote.t2m.sel(time="2024-01-06").values).any()
+    assert remote.t2m.attrs["units"] == "degC"
+    assert "GEOGCRS" in remote.spatial_ref.attrs["crs_wkt"]
+    # Outside the grid of chunks, or a variable the dataset lacks: not found.
+    assert get(server.url(f"/datasets/{DATASET}/zarr/t2m/c/99/0/0"))[0] == 404
+    assert get(server.url(f"/datasets/{DATASET}/zarr/nothing/zarr.json"))[0] == 404
+    assert get(server.url("/datasets/no_such_dataset/zarr/zarr.json"))[0] == 404
+
+
+def test_edr_position_and_area_answer_the_stored_values(served, server):
+    settings, _, _ = served
+    local = open_dataset(DATASET, settings=settings).t2m
+    status, body = get(
+        server.url(
+            f"/datasets/{DATASET}/edr/position?coords=POINT(1.25%2041.25)&parameter-name=t2m&f=csv"
+        )
+    )
+    assert status == 200, body
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert [row["time"][:10] for row in rows] == [str(t)[:10] for t in local.time.values]
+    expected = local.sel(x=1.25, y=41.25).values
+    got = np.array([float(row["t2m"]) if row["t2m"] else np.nan for row in rows])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+    status, body = get(
+        server.url(
+            f"/datasets/{DATASET}/edr/area?coords=POLYGON((1%2041,3%2041,3%2043,1%2043,1%2041))"
+            "&datetime=2024-01-02&parameter-name=t2m&f=csv"
+        )
+    )
+    assert status == 200, body
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    day = local.sel(time="2024-01-02")
+    assert len(rows) == 16  # the 4 x 4 cell centres inside the square
+    for row in rows:
+        stored = day.sel(x=float(row["x"]), y=float(row["y"])).item()
+        if row["t2m"]:
+            assert float(row["t2m"]) == pytest.approx(stored, rel=1e-6)
+        else:
+            assert np.isnan(stored)
+
+
+def test_only_reads_are_served(server):
+    for method in ("PUT", "POST", "DELETE"):
+        request = urllib.request.Request(
+            server.url(f"/datasets/{DATASET}/zarr/t2m/c/0/0/0"), data=b"x", method=method
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 405
+
+
+def test_a_tag_is_served_as_released_while_main_grew(served, tmp_path):
+    settings, env, _ = served
+    with ServeProcess.started(env, tmp_path / "serve.log", ["--tag", "v1"]) as server:
+        remote = xr.open_zarr(server.url(f"/datasets/{DATASET}/zarr"), zarr_format=3)
+        released = open_dataset(DATASET, tag="v1", settings=settings)
+        assert remote.sizes["time"] == 4  # up to 2024-01-04; main holds two more days
+        np.testing.assert_array_equal(remote.t2m.values, released.t2m.values)
+
+
+def test_the_server_refuses_to_listen_beyond_loopback_unless_told(capsys):
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    with pytest.raises(ServingError, match=r"192\.0\.2\.7"):
+        check_host("192.0.2.7", allow_remote=False)
+    with pytest.raises(ServingError):
+        check_host("example.org", allow_remote=False)
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        check_host(host, allow_remote=False)
+    check_host("0.0.0.0", allow_remote=True)
+
+
+def test_a_server_with_nothing_to_serve_says_why(tmp_path, monkeypatch, capsys):
+    configuration = tmp_path / "ref"
+    (configuration / "datasets").mkdir(parents=True)
+    (configuration / "datasets" / "empty_one.yaml").write_text(
+        yaml.safe_dump(spec_dict("empty_one"))
+    )
+    monkeypatch.setenv("REF_CONFIGURATION", str(configuration))
+    monkeypatch.delenv("REF_STORAGE_ROOT", raising=False)
+    assert main(["serve", "empty_one", "--port", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "no store to serve" in error and "empty_one: no store at" in error
+    assert main(["serve", "no_such_dataset"]) == 2
+    assert "no dataset 'no_such_dataset'" in capsys.readouterr().err
+
+
+def test_the_log_names_what_is_served(server):
+    assert f"serving {DATASET} (main) on {server.url('')}" in server.output()
+    assert Path(server.log).exists()
