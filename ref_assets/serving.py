@@ -13,7 +13,7 @@ release tag) and served under ``/datasets/<id>/``:
 Nothing is written: Icechunk read-only sessions, and only GET routes. The server binds loopback
 unless told otherwise (`check_host`): it has no authentication.
 
->>> app = serving_app(served_datasets(load_settings()).datasets)  # doctest: +SKIP
+>>> app = serving_app(served_datasets(load_settings()))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import PrivateAttr
+from xpublish.plugins import hookimpl
+from xpublish_zarr.plugin import ZarrPlugin
 
 from ref_assets.config import Settings
 from ref_assets.store.repository import StoreError
@@ -37,9 +41,11 @@ class ServingError(ValueError):
 
 @dataclass(frozen=True)
 class ServedDatasets:
-    """The datasets to serve (id -> lazily opened dataset) and those left out, with why."""
+    """The datasets to serve (id -> lazily opened dataset), the Zarr store of the snapshot each
+    was opened from (id -> Icechunk read-only store), and those left out, with why."""
 
     datasets: dict[str, xr.Dataset]
+    sources: dict[str, Any]
     skipped: dict[str, str]
 
 
@@ -50,17 +56,24 @@ def served_datasets(
     ``main``'s tip or release ``tag``, chunked as stored; the others are in ``skipped``."""
     from ref_assets.catalog import load_catalog
     from ref_assets.reader import open_dataset
+    from ref_assets.store import reader as store_reader
+    from ref_assets.store.releases import resolve
+    from ref_assets.store.repository import DatasetStore
 
     ids = sorted(datasets) if datasets is not None else sorted(load_catalog(settings).specs)
-    opened, skipped = {}, {}
+    opened, sources, skipped = {}, {}, {}
     for dataset_id in ids:
+        store = DatasetStore(settings.storage_root, dataset_id)
         try:
-            data = open_dataset(dataset_id, tag=tag, settings=settings)
+            # One snapshot for the dataset and its chunks: main may move while the server runs.
+            snapshot = resolve(store, tag) if tag else store.open().lookup_branch("main")
+            data = open_dataset(dataset_id, snapshot, settings=settings)
         except StoreError as err:  # no store, no period, no such release
             skipped[dataset_id] = str(err)
             continue
         opened[dataset_id] = _chunked_as_stored(data)
-    return ServedDatasets(opened, skipped)
+        sources[dataset_id] = store_reader.session_for(store, snapshot).store
+    return ServedDatasets(opened, sources, skipped)
 
 
 def _chunked_as_stored(data: xr.Dataset) -> xr.Dataset:
@@ -72,12 +85,12 @@ def _chunked_as_stored(data: xr.Dataset) -> xr.Dataset:
     return data.chunk(chunks)
 
 
-def serving_app(datasets: dict[str, xr.Dataset]) -> xpublish.Rest:
-    """The xpublish application serving ``datasets`` with its Zarr and EDR plugins."""
+def serving_app(served: ServedDatasets) -> xpublish.Rest:
+    """The xpublish application serving ``served`` with its Zarr and EDR plugins."""
     import xpublish
     import zarr
 
-    if not datasets:
+    if not served.datasets:
         raise ServingError("no dataset to serve")
     # Plugins found by entry point: xpublish-zarr (zarr), xpublish-edr (cf_edr) and xpublish's
     # own listings; named so that a plugin installed later is not served unasked.
@@ -85,20 +98,100 @@ def serving_app(datasets: dict[str, xr.Dataset]) -> xpublish.Rest:
     from xpublish.plugins.included.module_version import ModuleVersionPlugin
     from xpublish.plugins.included.plugin_info import PluginInfoPlugin
     from xpublish_edr.plugin import CfEdrPlugin
-    from xpublish_zarr.plugin import ZarrPlugin
 
     # xpublish-zarr encodes a chunk by writing it to a scratch store, where zarr by default
     # skips a chunk that is all fill value (a period's sea, a period never written): the
     # request then fails. This process serves; writing every chunk costs nothing here.
     zarr.config.set({"array.write_empty_chunks": True})
     plugins = [
-        ZarrPlugin(),
+        StoredChunksZarrPlugin().serving(served),
         CfEdrPlugin(),
         DatasetInfoPlugin(),
         ModuleVersionPlugin(),
         PluginInfoPlugin(),
     ]
-    return xpublish.Rest(datasets, plugins={plugin.name: plugin for plugin in plugins})
+    return xpublish.Rest(served.datasets, plugins={plugin.name: plugin for plugin in plugins})
+
+
+class StoredChunksZarrPlugin(ZarrPlugin):
+    """xpublish-zarr's Zarr v3 endpoints, each chunk sent as the store holds it.
+
+    xpublish-zarr builds a chunk by computing the variable's values there and encoding them
+    again (a few ms of dask, decoding and encoding per chunk). Where the served array's encoding
+    (data type, chunk grid and key encoding, codecs, fill value) is the stored array's, as it
+    is for the arrays `served_datasets` opens, the stored bytes are that chunk already: they
+    are sent as they are, read on the server's event loop, and a chunk the store never wrote is
+    404, which Zarr readers take as the fill value. Any other array goes through xpublish-zarr's
+    encoding."""
+
+    # dataset id -> (the Icechunk store of its snapshot, the arrays whose chunks pass through)
+    _stored: dict[str, tuple[Any, frozenset[str]]] = PrivateAttr(default_factory=dict)
+
+    def serving(self, served: ServedDatasets) -> StoredChunksZarrPlugin:
+        for dataset_id, data in served.datasets.items():
+            source = served.sources[dataset_id]
+            self._stored[dataset_id] = (source, _passing_through(data, source))
+        return self
+
+    @hookimpl
+    def dataset_router(self, deps):
+        from fastapi import HTTPException
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import Response
+        from zarr.core.buffer import default_buffer_prototype
+
+        router = super().dataset_router(deps)
+        chunk_path = f"{self.dataset_router_prefix}/{{var}}/c/{{chunk:path}}"
+        encoded = next(route for route in router.routes if route.path == chunk_path)
+        router.routes.remove(encoded)
+
+        @router.get("/{var}/c/{chunk:path}")
+        async def get_chunk(dataset_id: str, var: str, chunk: str):
+            """A chunk of ``var``: as stored, or encoded by xpublish-zarr."""
+            source, passing = self._stored.get(dataset_id, (None, frozenset()))
+            if var not in passing:
+                return await run_in_threadpool(
+                    encoded.endpoint,
+                    var=var,
+                    chunk=chunk,
+                    dataset=deps.dataset(dataset_id),
+                    cache=deps.cache(),
+                )
+            stored = await source.get(f"{var}/c/{chunk}", prototype=default_buffer_prototype())
+            if stored is None:
+                raise HTTPException(status_code=404, detail=f"{var}/c/{chunk}")
+            return Response(stored.to_bytes(), media_type="application/octet-stream")
+
+        return router
+
+
+def _passing_through(data: xr.Dataset, source) -> frozenset[str]:
+    """The arrays of ``data`` that xpublish-zarr would encode as ``source`` stores them."""
+    import cachey
+    from xpublish_zarr.utils import get_bytes, get_store
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    # The metadata xpublish-zarr serves (built from dask arrays: no values are read).
+    served = get_store(data, cachey.Cache(available_bytes=0))
+    same = set()
+    for name in data.variables:
+        mine = get_bytes(served, f"{name}/zarr.json")
+        stored = sync(source.get(f"{name}/zarr.json", prototype=default_buffer_prototype()))
+        if mine and stored and _chunk_encoding(mine) == _chunk_encoding(stored.to_bytes()):
+            same.add(str(name))
+    return frozenset(same)
+
+
+# What decides a chunk's bytes in a Zarr v3 array's metadata (not its shape nor attributes).
+_CHUNK_ENCODING = ("data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value")
+
+
+def _chunk_encoding(metadata: bytes) -> dict:
+    import json
+
+    fields = json.loads(metadata)
+    return {key: fields.get(key) for key in _CHUNK_ENCODING}
 
 
 def check_host(host: str, *, allow_remote: bool) -> None:
@@ -141,7 +234,7 @@ def serve(
             "no store to serve: "
             + ("; ".join(served.skipped.values()) or "no datasets are configured")
         )
-    app = serving_app(served.datasets).app
+    app = serving_app(served).app
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
     server = uvicorn.Server(config)
     where = f"http://{host}:{port}"

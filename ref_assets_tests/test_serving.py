@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+import zarr
 
 from ref_assets.batch import fetch_batch
 from ref_assets.cli import main
@@ -181,3 +182,42 @@ def test_a_server_with_nothing_to_serve_says_why(tmp_path, monkeypatch, capsys):
 def test_the_log_names_what_is_served(server):
     assert f"serving {DATASET} (main) on {server.url('')}" in server.output()
     assert Path(server.log).exists()
+
+
+def test_stored_chunks_decode_as_xpublish_zarr_encodes_them(served):
+    """The server sends stored chunks as they are; they decode to the values of xpublish-zarr's
+    own encoding of the same chunks (what an app without stores sends)."""
+    from fastapi.testclient import TestClient
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    from ref_assets.serving import served_datasets, serving_app
+
+    datasets = served_datasets(served[0], [DATASET])
+    passing_app, encoding_app = serving_app(datasets), serving_app(datasets)
+    assert passing_app.plugins["zarr"]._stored[DATASET][1] >= {"t2m", "time", "y", "x"}
+    encoding_app.plugins["zarr"]._stored.clear()
+    passing, encoding = TestClient(passing_app.app), TestClient(encoding_app.app)
+    prefix = f"/datasets/{DATASET}/zarr"
+    metadata = passing.get(f"{prefix}/t2m/zarr.json").content
+    assert metadata == encoding.get(f"{prefix}/t2m/zarr.json").content
+
+    def decoded(key: str, payload: bytes, index: int) -> np.ndarray:
+        scratch = MemoryStore()
+        for name, content in (("t2m/zarr.json", metadata), (key, payload)):
+            sync(scratch.set(name, default_buffer_prototype().buffer.from_bytes(content)))
+        return zarr.open_array(scratch, path="t2m", mode="r")[index, 4:8, 6:12]
+
+    for index in range(6):
+        key = f"t2m/c/{index}/1/1"
+        stored, encoded = passing.get(f"{prefix}/{key}"), encoding.get(f"{prefix}/{key}")
+        assert encoded.status_code == 200
+        if index == 2:  # 2024-01-03, never written: not stored; encoded, it is all NaN
+            assert stored.status_code == 404
+            assert np.isnan(decoded(key, encoded.content, index)).all()
+            continue
+        assert stored.status_code == 200
+        np.testing.assert_array_equal(
+            decoded(key, stored.content, index), decoded(key, encoded.content, index)
+        )
