@@ -30,6 +30,7 @@ SCRIPTS = [
     "write_path",
     "scale",
     "previews",
+    "serving",
     "checks",
     "provenance",
     "sensor_tick",
