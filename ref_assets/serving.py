@@ -8,6 +8,9 @@ release tag) and served under ``/datasets/<id>/``:
 - ``edr/position?coords=POINT(lon lat)`` and ``edr/area?coords=POLYGON((...))``: OGC API EDR
   queries (xpublish-edr), with ``datetime``, ``parameter-name`` and ``f`` (csv, netcdf,
   cf_covjson, geojson, parquet);
+- ``tiles/WebMercatorQuad/{z}/{y}/{x}?variables=t2m&style=raster/viridis&width=256&height=256
+  &f=image/png``: OGC API Tiles map tiles (xpublish-tiles), with ``time`` and
+  ``colorscalerange``; ``f`` must be given (xpublish-tiles 0.12 fails on its own default);
 - ``/datasets`` lists them; ``/docs`` is the OpenAPI page.
 
 Nothing is written: Icechunk read-only sessions, and only GET routes. The server binds loopback
@@ -92,12 +95,13 @@ def serving_app(served: ServedDatasets) -> xpublish.Rest:
 
     if not served.datasets:
         raise ServingError("no dataset to serve")
-    # Plugins found by entry point: xpublish-zarr (zarr), xpublish-edr (cf_edr) and xpublish's
-    # own listings; named so that a plugin installed later is not served unasked.
+    # Named, not found by entry point, so that a plugin installed later is not served unasked
+    # (xpublish-tiles also declares a WMS plugin).
     from xpublish.plugins.included.dataset_info import DatasetInfoPlugin
     from xpublish.plugins.included.module_version import ModuleVersionPlugin
     from xpublish.plugins.included.plugin_info import PluginInfoPlugin
     from xpublish_edr.plugin import CfEdrPlugin
+    from xpublish_tiles.xpublish.tiles import TilesPlugin
 
     # xpublish-zarr encodes a chunk by writing it to a scratch store, where zarr by default
     # skips a chunk that is all fill value (a period's sea, a period never written): the
@@ -106,6 +110,7 @@ def serving_app(served: ServedDatasets) -> xpublish.Rest:
     plugins = [
         StoredChunksZarrPlugin().serving(served),
         CfEdrPlugin(),
+        TilesPlugin(),
         DatasetInfoPlugin(),
         ModuleVersionPlugin(),
         PluginInfoPlugin(),
@@ -242,6 +247,6 @@ def serve(
     announce(
         f"serving {', '.join(served.datasets)} ({ref}) on {where}: "
         f"{where}/datasets/<id>/zarr (Zarr v3), {where}/datasets/<id>/edr/position|area "
-        f"(OGC EDR), {where}/docs"
+        f"(OGC EDR), {where}/datasets/<id>/tiles (OGC Tiles), {where}/docs"
     )
     server.run()

@@ -133,6 +133,26 @@ def test_edr_position_and_area_answer_the_stored_values(served, server):
             assert np.isnan(stored)
 
 
+def test_map_tiles_show_the_stored_day(served, server):
+    """An OGC API Tiles PNG over the grid (x 0..6, y 40..44 degrees) is drawn where the day has
+    values; a tile over the other hemisphere is empty."""
+    from PIL import Image
+
+    query = (
+        "?variables=t2m&style=raster/viridis&width=256&height=256&f=image/png&time=2024-01-02"
+        "&colorscalerange=-10,10"
+    )
+    status, body = get(server.url(f"/datasets/{DATASET}/tiles/WebMercatorQuad/5/11/16{query}"))
+    assert status == 200, body
+    alpha = np.asarray(Image.open(io.BytesIO(body)).convert("RGBA"))[..., 3]
+    assert alpha.shape == (256, 256)
+    # The tile spans x 0..11.25 and y 40.98..48.92: the grid's cells are in its lower left.
+    assert alpha[200:, :40].max() == 255 and alpha[:100, :].max() == 0
+    status, body = get(server.url(f"/datasets/{DATASET}/tiles/WebMercatorQuad/5/20/5{query}"))
+    assert status == 200
+    assert np.asarray(Image.open(io.BytesIO(body)).convert("RGBA"))[..., 3].max() == 0
+
+
 def test_only_reads_are_served(server):
     for method in ("PUT", "POST", "DELETE"):
         request = urllib.request.Request(

@@ -1,4 +1,4 @@
-"""``ref-assets serve``: the datasets' stores over HTTP, read-only (Zarr v3 and OGC EDR).
+"""``ref-assets serve``: the datasets' stores over HTTP, read-only (Zarr v3, OGC EDR, tiles).
 
 ref-assets serve [DATASET ...] [--host 127.0.0.1] [--port 8000] [--tag NAME] [--allow-remote]
 """
@@ -15,12 +15,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser = add_command(
         commands,
         "serve",
-        summary="serve the stores read-only over HTTP: Zarr v3 and OGC EDR (xpublish)",
+        summary="serve the stores read-only over HTTP: Zarr v3, OGC EDR and map tiles (xpublish)",
         description="Serve each dataset's store (default: every dataset whose store holds "
         "periods), as main's tip when the server starts or as release --tag, under "
         "/datasets/<id>/: zarr/ (a Zarr v3 store: `xr.open_zarr(URL, zarr_format=3)`), "
         "edr/position and edr/area (OGC API EDR queries: coords=POINT(lon lat) or "
-        "POLYGON((...)), datetime, parameter-name, f=csv|netcdf|cf_covjson|geojson|parquet). "
+        "POLYGON((...)), datetime, parameter-name, f=csv|netcdf|cf_covjson|geojson|parquet), "
+        "tiles/WebMercatorQuad/{z}/{y}/{x} (OGC API Tiles: PNG maps; variables, style, width, "
+        "height, time, colorscalerange). "
         "/docs lists every route. Runs until interrupted.\n\nThe server has no "
         "authentication: it listens on 127.0.0.1 unless --host names another address and "
         "--allow-remote says the network is trusted.",
