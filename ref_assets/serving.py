@@ -216,37 +216,14 @@ def check_host(host: str, *, allow_remote: bool) -> None:
         )
 
 
-def serve(
-    settings: Settings,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    datasets: Iterable[str] | None = None,
-    tag: str | None = None,
-    allow_remote: bool = False,
-    log_level: str = "warning",
-    announce=print,
-) -> None:
-    """Serve the datasets until interrupted (SIGINT or SIGTERM)."""
+def run_server(served: ServedDatasets, *, host: str, port: int, log_level: str = "warning"):
+    """Serve ``served`` on ``host:port`` until interrupted (SIGINT or SIGTERM)."""
     import uvicorn
 
-    check_host(host, allow_remote=allow_remote)
-    served = served_datasets(settings, datasets, tag=tag)
-    for dataset_id, reason in served.skipped.items():
-        announce(f"not served: {dataset_id}: {reason}")
     if not served.datasets:
         raise ServingError(
             "no store to serve: "
             + ("; ".join(served.skipped.values()) or "no datasets are configured")
         )
-    app = serving_app(served).app
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
-    server = uvicorn.Server(config)
-    where = f"http://{host}:{port}"
-    ref = f"release {tag}" if tag else "main"
-    announce(
-        f"serving {', '.join(served.datasets)} ({ref}) on {where}: "
-        f"{where}/datasets/<id>/zarr (Zarr v3), {where}/datasets/<id>/edr/position|area "
-        f"(OGC EDR), {where}/datasets/<id>/tiles (OGC Tiles), {where}/docs"
-    )
-    server.run()
+    config = uvicorn.Config(serving_app(served).app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(config).run()

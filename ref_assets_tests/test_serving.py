@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import urllib.error
 import urllib.request
@@ -165,7 +166,15 @@ def test_only_reads_are_served(server):
 
 def test_a_tag_is_served_as_released_while_main_grew(served, tmp_path):
     settings, env, _ = served
-    with ServeProcess.started(env, tmp_path / "serve.log", ["--tag", "v1"]) as server:
+    with ServeProcess.started(env, tmp_path / "serve.log", ["--tag", "v1", "--json"]) as server:
+        document, _ = json.JSONDecoder().raw_decode(server.output())
+        assert (document["url"], document["datasets"], document["tag"]) == (
+            server.url("").rstrip("/"),
+            [DATASET],
+            "v1",
+        )
+        # The packaged demo has no store here: left out, saying why.
+        assert "no store at" in document["skipped"]["demo_air_temperature"]
         remote = xr.open_zarr(server.url(f"/datasets/{DATASET}/zarr"), zarr_format=3)
         released = open_dataset(DATASET, tag="v1", settings=settings)
         assert remote.sizes["time"] == 4  # up to 2024-01-04; main holds two more days

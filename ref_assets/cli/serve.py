@@ -1,6 +1,6 @@
 """``ref-assets serve``: the datasets' stores over HTTP, read-only (Zarr v3, OGC EDR, tiles).
 
-ref-assets serve [DATASET ...] [--host 127.0.0.1] [--port 8000] [--tag NAME] [--allow-remote]
+ref-assets serve [DATASET ...] [--host H] [--port 8000] [--tag NAME] [--allow-remote] [--json]
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ref_assets.cli.common import add_command, dataset_spec
+from ref_assets.cli.common import add_command, dataset_spec, print_json
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -25,12 +25,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "height, time, colorscalerange). "
         "/docs lists every route. Runs until interrupted.\n\nThe server has no "
         "authentication: it listens on 127.0.0.1 unless --host names another address and "
-        "--allow-remote says the network is trusted.",
+        "--allow-remote says the network is trusted.\n\nWith --json, one JSON document on "
+        "stdout once the datasets are open (url, datasets, skipped, tag), then the server's "
+        "log on stderr.",
         examples=[
             "ref-assets serve",
-            "ref-assets serve demo_air_temperature --port 8001 --tag v2024.1",
+            "ref-assets serve demo_air_temperature --port 8001 --tag v2024.1 --json",
         ],
-        prints_data=False,
     )
     parser.add_argument("datasets", nargs="*", metavar="DATASET", help="default: every dataset")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
@@ -46,19 +47,34 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from ref_assets.config import load_settings
-    from ref_assets.serving import check_host, serve
+    from ref_assets.serving import check_host, run_server, served_datasets
 
     check_host(args.host, allow_remote=args.allow_remote)  # before opening any store
     settings = load_settings()
     for dataset_id in args.datasets:
         dataset_spec(dataset_id, settings, store_may_outlive_spec=True)
-    serve(
-        settings,
-        host=args.host,
-        port=args.port,
-        datasets=args.datasets or None,
-        tag=args.tag,
-        allow_remote=args.allow_remote,
-        announce=lambda line: print(line, file=sys.stderr, flush=True),
-    )
+    served = served_datasets(settings, args.datasets or None, tag=args.tag)
+    url = f"http://{args.host}:{args.port}"
+    if args.json and served.datasets:
+        print_json(
+            {
+                "url": url,
+                "datasets": sorted(served.datasets),
+                "skipped": served.skipped,
+                "tag": args.tag,
+            }
+        )
+    else:
+        for dataset_id, reason in served.skipped.items():
+            print(f"not served: {dataset_id}: {reason}", file=sys.stderr)
+        if served.datasets:
+            ref = f"release {args.tag}" if args.tag else "main"
+            print(
+                f"serving {', '.join(served.datasets)} ({ref}) on {url}: "
+                f"{url}/datasets/<id>/zarr (Zarr v3), {url}/datasets/<id>/edr/position|area "
+                f"(OGC EDR), {url}/datasets/<id>/tiles (OGC Tiles), {url}/docs",
+                file=sys.stderr,
+                flush=True,
+            )
+    run_server(served, host=args.host, port=args.port)
     return 0
