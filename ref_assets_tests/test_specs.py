@@ -72,7 +72,7 @@ def test_code_location_loads_with_a_broken_spec(settings, write_spec):
     defs = build_definitions(settings)
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
     datasets = {"demo_air_temperature", "fine_dataset"}
-    assert keys == datasets | {f"source/{dataset}" for dataset in datasets}
+    assert keys == datasets | {f"source/{dataset}" for dataset in datasets} | {"stac/catalog"}
     asset = defs.resolve_assets_def("fine_dataset")
     assert asset.code_versions_by_key[dg.AssetKey("fine_dataset")]
     assert "Test dataset fine_dataset" in asset.descriptions_by_key[dg.AssetKey("fine_dataset")]
