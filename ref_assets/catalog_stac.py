@@ -5,7 +5,8 @@ extent runs from the first written period's start to the last one's end, the spa
 the grid's cells (bounds, in WGS 84), and the datacube extension lists the dimensions (time, y,
 x and any extra ones, with their extents and steps) and variables (units, dimensions). Its asset
 ``icechunk`` points at the Icechunk repository, with the snapshot it describes and the branch or
-release tag that snapshot is the tip of, so that a reader opens exactly what the catalogue says.
+release tag that snapshot is the tip of, so that a reader opens exactly what the catalogue says;
+``icechunk-timeseries``, when the dataset has one, at its time-series copy.
 
 >>> built = build_catalog("/srv/stores", {"demo_air_temperature": spec})  # doctest: +SKIP
 >>> write_catalog(built.catalog, "/srv/stac")  # doctest: +SKIP
@@ -42,6 +43,7 @@ from ref_assets.store.repository import DatasetStore, StoreError
 
 ROOT_ID = "ref_assets"
 ICECHUNK_ASSET = "icechunk"
+TIMESERIES_ASSET = "icechunk-timeseries"
 # No media type is registered for an Icechunk repository; this is the one the STAC community
 # uses for them (xpystac opens assets of this type with Icechunk).
 ICECHUNK_MEDIA_TYPE = "application/vnd.zarr+icechunk"
@@ -153,6 +155,8 @@ def _collection(
     cube.dimensions = dimensions
     cube.variables = {name: _variable(group[name]) for name in structure["variables"]}
     collection.add_asset(ICECHUNK_ASSET, _icechunk_asset(store, source))
+    if source.ref_kind == "branch" and (copy := _timeseries_asset(store)) is not None:
+        collection.add_asset(TIMESERIES_ASSET, copy)
     return collection
 
 
@@ -208,6 +212,26 @@ def _icechunk_asset(store: DatasetStore, source: CollectionSource) -> pystac.Ass
             "icechunk:snapshot_id": source.snapshot,
             f"icechunk:{source.ref_kind}": source.ref,
         },
+    )
+
+
+def _timeseries_asset(store: DatasetStore) -> pystac.Asset | None:
+    """The dataset's time-series copy, when it has one: the same values chunked along time, for
+    series at points (it follows main only, so a release's collection leaves it out)."""
+    from ref_assets.store.timeseries import timeseries_store
+
+    copy = timeseries_store(store)
+    if not copy.exists():
+        return None
+    snapshot = copy.open().lookup_branch("main")
+    return pystac.Asset(
+        href=copy.location,
+        media_type=ICECHUNK_MEDIA_TYPE,
+        roles=["data"],
+        title=f"Time-series copy of {store.dataset_id}",
+        description="The same values chunked along time, for series at points: "
+        f"`ref_assets.open_dataset({store.dataset_id!r}, layout='timeseries')`",
+        extra_fields={"icechunk:snapshot_id": snapshot, "icechunk:branch": "main"},
     )
 
 

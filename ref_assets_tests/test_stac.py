@@ -81,6 +81,26 @@ def test_a_collection_describes_what_the_store_holds_and_validates(settings, syn
     assert asset.roles == ["data"]
     assert asset.extra_fields["icechunk:branch"] == "main"
     assert asset.extra_fields["icechunk:snapshot_id"] == store.open().lookup_branch("main")
+    assert "icechunk-timeseries" not in collection.assets  # no copy: no asset
+
+
+def test_the_time_series_copy_is_an_asset_of_its_collection(settings, write_spec, materialize):
+    from ref_assets.store.timeseries import timeseries_store, update_timeseries
+
+    fields = write_spec(timeseries={"time_chunk": 4, "y": 4, "x": 6, "tile": 2})
+    assert materialize("test_t2m", "2024-01-01...2024-01-02").success
+    store = DatasetStore(settings.storage_root, "test_t2m")
+    update_timeseries(DatasetSpec.model_validate(fields), store, run_id="test")
+    copy = dataset_collection(store).assets["icechunk-timeseries"]
+    assert copy.href == timeseries_store(store).location
+    assert copy.extra_fields == {
+        "icechunk:snapshot_id": timeseries_store(store).open().lookup_branch("main"),
+        "icechunk:branch": "main",
+    }
+    with offline_stac_validation():
+        dataset_collection(store).validate()
+    tag(store, "v1")
+    assert "icechunk-timeseries" not in dataset_collection(store, tag="v1").assets
 
 
 def test_licence_and_producer_come_from_the_dataset_attributes(settings, write_spec, materialize):
