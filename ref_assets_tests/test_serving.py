@@ -250,3 +250,20 @@ def test_stored_chunks_decode_as_xpublish_zarr_encodes_them(served):
         np.testing.assert_array_equal(
             decoded(key, stored.content, index), decoded(key, encoded.content, index)
         )
+
+
+def test_a_store_on_s3_is_served(s3_settings, write_spec, tmp_path):
+    fields = write_spec()
+    spec = DatasetSpec.model_validate(fields)
+    store = DatasetStore(s3_settings.storage_root, spec.id)
+    writer = PeriodWriter(store, run_id="test", policy=CommitPolicy(every=10))
+    provider = SyntheticProvider(spec)
+    for key in ("2024-01-01", "2024-01-03"):
+        writer.add(fetch_batch(spec, provider, spec.period_for_key(key)))
+    writer.flush()
+    with ServeProcess.started(os.environ, tmp_path / "serve.log", [spec.id]) as server:
+        remote = xr.open_zarr(server.url(f"/datasets/{spec.id}/zarr"), zarr_format=3)
+        local = open_dataset(spec.id, settings=s3_settings)
+        np.testing.assert_array_equal(remote.t2m.values, local.t2m.values)
+    assert "AWS_SECRET_ACCESS_KEY" not in server.output()
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in server.output()
