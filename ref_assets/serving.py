@@ -91,7 +91,6 @@ def _chunked_as_stored(data: xr.Dataset) -> xr.Dataset:
 def serving_app(served: ServedDatasets) -> xpublish.Rest:
     """The xpublish application serving ``served`` with its Zarr and EDR plugins."""
     import xpublish
-    import zarr
 
     if not served.datasets:
         raise ServingError("no dataset to serve")
@@ -103,10 +102,6 @@ def serving_app(served: ServedDatasets) -> xpublish.Rest:
     from xpublish_edr.plugin import CfEdrPlugin
     from xpublish_tiles.xpublish.tiles import TilesPlugin
 
-    # xpublish-zarr encodes a chunk by writing it to a scratch store, where zarr by default
-    # skips a chunk that is all fill value (a period's sea, a period never written): the
-    # request then fails. This process serves; writing every chunk costs nothing here.
-    zarr.config.set({"array.write_empty_chunks": True})
     plugins = [
         StoredChunksZarrPlugin().serving(served),
         CfEdrPlugin(),
@@ -156,6 +151,7 @@ class StoredChunksZarrPlugin(ZarrPlugin):
             source, passing = self._stored.get(dataset_id, (None, frozenset()))
             if var not in passing:
                 return await run_in_threadpool(
+                    _encoded_chunk,
                     encoded.endpoint,
                     var=var,
                     chunk=chunk,
@@ -168,6 +164,16 @@ class StoredChunksZarrPlugin(ZarrPlugin):
             return Response(stored.to_bytes(), media_type="application/octet-stream")
 
         return router
+
+
+def _encoded_chunk(endpoint, **arguments):
+    """xpublish-zarr's chunk. It encodes a chunk by writing it into a scratch store, where zarr
+    by default skips a chunk that is all fill value (a period's sea, or never written), and the
+    request then fails: here zarr writes it."""
+    import zarr
+
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return endpoint(**arguments)
 
 
 def _passing_through(data: xr.Dataset, source) -> frozenset[str]:
