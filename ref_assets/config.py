@@ -11,6 +11,9 @@ Icechunk stores in ``stores/``. A missing ``ref.toml`` means defaults, and nothi
     [paths]
     variables_cv = "packaged:ref_assets/data/variables_cv.toml"   # or a file of your own
 
+    [stac]
+    root = "/srv/stac"            # where Dagster writes the STAC catalogue (default: stac/)
+
     [[providers]]                 # providers beyond those installed as entry points
     provider = "my_package.providers:MyProvider"
     # name = "my_provider"        # default: the class's `name`
@@ -74,6 +77,12 @@ class StorageSection(_Section):
     root: str | None = None
 
 
+class StacSection(_Section):
+    """Where the Dagster asset `stac/catalog` writes the STAC catalogue."""
+
+    root: str | None = None
+
+
 class PathsSection(_Section):
     """Files the configuration points at: a ``packaged:`` reference or a path."""
 
@@ -83,10 +92,15 @@ class PathsSection(_Section):
 class _RefToml(_Section):
     storage: StorageSection = StorageSection()
     paths: PathsSection = PathsSection()
+    stac: StacSection = StacSection()
     providers: list[Any] = []  # checked entry by entry: a bad entry must not break the file
 
 
-_SECTIONS: dict[str, type[_Section]] = {"storage": StorageSection, "paths": PathsSection}
+_SECTIONS: dict[str, type[_Section]] = {
+    "storage": StorageSection,
+    "paths": PathsSection,
+    "stac": StacSection,
+}
 # REF_<SECTION>_<KEY> for every scalar key.
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     f"REF_{section}_{key}".upper(): (section, key)
@@ -126,6 +140,7 @@ class Settings:
     configuration_dir: Path
     storage_root: str
     variables_cv: str = DEFAULT_VARIABLES_CV  # a packaged reference or an absolute path
+    stac_root: str | None = None  # where the STAC catalogue goes: a directory or s3://
     providers: tuple[ProviderEntry, ...] = ()
     values: tuple[Setting, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -271,10 +286,14 @@ def _settings_from(
             return Setting(f"{section}.{key}", value, CONFIG_FILE_NAME)
         return Setting(f"{section}.{key}", default, "default")
 
+    def located(setting: Setting) -> str:  # a URL, or a path from the configuration directory
+        if "://" in setting.value:
+            return setting.value
+        return str((configuration_dir / Path(setting.value).expanduser()).absolute())
+
     root = effective("storage", "root", "stores")
-    storage_root = root.value
-    if "://" not in storage_root:
-        storage_root = str((configuration_dir / Path(storage_root).expanduser()).absolute())
+    storage_root = located(root)
+    stac = effective("stac", "root", "stac")
 
     packaged = PackagedFiles(configuration_dir / "cache")
     healed: dict[tuple[str, str], tuple[str, str]] = {}
@@ -287,11 +306,13 @@ def _settings_from(
     values = (
         Setting(root.key, storage_root, root.origin),
         Setting(variables_cv.key, durable, variables_cv.origin),
+        Setting(stac.key, located(stac), stac.origin),
     )
     settings = Settings(
         configuration_dir=configuration_dir,
         storage_root=storage_root,
         variables_cv=durable,
+        stac_root=located(stac),
         providers=providers,
         values=values,
         warnings=tuple(warnings),

@@ -281,8 +281,15 @@ def test_the_catalogue_asset_is_requested_once_a_period_lands(
     )
 
 
-def test_the_destination_defaults_to_the_configuration(settings, monkeypatch):
+def test_the_destination_is_a_setting(settings, monkeypatch, capsys):
     monkeypatch.delenv("REF_STAC_ROOT", raising=False)
     assert StacDestination().resolved_root() == str(Path(settings.configuration_dir) / "stac")
+    assert main(["config", "set", "stac.root", "catalogue"]) == 0  # from the configuration dir
+    assert StacDestination().resolved_root() == str(settings.configuration_dir / "catalogue")
     monkeypatch.setenv("REF_STAC_ROOT", "s3://bucket/stac")
     assert StacDestination().resolved_root() == "s3://bucket/stac"
+    capsys.readouterr()
+    assert main(["config", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["settings"]["stac.root"]
+    assert shown == {"value": "s3://bucket/stac", "from": "REF_STAC_ROOT"}
+    assert StacDestination(root="/elsewhere").resolved_root() == "/elsewhere"

@@ -7,14 +7,13 @@ and variables follow the data. The `stac_automation` sensor evaluates the condit
 as soon as the code location loads.
 
 Where the catalogue goes is the `StacDestination` resource: ``root`` (a directory or
-``s3://bucket/prefix``), by default ``REF_STAC_ROOT``, else ``$REF_CONFIGURATION/stac``.
+``s3://bucket/prefix``), by default ``[stac] root`` of ref.toml (``REF_STAC_ROOT``), else
+``$REF_CONFIGURATION/stac``.
 """
-
-import os
 
 import dagster as dg
 
-from ref_assets.catalog_stac import build_catalog, write_catalog
+from ref_assets.catalog_stac import ICECHUNK_ASSET, build_catalog, write_catalog
 from ref_assets.config import load_settings
 from ref_assets.defs.resources import IcechunkStorage
 from ref_assets.secrets import redact
@@ -23,7 +22,6 @@ from ref_assets.specs import DatasetSpec
 CATALOG_KEY = dg.AssetKey(["stac", "catalog"])
 AUTOMATION_SENSOR = "stac_automation"
 AUTOMATION_INTERVAL_SECONDS = 30
-STAC_ROOT_VARIABLE = "REF_STAC_ROOT"
 
 # Whenever a dataset's period lands (new or revised), and once when the catalogue was never
 # written; not while a run writes a dataset (its extents would be out of date at once).
@@ -38,16 +36,13 @@ CATALOGUE_WHEN_UPDATED = (
 
 class StacDestination(dg.ConfigurableResource):
     """Where the STAC catalogue is written: ``root`` (a directory or s3://bucket/prefix); unset:
-    ``REF_STAC_ROOT``, else ``$REF_CONFIGURATION/stac``, resolved in the process that writes."""
+    the configured one (``REF_STAC_ROOT``, else ``[stac] root`` in ref.toml, else
+    ``$REF_CONFIGURATION/stac``), resolved in the process that writes."""
 
     root: str | None = None
 
     def resolved_root(self) -> str:
-        return (
-            self.root
-            or os.environ.get(STAC_ROOT_VARIABLE)
-            or str(load_settings().configuration_dir / "stac")
-        )
+        return self.root or load_settings().stac_root
 
 
 def build_catalog_asset(specs: list[DatasetSpec]) -> dg.AssetsDefinition:
@@ -73,7 +68,7 @@ def build_catalog_asset(specs: list[DatasetSpec]) -> dg.AssetsDefinition:
         destination = stac_destination.resolved_root()
         files = write_catalog(built.catalog, destination)
         collections = {
-            child.id: child.assets["icechunk"].extra_fields["icechunk:snapshot_id"]
+            child.id: child.assets[ICECHUNK_ASSET].extra_fields["icechunk:snapshot_id"]
             for child in built.catalog.get_collections()
         }
         context.log.info(
