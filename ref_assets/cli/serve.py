@@ -22,7 +22,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "edr/position and edr/area (OGC API EDR queries: coords=POINT(lon lat) or "
         "POLYGON((...)), datetime, parameter-name, f=csv|netcdf|cf_covjson|geojson|parquet), "
         "tiles/WebMercatorQuad/{z}/{y}/{x} (OGC API Tiles: PNG maps; variables, style, width, "
-        "height, time, colorscalerange). "
+        "height, f=image/png, time, colorscalerange). "
         "/docs lists every route. Runs until interrupted.\n\nThe server has no "
         "authentication: it listens on 127.0.0.1 unless --host names another address and "
         "--allow-remote says the network is trusted.\n\nWith --json, one JSON document on "
