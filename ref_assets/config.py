@@ -89,10 +89,19 @@ class PathsSection(_Section):
     variables_cv: str | None = None
 
 
+class ExtractionSection(_Section):
+    """Extraction to a staging area (`ref_assets.extraction`)."""
+
+    staging: str | None = None  # a local directory (relative: to the configuration dir) or s3://
+    max_mib: float | None = None  # the largest request served, in MiB of values
+    ttl_hours: float | None = None  # how long a staged output lives
+
+
 class _RefToml(_Section):
     storage: StorageSection = StorageSection()
     paths: PathsSection = PathsSection()
     stac: StacSection = StacSection()
+    extraction: ExtractionSection = ExtractionSection()
     providers: list[Any] = []  # checked entry by entry: a bad entry must not break the file
 
 
@@ -100,6 +109,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "storage": StorageSection,
     "paths": PathsSection,
     "stac": StacSection,
+    "extraction": ExtractionSection,
 }
 # REF_<SECTION>_<KEY> for every scalar key.
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -133,6 +143,21 @@ class Setting:
     origin: str
 
 
+# Extraction defaults: a request of more than 2 GiB of values is refused, an output lives a day.
+DEFAULT_EXTRACTION_MAX_MIB = 2048.0
+DEFAULT_EXTRACTION_TTL_HOURS = 24.0
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """Where extractions are staged (a local directory or ``s3://bucket/prefix``), the largest
+    request served (MiB of values) and how long an output lives."""
+
+    staging: str
+    max_mib: float = DEFAULT_EXTRACTION_MAX_MIB
+    ttl_hours: float = DEFAULT_EXTRACTION_TTL_HOURS
+
+
 @dataclass(frozen=True)
 class Settings:
     """The effective settings: file values overridden by ``REF_*`` environment variables."""
@@ -141,6 +166,7 @@ class Settings:
     storage_root: str
     variables_cv: str = DEFAULT_VARIABLES_CV  # a packaged reference or an absolute path
     stac_root: str | None = None  # where the STAC catalogue goes: a directory or s3://
+    extraction: ExtractionSettings | None = None  # None: the defaults (`extraction_settings`)
     providers: tuple[ProviderEntry, ...] = ()
     values: tuple[Setting, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -159,6 +185,14 @@ class Settings:
 
     def packaged_files(self) -> PackagedFiles:
         return PackagedFiles(self.cache_dir)
+
+    @property
+    def extraction_settings(self) -> ExtractionSettings:
+        """The ``[extraction]`` settings (defaults: ``$REF_CONFIGURATION/staging``, 2 GiB, a
+        day)."""
+        return self.extraction or ExtractionSettings(
+            staging=str(self.configuration_dir / "staging")
+        )
 
     def resolve_path(self, reference: str) -> Path:
         """A readable file for a ``packaged:`` reference (through the cache) or a path
@@ -283,7 +317,7 @@ def _settings_from(
             return Setting(f"{section}.{key}", env[variable], variable)
         value = getattr(getattr(parsed, section), key)
         if value is not None:
-            return Setting(f"{section}.{key}", value, CONFIG_FILE_NAME)
+            return Setting(f"{section}.{key}", str(value), CONFIG_FILE_NAME)
         return Setting(f"{section}.{key}", default, "default")
 
     def located(setting: Setting) -> str:  # a URL, or a path from the configuration directory
@@ -303,21 +337,51 @@ def _settings_from(
         warnings.append(note)
         if variables_cv.origin == CONFIG_FILE_NAME:
             healed[("paths", "variables_cv")] = (variables_cv.value, durable)
+    extraction, extraction_values = _extraction_settings(effective, configuration_dir)
     values = (
         Setting(root.key, storage_root, root.origin),
         Setting(variables_cv.key, durable, variables_cv.origin),
         Setting(stac.key, located(stac), stac.origin),
+        *extraction_values,
     )
     settings = Settings(
         configuration_dir=configuration_dir,
         storage_root=storage_root,
         variables_cv=durable,
         stac_root=located(stac),
+        extraction=extraction,
         providers=providers,
         values=values,
         warnings=tuple(warnings),
     )
     return settings, healed
+
+
+def _extraction_settings(
+    effective: Callable[[str, str, str], Setting], configuration_dir: Path
+) -> tuple[ExtractionSettings, tuple[Setting, ...]]:
+    """The ``[extraction]`` settings, numbers checked (an environment value is text)."""
+    staging = effective("extraction", "staging", "staging")
+    root = staging.value
+    if "://" not in root:
+        root = str((configuration_dir / Path(root).expanduser()).absolute())
+    numbers = {}
+    settings = [Setting(staging.key, root, staging.origin)]
+    for key, default in (
+        ("max_mib", DEFAULT_EXTRACTION_MAX_MIB),
+        ("ttl_hours", DEFAULT_EXTRACTION_TTL_HOURS),
+    ):
+        setting = effective("extraction", key, repr(default))
+        try:
+            numbers[key] = float(setting.value)
+        except ValueError:
+            numbers[key] = -1.0
+        if not numbers[key] > 0:
+            raise ConfigError(
+                f"{setting.origin}: extraction.{key} = {setting.value!r}: must be a positive number"
+            )
+        settings.append(setting)
+    return ExtractionSettings(root, **numbers), tuple(settings)
 
 
 def _durable_reference(
