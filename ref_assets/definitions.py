@@ -14,6 +14,7 @@ from ref_assets.defs.derived import (
     derived_specs,
     is_derived,
 )
+from ref_assets.defs.extraction import clean_job, clean_schedule, extract_job
 from ref_assets.defs.io_manager import IcechunkIOManager
 from ref_assets.defs.maintenance import (
     build_maintenance_job,
@@ -69,11 +70,19 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             build_quality_check(spec, asset.partitions_def)
             for spec, asset in zip(specs, datasets, strict=True)
         ],
-        jobs=[*(build_check_job(spec) for spec in specs), *maintained.values()],
+        jobs=[
+            *(build_check_job(spec) for spec in specs),
+            *maintained.values(),
+            extract_job,
+            clean_job,
+        ],
         schedules=[
-            build_maintenance_schedule(spec, maintained[spec.id])
-            for spec in specs
-            if spec.id in maintained
+            clean_schedule,
+            *(
+                build_maintenance_schedule(spec, maintained[spec.id])
+                for spec in specs
+                if spec.id in maintained
+            ),
         ],
         sensors=[
             *(build_updates_sensor(spec) for spec in sourced),

@@ -297,15 +297,15 @@ def test_staging_on_s3(s3_settings, s3_server, monkeypatch):
     got = xr.open_zarr(fs.get_mapper(result.url), consolidated=False).load()
     expected = open_dataset(spec.id, settings=s3_settings).t2m.sel(y=slice(42, 40), x=slice(0, 3))
     np.testing.assert_array_equal(got.t2m.values, expected.values)
-    names = fs.ls(f"{staging.removeprefix('s3://')}/test_t2m", detail=False)
-    assert not [n for n in names if ".partial-" in n]  # the upload's temporary copy is gone
+    stored = s3_server.list_keys("staging/test_staging_on_s3/")
+    assert stored and not [key for key in stored if ".partial-" in key]  # the upload's is gone
     record = json.loads(fs.cat(result.record_url))
     assert record["output"] == result.url
     assert extract(request, settings=s3_settings, staging=staging).reused
     ttl = timedelta(hours=s3_settings.extraction_settings.ttl_hours)
     report = clean_staging(s3_settings, staging=staging, now=datetime.now(UTC) + ttl)
     assert [item.url for item in report.removed] == [result.url]
-    assert fs.ls(f"{staging.removeprefix('s3://')}/test_t2m", detail=False) == []
+    assert s3_server.list_keys("staging/test_staging_on_s3/") == []
 
 
 def test_the_command_line_extracts_and_cleans(settings, dataset, capsys, tmp_path):
@@ -339,37 +339,43 @@ def test_the_command_line_extracts_and_cleans(settings, dataset, capsys, tmp_pat
     assert json.loads(capsys.readouterr().out)["removed"] == []
 
 
-def test_the_dagster_jobs_extract_and_clean(settings, dataset, instance):
+def test_the_dagster_jobs_extract_and_clean(settings, dataset, instance, monkeypatch):
     from ref_assets.definitions import build_definitions
 
     spec, _ = dataset
+    monkeypatch.setenv("REF_EXTRACTION_TTL_HOURS", "0.0002")  # 0.72 s
     defs = build_definitions()
-    job = defs.resolve_job_def("extract")
     config = {
-        "ops": {
-            "extract": {
-                "config": {
-                    "dataset": spec.id,
-                    "points": [[0.3, 43.8]],
-                    "start": "2024-01-02",
-                    "end": "2024-01-04",
-                    "format": "csv",
-                }
-            }
-        }
+        "dataset": spec.id,
+        "points": [[0.3, 43.8]],
+        "start": "2024-01-02",
+        "end": "2024-01-04",
+        "format": "csv",
     }
-    result = job.execute_in_process(run_config=config, instance=instance)
-    assert result.success
+    result = defs.resolve_job_def("extract").execute_in_process(
+        run_config={"ops": {"extract": {"config": config}}}, instance=instance
+    )
     output = result.output_for_node("extract")
     assert Path(output).exists() and len(pd.read_csv(output)) == 3
     metadata = _output_metadata(result, "extract")
     assert metadata["sha256"].value == output_sha256(Path(output))
-    assert metadata["reused"].value is False
+    assert metadata["reused"].value is False and metadata["periods"].value == 3
 
-    clean = defs.resolve_job_def("clean_staging")
-    assert clean.execute_in_process(instance=instance).success
-    schedule = defs.resolve_schedule_def("clean_staging_schedule")
-    assert schedule.job_name == "clean_staging"
+    refused = defs.resolve_job_def("extract").execute_in_process(
+        run_config={"ops": {"extract": {"config": {**config, "end": "2025-01-01"}}}},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not refused.success
+    [failure] = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "reaches past" in failure.step_failure_data.user_failure_data.description
+
+    time.sleep(1.0)  # the output expires
+    clean = defs.resolve_job_def("clean_staging").execute_in_process(instance=instance)
+    metadata = _output_metadata(clean, "clean_staging")
+    assert metadata["removed"].value == 1 and metadata["bytes_freed"].value > 0
+    assert metadata["removed_outputs"].value[0]["url"] == output and not Path(output).exists()
+    assert defs.resolve_schedule_def("clean_staging_schedule").job_name == "clean_staging"
 
 
 def _output_metadata(result: dg.ExecuteInProcessResult, node: str) -> dict:

@@ -19,6 +19,8 @@ ref-assets tag DATASET NAME | --list                 # releases: immutable, cita
 ref-assets maintain DATASET [--keep-last N] [--dry-run]   # expire old snapshots, collect garbage
 ref-assets stac --to DIR [DATASET ...] [--tag NAME]  # the STAC catalogue of the stores
 ref-assets serve [DATASET ...] [--port N] [--tag NAME]   # the stores over HTTP: Zarr, OGC EDR
+ref-assets extract DATASET [--bbox W S E N | --points LON,LAT ...] [--format F] [--to DEST]
+ref-assets extract --clean                           # delete expired staged extractions
 
 Modules are imported by the command that needs them, so that ``--help`` and ``--version`` answer
 at once (importing the library, xarray and Dagster takes seconds).
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from ref_assets.cli import annotations as annotations_cli
 from ref_assets.cli import config as config_cli
+from ref_assets.cli import extract as extract_cli
 from ref_assets.cli import maintain as maintain_cli
 from ref_assets.cli import provenance as provenance_cli
 from ref_assets.cli import rebuild as rebuild_cli
@@ -102,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 USER_ERRORS = (
     ("ref_assets.annotations", "AnnotationError"),
     ("ref_assets.config", "ConfigError"),
+    ("ref_assets.extract.request", "ExtractionError"),
     ("ref_assets.periods", "PeriodError"),
     ("ref_assets.provenance", "ProvenanceNotFoundError"),
     ("ref_assets.providers.protocol", "ProviderError"),
@@ -313,6 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     maintain_cli.add_commands(commands)
     stac_cli.add_commands(commands)
     serve_cli.add_commands(commands)
+    extract_cli.add_commands(commands)
     return parser
 
 

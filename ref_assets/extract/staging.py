@@ -123,11 +123,10 @@ class StagingArea:
         self.remove(partial)
 
     def remove(self, path: str) -> None:
+        """Remove a file or directory (prefix), if there is one."""
+        self.fs.invalidate_cache()  # s3fs lists from a cache that our own writes made stale
         with contextlib.suppress(FileNotFoundError):
-            if self.fs.isdir(path):
-                self.fs.rm(path, recursive=True)
-            elif self.fs.exists(path):
-                self.fs.rm(path)
+            self.fs.rm(path, recursive=True)
 
     def size(self, path: str) -> int:
         try:
@@ -135,12 +134,14 @@ class StagingArea:
         except FileNotFoundError:
             return 0
 
-    def age_seconds(self, path: str) -> float:
-        """Seconds since anything under ``path`` was last written."""
-        found = self.fs.find(path, detail=True, withdirs=False) if self.fs.isdir(path) else {}
-        infos = list(found.values()) or [self.fs.info(path)]
-        newest = max(_modified(info) for info in infos)
-        return time.time() - newest
+    def stored(self, path: str) -> dict[str, dict[str, Any]]:
+        """The files (objects) under ``path``, or ``path`` itself if it is one: an S3 server
+        may list a prefix whose objects are all deleted as an empty directory."""
+        if self.fs.isdir(path):
+            found = self.fs.find(path, detail=True, withdirs=False)
+        else:
+            found = {path: self.fs.info(path)} if self.fs.exists(path) else {}
+        return {name: info for name, info in found.items() if info.get("type") == "file"}
 
     def datasets(self) -> list[str]:
         if not self.fs.exists(self.root):
@@ -233,6 +234,7 @@ def clean(area: StagingArea, *, ttl_hours: float, now: datetime | None = None) -
     extractions that died left (no record) once older than the TTL; report each one."""
     now = now or datetime.now(UTC)
     report = CleanupReport(area.location)
+    area.fs.invalidate_cache()
     for dataset in area.datasets():
         names = area.entries(dataset)
         recorded = {name.removesuffix(".json") for name in names if name.endswith(".json")}
@@ -262,9 +264,14 @@ def clean(area: StagingArea, *, ttl_hours: float, now: datetime | None = None) -
                 )
                 continue
             key = name.removeprefix(PARTIAL_PREFIX).split(".")[0].split("-")[0]
-            unfinished = name.startswith(PARTIAL_PREFIX) or key not in recorded
-            if unfinished and area.age_seconds(path) > ttl_hours * 3600:
-                size = area.size(path)
+            if not name.startswith(PARTIAL_PREFIX) and key in recorded:
+                continue
+            files = area.stored(path)
+            if not files:
+                continue  # an empty prefix: nothing is stored there
+            age = time.time() - max(_modified(info) for info in files.values())
+            if age > ttl_hours * 3600:
+                size = sum(int(info.get("size", 0)) for info in files.values())
                 area.remove(path)
                 report.removed.append(
                     RemovedOutput(dataset, name, area.url_of(path), size, "unfinished")
