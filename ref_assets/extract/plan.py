@@ -2,10 +2,14 @@
 and variables, how many bytes, and where each block of periods is read from.
 
 Point series read from the time-series copy (`ref_assets.store.timeseries`) wherever it holds
-exactly the snapshot's periods: a time chunk of the copy is used when the checksums it was built
-from equal those of the snapshot's records over that chunk (equal checksums: equal values), and
-the per-period store otherwise. So a release (a tag) is served from the copy where main has not
-changed since, and from its own snapshot where it has.
+exactly the snapshot's periods, and from the per-period store elsewhere. A time chunk of the copy
+records the snapshot of the store it was built from; it holds the snapshot's periods when no
+period record of the chunk changed between the two snapshots (Icechunk's diff, either way round:
+a release older or newer than the build). Where the diff cannot tell (a snapshot expired, or
+neither is an ancestor of the other), the checksums the chunk was built from are compared with
+the snapshot's records. So a release is served from the copy where main has not changed since,
+and from its own snapshot where it has; and the checksums drawn on (for the output's record)
+come from the copy's one chunk of checksums, not from one record read per period.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -60,9 +63,12 @@ class ExtractionPlan:
     x: np.ndarray
     y_index: np.ndarray = field(default_factory=lambda: np.empty(0, int))  # bbox rows, or per point
     x_index: np.ndarray = field(default_factory=lambda: np.empty(0, int))
+    written: np.ndarray = field(default_factory=lambda: np.empty(0, "int64"))
     copy_session: ic.Session | None = None
     copy_time_chunk: int | None = None
-    checksums: dict[int, str] = field(default_factory=dict)  # index -> record checksum
+    # index -> the checksum of its record, for the periods read so far
+    checksums: dict[int, str] = field(default_factory=dict)
+    _changed: dict[str, np.ndarray | None] = field(default_factory=dict)
 
     @property
     def periods(self) -> int:
@@ -109,38 +115,83 @@ class ExtractionPlan:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def blocks(self) -> Iterator[Block]:
-        """The blocks of periods to read, each within `BLOCK_BYTES` (and within one time
-        chunk of the copy, when the copy serves the request)."""
+        """The blocks of periods to read, each within `BLOCK_BYTES`, each from one layout: the
+        copy's time chunks that hold the snapshot's periods, the per-period store elsewhere."""
         per_period = max(self.period_bytes(), 1)
         length = max(1, min(self.periods, BLOCK_BYTES // per_period))
-        if self.copy_time_chunk:
-            chunk = self.copy_time_chunk
-            first = self.first
-            while first < self.stop:
-                stop = min((first // chunk + 1) * chunk, self.stop)
-                layout = "timeseries" if self._copy_current(first, stop) else "periods"
-                for start in range(first, stop, length):
-                    yield Block(start, min(start + length, stop), layout)
-                first = stop
-            return
-        for start in range(self.first, self.stop, length):
-            yield Block(start, min(start + length, self.stop), "periods")
+        for first, stop, layout in self._layout_runs():
+            for start in range(first, stop, length):
+                yield Block(start, min(start + length, stop), layout)
 
-    def _copy_current(self, first: int, stop: int) -> bool:
+    def _layout_runs(self) -> list[tuple[int, int, str]]:
+        """``(first, stop, layout)``: consecutive time chunks read from the same layout, merged."""
+        if not self.copy_time_chunk:
+            return [(self.first, self.stop, "periods")]
+        from ref_assets.store.timeseries import chunk_builds
+
+        assert self.copy_session is not None
+        size = self.copy_time_chunk
+        chunks = list(range(self.first // size, (self.stop - 1) // size + 1))
+        builds = chunk_builds(self.copy_session, chunks)
+        runs: list[tuple[int, int, str]] = []
+        for chunk in chunks:
+            first, stop = max(chunk * size, self.first), min((chunk + 1) * size, self.stop)
+            current = self._copy_current(first, stop, builds.get(chunk))
+            layout = "timeseries" if current else "periods"
+            if runs and runs[-1][2] == layout:
+                runs[-1] = (runs[-1][0], stop, layout)
+            else:
+                runs.append((first, stop, layout))
+        return runs
+
+    def _copy_current(self, first: int, stop: int, build: dict | None) -> bool:
+        """Whether the copy, whose time chunk holding ``first``..``stop`` was built as
+        ``build`` says, holds exactly the snapshot's periods there."""
+        if build is None:
+            return False
+        changed = self._changed_between(build["upstream_snapshot"])
+        if changed is not None:
+            return not np.any((changed >= first) & (changed < stop))
+        wanted = np.full(stop - first, "", dtype=object)
+        for index, record in store_reader.iter_records(self.session, range(first, stop)):
+            wanted[index - first] = record.get("checksum", "")
+        return bool(np.array_equal(self._copy_checksums(first, stop), wanted))
+
+    def _changed_between(self, other: str) -> np.ndarray | None:
+        """Time indices whose record differs between ``other`` and the snapshot read; None
+        when Icechunk's diff cannot tell."""
+        if other == self.snapshot:
+            return np.empty(0, "int64")
+        if other not in self._changed:
+            repo = self.store.open()
+            changed = store_reader.written_between(repo, other, self.snapshot)
+            if changed is None:
+                changed = store_reader.written_between(repo, self.snapshot, other)
+            self._changed[other] = changed
+        return self._changed[other]
+
+    def _copy_checksums(self, first: int, stop: int) -> np.ndarray:
         from ref_assets.store.timeseries import CHECKSUMS_PATH
 
         assert self.copy_session is not None
         recorded = zarr.open_array(self.copy_session.store, path=CHECKSUMS_PATH, mode="r")
-        if stop > recorded.shape[0]:
-            return False
-        held = np.asarray(recorded[first:stop], dtype=object)
-        wanted = np.array([self.checksums.get(i, "") for i in range(first, stop)], dtype=object)
-        return bool(np.array_equal(held, wanted))
+        held = np.full(stop - first, "", dtype=object)
+        within = max(0, min(stop, recorded.shape[0]) - first)
+        held[:within] = recorded[first : first + within]
+        return held
 
     def read(self, block: Block) -> dict[str, np.ndarray]:
         """Every variable's values over ``block``: (time, *extra, y, x) for a bbox (west to
-        east across the antimeridian), (time, *extra, point) for points."""
-        session = self.copy_session if block.layout == "timeseries" else self.session
+        east across the antimeridian), (time, *extra, point) for points; the checksums of the
+        block's records join `checksums`."""
+        if block.layout == "timeseries":
+            session = self.copy_session
+            held = self._copy_checksums(block.first, block.stop)
+            self.checksums.update((block.first + i, str(c)) for i, c in enumerate(held) if c)
+        else:
+            session = self.session
+            records = store_reader.iter_records(self.session, range(block.first, block.stop))
+            self.checksums.update((i, r.get("checksum", "")) for i, r in records)
         assert session is not None
         group = zarr.open_group(session.store, mode="r")
         return {name: self._read_variable(group[name], block) for name in self.variables}
@@ -152,22 +203,18 @@ class ExtractionPlan:
             rows = slice(int(self.y_index[0]), int(self.y_index[-1]) + 1)
             pieces = [array[(times, *extra, rows, cols)] for cols in self._column_runs()]
             return np.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
-        # Points grouped by the stored chunk (a tile of the copy) holding them: each chunk is
-        # read once, whatever the number of points in it.
-        *_, chunk_y, chunk_x = array.chunks
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for point, (row, col) in enumerate(zip(self.y_index, self.x_index, strict=True)):
-            groups[(int(row) // chunk_y, int(col) // chunk_x)].append(point)
-        out = np.empty(
-            (block.stop - block.first, *array.shape[1:-2], self.y_index.size), array.dtype
-        )
-        for members in groups.values():
-            rows = sorted({int(self.y_index[p]) for p in members})
-            cols = sorted({int(self.x_index[p]) for p in members})
-            values = array.get_orthogonal_selection((times, *extra, rows, cols))
-            for p in members:
-                out[..., p] = values[..., rows.index(self.y_index[p]), cols.index(self.x_index[p])]
-        return out
+        # Every point over the block in one coordinate selection: each stored chunk (a tile
+        # of the copy) it touches is read once, all of them concurrently.
+        lead = [np.arange(block.first, block.stop), *(np.arange(n) for n in array.shape[1:-2])]
+        shape = [len(axis) for axis in lead] + [self.y_index.size]
+        grids = [
+            axis.reshape([-1 if i == j else 1 for j in range(len(shape))])
+            for i, axis in enumerate(lead)
+        ]
+        rows = self.y_index.reshape([1] * len(lead) + [-1])
+        cols = self.x_index.reshape([1] * len(lead) + [-1])
+        coordinates = np.broadcast_arrays(*grids, rows, cols)
+        return array.get_coordinate_selection(tuple(coordinates)).reshape(shape)
 
     def _column_runs(self) -> list[slice]:
         """The bbox's columns as contiguous runs of the stored grid: one, or two across the
@@ -222,7 +269,6 @@ def resolve(
             if dim not in ("time", "y", "x")
         }
         y, x = group["y"][:], group["x"][:]
-        records = dict(store_reader.iter_records(session, range(first, stop)))
     plan = ExtractionPlan(
         request=request,
         store=store,
@@ -237,7 +283,7 @@ def resolve(
         extra_sizes=extra_sizes,
         y=y,
         x=x,
-        checksums={i: r.get("checksum", "") for i, r in records.items()},
+        written=written,
     )
     if request.points is not None:
         plan.y_index, plan.x_index = _nearest_cells(dataset, request.points, y, x)
@@ -344,13 +390,14 @@ def _attach_copy(plan: ExtractionPlan) -> None:
 
 
 def records_drawn_on(plan: ExtractionPlan) -> dict[str, str]:
-    """Period key -> its record's checksum, for every period the extraction read."""
+    """Period key -> its record's checksum, for every period the extraction read (once every
+    block is read)."""
     return {plan.axis.period_at(i).key: c for i, c in sorted(plan.checksums.items())}
 
 
 def missing_periods(plan: ExtractionPlan) -> list[str]:
     """The period ranges within the request the snapshot does not hold (read as NaN)."""
-    held = IndexRanges.of(np.asarray(sorted(plan.checksums), dtype="int64"))
+    held = IndexRanges.of(plan.written)
     missing = IndexRanges.span(plan.first, plan.stop) - held
     return [
         f"{plan.axis.period_at(a).key}..{plan.axis.period_at(b - 1).key}"
