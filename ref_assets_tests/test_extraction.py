@@ -29,6 +29,7 @@ from ref_assets.store.releases import tag
 from ref_assets.store.repository import DatasetStore
 from ref_assets.store.writer import CommitPolicy, PeriodWriter
 from ref_assets_tests.conftest import spec_dict
+from ref_assets_tests.test_extra_dimensions import levels_spec, write_levels_file
 
 DAYS = [str(day) for day in np.datetime64("2024-01-01") + np.arange(12)]
 TIMESERIES = {"time_chunk": 4, "y": 4, "x": 6, "tile": 2}
@@ -91,6 +92,30 @@ def test_a_bbox_in_each_gridded_format_equals_open_dataset(settings, dataset, fm
     assert all(value.startswith("sha256:") for value in record["records"].values())
     assert record["read_from"] == {"timeseries": 0, "periods": 8}
     assert record["request"]["bbox"] == [1.0, 41.0, 4.0, 43.0]
+
+
+@pytest.mark.parametrize("fmt", ["netcdf", "zarr", "csv"])
+def test_blocks_of_a_few_periods_stream_into_the_same_output(settings, dataset, fmt, monkeypatch):
+    """Memory holds a block: with blocks of 5 periods the output is written in 3 pieces (the
+    first creates it, the others append) and holds the same values."""
+    spec, _ = dataset
+    request = make_request(dataset=spec.id, bbox=(1, 41, 4, 43), format=fmt)
+    whole = extract(request, settings=settings, staging=str(settings.configuration_dir / "a"))
+    monkeypatch.setattr("ref_assets.extract.plan.BLOCK_BYTES", 5 * 4 * 6 * 4)  # 5 x 24 cells
+    blocks = []
+    pieces = extract(
+        request,
+        settings=settings,
+        staging=str(settings.configuration_dir / "b"),
+        on_block=lambda block, done, total: blocks.append((block.first, block.stop)),
+    )
+    assert blocks == [(0, 5), (5, 10), (10, 12)]
+    if fmt == "csv":
+        pd.testing.assert_frame_equal(pd.read_csv(pieces.url), pd.read_csv(whole.url))
+        assert len(pd.read_csv(pieces.url)) == 12 * 4 * 6
+    else:
+        xr.testing.assert_identical(read_output(pieces), read_output(whole))
+        assert read_output(pieces).sizes == {"time": 12, "y": 4, "x": 6}
 
 
 def test_points_as_csv_read_the_copy_and_equal_open_dataset(settings, dataset):
@@ -383,3 +408,39 @@ def _output_metadata(result: dg.ExecuteInProcessResult, node: str) -> dict:
         e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == node
     ]
     return event.step_output_data.metadata
+
+
+def test_variables_with_an_extra_dimension(
+    settings, write_spec, register_providers, materialize, tmp_path
+):
+    register_providers("ref_assets.providers.local_files:LocalFilesProvider")
+    for day in (1, 2, 3):
+        write_levels_file(tmp_path / "archive" / f"t_2024010{day}.nc", day)
+    write_spec("upper_air", **levels_spec(tmp_path / "archive"))
+    assert materialize("upper_air", "2024-01-01...2024-01-03").success
+    stored = open_dataset("upper_air", settings=settings)
+    points = ((10.2, 2.8), (14.0, -2.6))
+    got = read_output(extract(make_request(dataset="upper_air", points=points), settings=settings))
+    assert got["t"].dims == ("time", "level", "point") and got["t2m"].dims == ("time", "point")
+    assert got["level"].values.tolist() == [850, 500, 1000]
+    for number, (lon, lat) in enumerate(points):
+        for name in ("t", "t2m"):
+            np.testing.assert_array_equal(
+                got[name].isel(point=number).values,
+                stored[name].sel(x=lon, y=lat, method="nearest").values,
+            )
+    rows = pd.read_csv(
+        extract(
+            make_request(
+                dataset="upper_air", bbox=(11, -2, 15, 2), format="csv", start="2024-01-02"
+            ),
+            settings=settings,
+        ).url
+    )
+    assert list(rows.columns) == ["time", "y", "x", "level", "t", "t2m"]
+    assert len(rows) == 2 * 2 * 2 * 3  # days x rows x columns x levels
+    row = rows[(rows.time == "2024-01-03T00:00:00Z") & (rows.level == 500)].iloc[0]
+    expected = stored.sel(time="2024-01-03", level=500, y=row.y, x=row.x)
+    assert row.t == pytest.approx(float(expected.t)) and row.t2m == pytest.approx(
+        float(expected.t2m)
+    )
