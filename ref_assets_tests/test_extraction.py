@@ -264,6 +264,32 @@ def test_a_dead_extraction_is_removed_once_older_than_the_ttl(settings, dataset,
     assert removed.reason == "unfinished" and removed.bytes == 10 and not leftover.exists()
 
 
+def test_two_identical_extractions_at_once_leave_a_record_true_to_its_output(settings, dataset):
+    """The second starts while the first runs, so neither reuses the other: each writes its
+    own output, the record written last names its own, the other is removed once old."""
+    spec, _ = dataset
+    request = make_request(dataset=spec.id, bbox=(0, 40, 3, 42), format="zarr")
+    inner = []
+    outer = extract(
+        request,
+        settings=settings,
+        on_block=lambda *_: inner.append(extract(request, settings=settings)),
+    )
+    [second] = inner
+    assert not outer.reused and not second.reused and outer.url != second.url
+    record = json.loads(Path(outer.record_url).read_text())
+    assert record["output"] == outer.url  # the record written last, naming its own output
+    assert record["sha256"] == output_sha256(Path(outer.url))
+    assert extract(request, settings=settings).url == outer.url  # reused from now on
+    assert clean_staging(settings).removed == []  # the other output may still be wanted
+    old = time.time() - settings.extraction_settings.ttl_hours * 3600 - 60
+    for file in Path(second.url).rglob("*"):
+        os.utime(file, (old, old))
+    [removed] = clean_staging(settings).removed
+    assert (removed.url, removed.reason) == (second.url, "unfinished")
+    assert Path(outer.url).exists()
+
+
 def test_an_extraction_of_a_release_sees_the_release_only_while_main_moves_on(settings, dataset):
     spec, store = dataset
     release = tag(store, "v1")

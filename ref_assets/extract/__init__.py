@@ -20,6 +20,7 @@ it lives (and extends its life); `clean_staging` deletes expired outputs.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -100,18 +101,20 @@ def extract(
     plan = resolve(request, store, snapshot, tag=tag)
     _check_size(plan, config)
     key = plan.key
-    output = area.output(request.dataset, key, request.suffix)
     record_path = area.record(request.dataset, key)
     now = datetime.now(UTC)
     previous = area.read_record(record_path)
-    if previous is not None and not expired(previous, now):
+    if previous is not None and not expired(previous, now) and area.holds(previous):
         # Reused: it lives a full TTL from now (the clean-up reads the record again first).
         previous["expires"] = max(previous["expires"], _expiry(now, config))
         previous["reused"] = previous.get("reused", 0) + 1
         area.write_record(record_path, previous)
-        logger.info("%s: reusing the staged %s", request.dataset, area.url_of(output))
-        return Extraction(area.url_of(output), area.url_of(record_path), previous, True)
+        logger.info("%s: reusing the staged %s", request.dataset, previous["output"])
+        return Extraction(previous["output"], area.url_of(record_path), previous, True)
 
+    # A name of its own: of two identical requests at once, each record names its own output
+    # (the last one written wins; the clean-up removes the other once older than the TTL).
+    output = area.output(request.dataset, f"{key}-{uuid.uuid4().hex[:8]}", request.suffix)
     blocks = list(plan.blocks())
     layouts = {"timeseries": 0, "periods": 0}
     with area.scratch(request.dataset, key) as scratch:

@@ -2,9 +2,9 @@
 
 ::
 
-    <staging>/<dataset>/<key>.nc | .zarr/ | .csv     the output
-    <staging>/<dataset>/<key>.json                   its record, written last
-    <staging>/<dataset>/.partial-<key>-<random>      an extraction being written (local), or
+    <staging>/<dataset>/<key>-<random>.nc | .zarr/ | .csv    the output
+    <staging>/<dataset>/<key>.json                   its record, written last, naming its output
+    <staging>/<dataset>/.partial-...                 an extraction being written (local), or
                                                      being uploaded (S3)
 
 ``<staging>`` is a local directory or ``s3://bucket/prefix`` (the server and credentials from
@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,8 +38,8 @@ PARTIAL_PREFIX = ".partial-"
 class StagingArea:
     """A staging area at ``url`` (a local directory or ``s3://bucket/prefix``).
 
-    >>> StagingArea("/tmp/staging").output("demo_air_temperature", "abc", ".nc")
-    '/tmp/staging/demo_air_temperature/abc.nc'
+    >>> StagingArea("/tmp/staging").output("demo_air_temperature", "abc-1234", ".nc")
+    '/tmp/staging/demo_air_temperature/abc-1234.nc'
     """
 
     def __init__(self, url: str) -> None:
@@ -61,14 +60,19 @@ class StagingArea:
     def location(self) -> str:
         return redact(self.url)
 
-    def output(self, dataset: str, key: str, suffix: str) -> str:
-        return f"{self.root}/{dataset}/{key}{suffix}"
+    def output(self, dataset: str, name: str, suffix: str) -> str:
+        return f"{self.root}/{dataset}/{name}{suffix}"
 
     def record(self, dataset: str, key: str) -> str:
         return f"{self.root}/{dataset}/{key}.json"
 
     def url_of(self, path: str) -> str:
         return path if self.local is not None else f"s3://{path}"
+
+    def holds(self, record: dict) -> bool:
+        """Whether the output ``record`` names is there (not deleted behind our back)."""
+        self.fs.invalidate_cache()
+        return bool(record.get("output_path")) and self.fs.exists(record["output_path"])
 
     def read_record(self, path: str) -> dict | None:
         """The record at ``path``; None when there is none, or it does not read (a record is
@@ -108,17 +112,14 @@ class StagingArea:
             shutil.rmtree(directory, ignore_errors=True)
 
     def publish(self, written: Path, target: str) -> None:
-        """Move the finished output ``written`` (local) to ``target``, replacing whatever an
-        earlier, expired extraction of the same key left there."""
+        """Move the finished output ``written`` (local) to ``target``, a name no other
+        extraction uses: renamed on local staging; on S3 uploaded under a temporary name,
+        copied into place and the upload deleted."""
         if self.local is not None:
-            self.remove(target)
-            os.replace(written, target)
+            os.rename(written, target)
             return
-        partial = (
-            f"{Path(target).parent}/{PARTIAL_PREFIX}{uuid.uuid4().hex[:8]}-{Path(target).name}"
-        )
+        partial = f"{Path(target).parent}/{PARTIAL_PREFIX}{Path(target).name}"
         self.fs.put(str(written), partial, recursive=written.is_dir())
-        self.remove(target)
         self.fs.copy(partial, target, recursive=written.is_dir())
         self.remove(partial)
 
@@ -184,7 +185,8 @@ def _file_sha256(path: Path) -> str:
 @dataclass(frozen=True)
 class RemovedOutput:
     """An output the clean-up deleted, and why: ``expired`` (its record's ``expires`` passed),
-    ``unfinished`` (an extraction that died before its record, older than the TTL)."""
+    ``unfinished`` (no record names it: an extraction that died, or the loser of two identical
+    ones at once; older than the TTL)."""
 
     dataset: str
     name: str
@@ -231,45 +233,46 @@ def expired(record: dict, now: datetime) -> bool:
 
 def clean(area: StagingArea, *, ttl_hours: float, now: datetime | None = None) -> CleanupReport:
     """Delete every output whose record has expired (the output, then its record), and what
-    extractions that died left (no record) once older than the TTL; report each one."""
+    no record names (extractions that died, the loser of two identical ones at once) once older
+    than the TTL; report each one."""
     now = now or datetime.now(UTC)
     report = CleanupReport(area.location)
     area.fs.invalidate_cache()
     for dataset in area.datasets():
         names = area.entries(dataset)
-        recorded = {name.removesuffix(".json") for name in names if name.endswith(".json")}
-        for name in names:
+        named: set[str] = set()  # the outputs live records name
+        for name in (name for name in names if name.endswith(".json")):
             path = f"{area.root}/{dataset}/{name}"
-            if name.endswith(".json"):
-                record = area.read_record(path)
-                if record is None or "expires" not in record:
-                    continue  # not one of ours: left alone
-                if not expired(record, now):
-                    report.kept += 1
-                    continue
-                output = record.get("output_path", "")
-                size = area.size(output) if output else 0
-                if output:
-                    area.remove(output)
-                area.remove(path)
-                report.removed.append(
-                    RemovedOutput(
-                        dataset,
-                        name.removesuffix(".json"),
-                        area.url_of(output),
-                        size,
-                        "expired",
-                        record["expires"],
-                    )
-                )
+            record = area.read_record(path)
+            if record is None or "expires" not in record:
+                continue  # not one of ours: left alone
+            output = record.get("output_path", "")
+            if not expired(record, now):
+                report.kept += 1
+                named.add(output)
                 continue
-            key = name.removeprefix(PARTIAL_PREFIX).split(".")[0].split("-")[0]
-            if not name.startswith(PARTIAL_PREFIX) and key in recorded:
+            size = area.size(output) if output else 0
+            if output:
+                area.remove(output)
+            area.remove(path)
+            report.removed.append(
+                RemovedOutput(
+                    dataset,
+                    Path(output).name,
+                    area.url_of(output),
+                    size,
+                    "expired",
+                    record["expires"],
+                )
+            )
+        for name in (name for name in names if not name.endswith(".json")):
+            path = f"{area.root}/{dataset}/{name}"
+            if path in named or not area.fs.exists(path):
                 continue
             files = area.stored(path)
             if not files:
                 continue  # an empty prefix: nothing is stored there
-            age = time.time() - max(_modified(info) for info in files.values())
+            age = now.timestamp() - max(_modified(info) for info in files.values())
             if age > ttl_hours * 3600:
                 size = sum(int(info.get("size", 0)) for info in files.values())
                 area.remove(path)
