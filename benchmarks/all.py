@@ -35,6 +35,7 @@ SCRIPTS = [
     "provenance",
     "sensor_tick",
     "backfill",
+    "extraction",
 ]
 
 
