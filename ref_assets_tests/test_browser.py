@@ -8,12 +8,16 @@ sets ``REF_BROWSER_TEST=required``, so there a missing browser is a failure, not
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -84,10 +88,12 @@ def materialize_range(keys: list[str]) -> None:
     assert result.success
 
 
-@pytest.fixture
-def webserver(browser_dataset: list[str], dagster_home: Path, tmp_path: Path):
-    """``dagster-webserver`` on a free loopback port over ``dagster_home``, once the dataset's
-    partitions are materialized (while the server loads the code location); stopped by pid."""
+@contextlib.contextmanager
+def running_webserver(
+    dagster_home: Path, tmp_path: Path, meanwhile: Callable[[], None]
+) -> Iterator[str]:
+    """``dagster-webserver`` on a free loopback port over ``dagster_home``, ``meanwhile`` run
+    while the server loads the code location; its URL once it answers; stopped by pid."""
     port = free_port()
     log = (tmp_path / "webserver.log").open("wb")
     server = subprocess.Popen(
@@ -103,7 +109,7 @@ def webserver(browser_dataset: list[str], dagster_home: Path, tmp_path: Path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        materialize_range(browser_dataset)
+        meanwhile()
         deadline = time.monotonic() + WEBSERVER_START_SECONDS
         while True:
             try:
@@ -123,8 +129,19 @@ def webserver(browser_dataset: list[str], dagster_home: Path, tmp_path: Path):
         log.close()
 
 
-def test_the_asset_page_shows_the_map_preview_and_plotted_statistics(webserver, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+@pytest.fixture
+def webserver(browser_dataset: list[str], dagster_home: Path, tmp_path: Path):
+    """The webserver, once the dataset's partitions are materialized."""
+    with running_webserver(
+        dagster_home, tmp_path, lambda: materialize_range(browser_dataset)
+    ) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def chromium_page() -> Iterator:
+    """A page of headless Chromium, Dagster's first-visit dialog dismissed."""
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -136,27 +153,76 @@ def test_the_asset_page_shows_the_map_preview_and_plotted_statistics(webserver, 
             # A fresh browser profile on localhost is greeted by Dagster's community dialog,
             # which covers the page; its dismissal is kept in local storage (CommunityNux.tsx).
             page.add_init_script("localStorage.setItem('communityNux', JSON.stringify('1'))")
-            page.goto(f"{webserver}/assets/{DATASET}?view=overview")
-
-            # The newest partition's map preview, drawn in place (markdown under 1,000 chars).
-            preview = page.locator('img[src^="data:image/png;base64,"]').first
-            expect(preview).to_be_visible(timeout=UI_TIMEOUT_MS)
-            assert preview.evaluate("image => image.complete && image.naturalWidth") > 0
-            assert preview.get_attribute("alt") == "t2m, RdYlBu_r -40 to 45"
-            # The dataset-level definition metadata beside it, not hidden by the partition's.
-            expect(page.get_by_text("dataset/provider", exact=True).first).to_be_visible(
-                timeout=UI_TIMEOUT_MS
-            )
-            page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
-
-            # The statistics, plotted per partition.
-            page.get_by_role("button", name="Plots").click()
-            for label in ("t2m/mean", "t2m/min", "t2m/max", "t2m/nan_fraction"):
-                expect(page.get_by_text(label, exact=True).first).to_be_visible(
-                    timeout=UI_TIMEOUT_MS
-                )
-            expect(page.locator("canvas").first).to_be_visible(timeout=UI_TIMEOUT_MS)
-            assert page.locator("canvas").count() >= 4
-            page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+            yield page
         finally:
             browser.close()
+
+
+def test_the_asset_page_shows_the_map_preview_and_plotted_statistics(webserver, tmp_path):
+    from playwright.sync_api import expect
+
+    with chromium_page() as page:
+        page.goto(f"{webserver}/assets/{DATASET}?view=overview")
+
+        # The newest partition's map preview, drawn in place (markdown under 1,000 chars).
+        preview = page.locator('img[src^="data:image/png;base64,"]').first
+        expect(preview).to_be_visible(timeout=UI_TIMEOUT_MS)
+        assert preview.evaluate("image => image.complete && image.naturalWidth") > 0
+        assert preview.get_attribute("alt") == "t2m, RdYlBu_r -40 to 45"
+        # The dataset-level definition metadata beside it, not hidden by the partition's.
+        expect(page.get_by_text("dataset/provider", exact=True).first).to_be_visible(
+            timeout=UI_TIMEOUT_MS
+        )
+        page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+        # The statistics, plotted per partition.
+        page.get_by_role("button", name="Plots").click()
+        for label in ("t2m/mean", "t2m/min", "t2m/max", "t2m/nan_fraction"):
+            expect(page.get_by_text(label, exact=True).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+        expect(page.locator("canvas").first).to_be_visible(timeout=UI_TIMEOUT_MS)
+        assert page.locator("canvas").count() >= 4
+        page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+
+
+def test_an_extraction_launched_from_the_launchpad_is_staged(
+    browser_dataset, dagster_home, tmp_path, settings
+):
+    """The job `extract` launched from the launchpad with its config (as a person would: the
+    launchpad's own link with the config, then "Launch Run"); the run succeeds, its output
+    names the staged file, which is there with its record."""
+    from playwright.sync_api import expect
+
+    # Runs launched from the UI start at once, in a process of their own, instead of waiting
+    # in the queue for a daemon (what `./dev ui` runs beside the webserver).
+    (dagster_home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nrun_coordinator:\n  module: dagster.core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\n"
+    )
+    config = (
+        "ops:\n  extract_subset:\n    config:\n"
+        f"      dataset: {DATASET}\n      points: [[1.1, 41.6], [4.2, 43.1]]\n"
+        "      format: csv\n"
+    )
+    with (
+        running_webserver(
+            dagster_home, tmp_path, lambda: materialize_range(browser_dataset)
+        ) as url,
+        chromium_page() as page,
+    ):
+        launchpad = "/locations/__repository__@ref_assets.definitions/jobs/extract/playground"
+        page.goto(f"{url}{launchpad}/setup?{urllib.parse.urlencode({'config': config})}")
+        launch = page.get_by_role("button", name="Launch Run")
+        expect(launch).to_be_enabled(timeout=UI_TIMEOUT_MS)
+        launch.click()
+        page.wait_for_url("**/runs/**", timeout=UI_TIMEOUT_MS)
+        staging = settings.extraction_settings.staging
+        expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=240_000)
+        page.screenshot(path=str(tmp_path / "extraction-run.png"), full_page=True)
+        [record_file] = (Path(staging) / DATASET).glob("*.json")
+        record = json.loads(record_file.read_text())
+        assert record["request"]["points"] == [[1.1, 41.6], [4.2, 43.1]]
+        staged = Path(record["output"])
+        assert staged.suffix == ".csv" and staged.exists()
+        assert len(staged.read_text().splitlines()) == 1 + 2 * len(browser_dataset)
+        # The run's page names the staged file (the output's metadata).
+        expect(page.get_by_text(staged.name).first).to_be_visible(timeout=UI_TIMEOUT_MS)

@@ -396,6 +396,7 @@ def test_the_dagster_jobs_extract_and_clean(settings, dataset, instance, monkeyp
     spec, _ = dataset
     monkeypatch.setenv("REF_EXTRACTION_TTL_HOURS", "0.0002")  # 0.72 s
     defs = build_definitions()
+    dg.Definitions.validate_loadable(defs)  # as the code location loads it: names unique
     config = {
         "dataset": spec.id,
         "points": [[0.3, 43.8]],
@@ -404,16 +405,16 @@ def test_the_dagster_jobs_extract_and_clean(settings, dataset, instance, monkeyp
         "format": "csv",
     }
     result = defs.resolve_job_def("extract").execute_in_process(
-        run_config={"ops": {"extract": {"config": config}}}, instance=instance
+        run_config={"ops": {"extract_subset": {"config": config}}}, instance=instance
     )
-    output = result.output_for_node("extract")
+    output = result.output_for_node("extract_subset")
     assert Path(output).exists() and len(pd.read_csv(output)) == 3
-    metadata = _output_metadata(result, "extract")
+    metadata = _output_metadata(result, "extract_subset")
     assert metadata["sha256"].value == output_sha256(Path(output))
     assert metadata["reused"].value is False and metadata["periods"].value == 3
 
     refused = defs.resolve_job_def("extract").execute_in_process(
-        run_config={"ops": {"extract": {"config": {**config, "end": "2025-01-01"}}}},
+        run_config={"ops": {"extract_subset": {"config": {**config, "end": "2025-01-01"}}}},
         instance=instance,
         raise_on_error=False,
     )
@@ -423,7 +424,7 @@ def test_the_dagster_jobs_extract_and_clean(settings, dataset, instance, monkeyp
 
     time.sleep(1.0)  # the output expires
     clean = defs.resolve_job_def("clean_staging").execute_in_process(instance=instance)
-    metadata = _output_metadata(clean, "clean_staging")
+    metadata = _output_metadata(clean, "delete_expired")
     assert metadata["removed"].value == 1 and metadata["bytes_freed"].value > 0
     assert metadata["removed_outputs"].value[0]["url"] == output and not Path(output).exists()
     assert defs.resolve_schedule_def("clean_staging_schedule").job_name == "clean_staging"

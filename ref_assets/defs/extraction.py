@@ -36,7 +36,7 @@ class ExtractionConfig(dg.Config):
     to: str | None = None  # the staging area (default: [extraction] staging in ref.toml)
 
 
-@dg.op(name="extract", out=dg.Out(str, description="the staged output's URL"))
+@dg.op(name="extract_subset", out=dg.Out(str, description="the staged output's URL"))
 def extract_op(context: dg.OpExecutionContext, config: ExtractionConfig) -> dg.Output[str]:
     try:
         request = make_request(
@@ -90,7 +90,7 @@ def extract_job():
     extract_op()
 
 
-@dg.op(name="clean_staging", out=dg.Out(int, description="outputs removed"))
+@dg.op(name="delete_expired", out=dg.Out(int, description="outputs removed"))
 def clean_op(context: dg.OpExecutionContext) -> dg.Output[int]:
     report = clean_staging()
     for item in report.removed:
