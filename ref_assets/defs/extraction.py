@@ -80,8 +80,10 @@ def extract_op(context: dg.OpExecutionContext, config: ExtractionConfig) -> dg.O
     )
 
 
+# One op each: run in the run's own process, not a step subprocess (seconds on a busy machine).
 @dg.job(
     name=EXTRACT_JOB,
+    executor_def=dg.in_process_executor,
     description="Extract a subset of a dataset (bbox or points, periods, variables; a release "
     "or snapshot) as NetCDF, Zarr or CSV into the staging area, with a record beside it. "
     "Launch it from the launchpad with the op's config.",
@@ -109,6 +111,7 @@ def clean_op(context: dg.OpExecutionContext) -> dg.Output[int]:
 
 @dg.job(
     name=CLEAN_JOB,
+    executor_def=dg.in_process_executor,
     description="Delete the staged extractions that have expired ([extraction] ttl_hours), and "
     "what extractions that died left; report each one removed.",
 )
