@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -126,7 +127,7 @@ def extract(
             if on_block:
                 on_block(block, done, len(blocks))
         sha256 = output_sha256(written)
-        size = area_size(written)
+        size = _output_bytes(written)
         area.publish(written, output)
     record = {
         "key": key,
@@ -162,7 +163,7 @@ def clean_staging(
     return clean(StagingArea(staging or config.staging), ttl_hours=config.ttl_hours, now=now)
 
 
-def area_size(path) -> int:
+def _output_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -205,5 +206,6 @@ def _check_size(plan: ExtractionPlan, config: ExtractionSettings) -> None:
         f"periods {plan.axis.period_at(plan.first).key}..{plan.axis.period_at(plan.stop - 1).key}"
         f" x {space} x {len(plan.variables)} variable(s)), above the limit of "
         f"{config.max_mib:g} MiB ([extraction] max_mib in ref.toml, REF_EXTRACTION_MAX_MIB). "
-        "Narrow it: a shorter --start/--end, a smaller --bbox, fewer --vars, or --points"
+        "Narrow it: a shorter period range (start, end), a smaller bbox, fewer variables, or "
+        "series at points"
     )

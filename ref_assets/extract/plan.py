@@ -27,7 +27,7 @@ import zarr
 from ref_assets.extract.request import ExtractionError, ExtractionRequest
 from ref_assets.periods import IndexRanges, Period, PeriodError
 from ref_assets.store import reader as store_reader
-from ref_assets.store.layout import RECORDS_PATH, open_laid_out_root
+from ref_assets.store.layout import open_laid_out_root
 from ref_assets.store.reader import StoreAxis
 from ref_assets.store.repository import DatasetStore
 
@@ -310,7 +310,7 @@ def _time_range(
             raise ExtractionError(f"{err} (the store holds {held})") from None
 
     first, last = index(request.start, held_first), index(request.end, held_last)
-    asked = f"{axis.period_at(first).key}..{axis.period_at(last).key}" if first >= 0 else None
+    asked = f"{axis.period_at(first).key}..{axis.period_at(last).key}"
     if last < first:
         raise ExtractionError(
             f"{request.dataset}: the range ends ({request.end}) before it starts "
@@ -318,8 +318,8 @@ def _time_range(
         )
     if first < held_first or last > held_last:
         raise ExtractionError(
-            f"{request.dataset}: {asked or f'{request.start}..{request.end}'} reaches past "
-            f"what {where} holds: {held}. Ask within that range (--start/--end)"
+            f"{request.dataset}: {asked} reaches past what {where} holds: {held}. Ask within "
+            "that range (start and end)"
         )
     return first, last + 1
 
@@ -403,6 +403,3 @@ def missing_periods(plan: ExtractionPlan) -> list[str]:
         f"{plan.axis.period_at(a).key}..{plan.axis.period_at(b - 1).key}"
         for a, b in zip(missing.starts, missing.stops, strict=True)
     ]
-
-
-__all__ = ["BLOCK_BYTES", "RECORDS_PATH", "Block", "ExtractionPlan", "resolve"]
