@@ -17,6 +17,9 @@ tiles of 10 x 10). Then, in one process, the readers taking turns, best of 3 eac
                     store, one chunk a day), against `open_dataset(...)` of the per-period store
                     and the same selection
   CSV               the extraction with the copy as CSV, for context
+  memory            the whole grid over one year and over every day (NetCDF), with blocks of
+                    4 MiB of values: the peak of Python's heap (`tracemalloc`, numpy arrays
+                    included) while each runs, which streaming keeps flat in the request's size
 
 The extraction's time includes what `open_dataset` does not: resolving the request, the
 checksums of the 3,650 period records drawn on (for the output's record: from the copy's own
@@ -147,7 +150,9 @@ def measure(workdir: Path, days: int) -> dict:
         )
     finally:
         aside.rename(copy_path)
+    memory = {span: peak_memory(spec, settings, workdir, span) for span in (365, days)}
     return {
+        "memory": memory,
         "days": days,
         "build": (written_seconds, copy_seconds),
         "with": {k: min(v) for k, v in with_copy.items()},
@@ -155,6 +160,25 @@ def measure(workdir: Path, days: int) -> dict:
         "csv": statistics.median(csv["extract_csv"]),
         "output_bytes": record["bytes"],
     }
+
+
+def peak_memory(spec, settings, workdir: Path, periods: int) -> float:
+    """MiB: the peak of the traced heap while the whole grid's first ``periods`` days are
+    extracted in blocks of 4 MiB of values."""
+    import tracemalloc
+
+    from ref_assets.extract import extract, make_request, plan
+
+    end = str(np.datetime64("2010-01-01") + np.timedelta64(periods - 1, "D"))
+    request = make_request(dataset=spec.id, end=end)
+    default, plan.BLOCK_BYTES = plan.BLOCK_BYTES, 4 * 2**20
+    tracemalloc.start()
+    try:
+        extract(request, settings=settings, staging=str(workdir / f"memory-{periods}"))
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+        plan.BLOCK_BYTES = default
 
 
 def versions() -> str:
@@ -194,6 +218,14 @@ def render(r: dict) -> str:
             f"{without['extract']:.0f} | {ratio_without:.2f} |",
             f"| | `open_dataset()` + the 10 cells' `.values` | {without['open_dataset']:.0f} | "
             "1.00 |",
+            "",
+            f"Memory (the whole {SIDE} x {SIDE} grid to NetCDF, blocks of 4 MiB of values): "
+            + ", ".join(
+                f"{span:,} days ({span * SIDE * SIDE * 4 / 2**20:.1f} MiB of values): peak "
+                f"{peak:.1f} MiB traced"
+                for span, peak in r["memory"].items()
+            )
+            + ".",
             "",
             f"Building: the per-period store {written:.1f} s, its time-series copy {copied:.1f} s. "
             f"The staged NetCDF is {r['output_bytes']:,} bytes. The extraction also gathers the "

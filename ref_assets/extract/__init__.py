@@ -116,11 +116,12 @@ def extract(
     # A name of its own: of two identical requests at once, each record names its own output
     # (the last one written wins; the clean-up removes the other once older than the TTL).
     output = area.output(request.dataset, f"{key}-{uuid.uuid4().hex[:8]}", request.suffix)
-    blocks = list(plan.blocks())
+    writer_class = WRITERS[request.format]
+    blocks = list(plan.blocks(writer_class.block_share))
     layouts = {"timeseries": 0, "periods": 0}
     with area.scratch(request.dataset, key) as scratch:
         written = scratch / f"{key}{request.suffix}"
-        writer = WRITERS[request.format](written, plan)
+        writer = writer_class(written, plan)
         for done, block in enumerate(blocks, 1):
             writer.write(block_dataset(plan, block, plan.read(block)))
             layouts[block.layout] += block.stop - block.first

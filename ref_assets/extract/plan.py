@@ -114,11 +114,13 @@ class ExtractionPlan:
         text = json.dumps(self.key_fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def blocks(self) -> Iterator[Block]:
-        """The blocks of periods to read, each within `BLOCK_BYTES`, each from one layout: the
-        copy's time chunks that hold the snapshot's periods, the per-period store elsewhere."""
+    def blocks(self, share: int = 1) -> Iterator[Block]:
+        """The blocks of periods to read, each within `BLOCK_BYTES` / ``share`` of values (a
+        writer that holds several times the values in memory asks for a smaller share), each
+        from one layout: the copy's time chunks that hold the snapshot's periods, the
+        per-period store elsewhere."""
         per_period = max(self.period_bytes(), 1)
-        length = max(1, min(self.periods, BLOCK_BYTES // per_period))
+        length = max(1, min(self.periods, BLOCK_BYTES // share // per_period))
         for first, stop, layout in self._layout_runs():
             for start in range(first, stop, length):
                 yield Block(start, min(start + length, stop), layout)

@@ -81,6 +81,8 @@ class NetcdfWriter:
     """NetCDF-4 with an unlimited time dimension: the first block through xarray (its
     encodings), the others appended with netCDF4 at the next time index."""
 
+    block_share = 1  # of `BLOCK_BYTES`: the block's values are held once
+
     def __init__(self, path: Path, plan: ExtractionPlan) -> None:
         self.path, self.plan, self.length = path, plan, 0
 
@@ -109,6 +111,8 @@ class ZarrWriter:
     """A Zarr v3 directory: the first block creates it, the others append along time; time
     chunks are whole blocks."""
 
+    block_share = 1
+
     def __init__(self, path: Path, plan: ExtractionPlan) -> None:
         self.path, self.plan, self.started = path, plan, False
 
@@ -126,6 +130,9 @@ class ZarrWriter:
 class CsvWriter:
     """One row per time (and extra-dimension value) and cell or point; a column per variable.
     Times are ISO 8601 (UTC)."""
+
+    # A value becomes a row of a data frame (its time, cell and text): blocks of 1/16th.
+    block_share = 16
 
     def __init__(self, path: Path, plan: ExtractionPlan) -> None:
         self.path, self.plan, self.started = path, plan, False
