@@ -106,7 +106,7 @@ def extract(
     now = datetime.now(UTC)
     previous = area.read_record(record_path)
     if previous is not None and not expired(previous, now) and area.holds(previous):
-        # Reused: it lives a full TTL from now (the clean-up reads the record again first).
+        # Reused: it lives a full TTL from now.
         previous["expires"] = max(previous["expires"], _expiry(now, config))
         previous["reused"] = previous.get("reused", 0) + 1
         area.write_record(record_path, previous)

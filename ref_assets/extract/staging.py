@@ -53,8 +53,8 @@ class StagingArea:
             import fsspec
 
             self.fs = fsspec.filesystem("file")
-            self.local = Path(url)
-            self.root = str(self.local)
+            self.local = Path(url).expanduser().absolute()  # records name outputs absolutely
+            self.root = self.url = str(self.local)
 
     @property
     def location(self) -> str:
