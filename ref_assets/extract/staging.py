@@ -28,9 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ref_assets.extract.request import ExtractionError
 from ref_assets.files import atomic_write_bytes
 from ref_assets.secrets import redact
-from ref_assets.store.s3 import S3Connection, S3Location, is_s3
+from ref_assets.store.s3 import S3Connection, S3Location, S3Problem, is_s3
 
 PARTIAL_PREFIX = ".partial-"
 
@@ -44,9 +45,17 @@ class StagingArea:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        if redact(url) != url or ("://" in url and not is_s3(url)):
+            raise ExtractionError(
+                f"staging area {redact(url)}: give a directory or s3://bucket/prefix, with no "
+                "credentials in it (they come from the environment, as for storage roots)"
+            )
         if is_s3(url):
-            location = S3Location.parse(url)
-            self.fs = S3Connection.from_environment().filesystem()
+            try:
+                location = S3Location.parse(url)
+                self.fs = S3Connection.from_environment().filesystem()
+            except S3Problem as err:
+                raise ExtractionError(f"staging area {url}: {err}") from None
             self.root = f"{location.bucket}/{location.prefix}".rstrip("/")
             self.local: Path | None = None
         else:
