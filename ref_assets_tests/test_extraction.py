@@ -475,3 +475,27 @@ def test_variables_with_an_extra_dimension(
     assert row.t == pytest.approx(float(expected.t)) and row.t2m == pytest.approx(
         float(expected.t2m)
     )
+
+
+@pytest.mark.parametrize("diff", ["diff", "no diff"])
+def test_the_copy_serves_exactly_the_time_chunks_that_hold_the_snapshots_periods(
+    settings, dataset, diff, monkeypatch
+):
+    """Main revises a day of the third time chunk after the release: the copy (rebuilt since)
+    serves the release's first two chunks and not the third, whether Icechunk's diff tells
+    (the usual way) or the checksums are compared (a snapshot expired, say)."""
+    spec, store = dataset
+    tag(store, "v1")
+    write(spec, store, ["2024-01-11"], seed=11)
+    timeseries.update_timeseries(spec, store, run_id="moved")
+    if diff == "no diff":
+        monkeypatch.setattr("ref_assets.store.reader.written_between", lambda *args: None)
+    points = ((0.3, 43.8),)
+    release = extract(make_request(dataset=spec.id, points=points, tag="v1"), settings=settings)
+    assert release.record["read_from"] == {"timeseries": 8, "periods": 4}
+    expected = open_dataset(spec.id, tag="v1", settings=settings).t2m.sel(
+        x=0.3, y=43.8, method="nearest"
+    )
+    np.testing.assert_array_equal(read_output(release).t2m.isel(point=0).values, expected.values)
+    main = extract(make_request(dataset=spec.id, points=points), settings=settings)
+    assert main.record["read_from"] == {"timeseries": 12, "periods": 0}

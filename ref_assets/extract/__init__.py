@@ -79,10 +79,6 @@ class Extraction:
     record: dict
     reused: bool
 
-    @property
-    def sha256(self) -> str:
-        return self.record["sha256"]
-
 
 def extract(
     request: ExtractionRequest,

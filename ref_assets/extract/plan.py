@@ -151,6 +151,11 @@ class ExtractionPlan:
         ``build`` says, holds exactly the snapshot's periods there."""
         if build is None:
             return False
+        held = self._copy_checksums(first, stop) != ""
+        present = np.zeros(stop - first, dtype=bool)
+        present[self.written[(self.written >= first) & (self.written < stop)] - first] = True
+        if not np.array_equal(held, present):  # a period since written or removed
+            return False
         changed = self._changed_between(build["upstream_snapshot"])
         if changed is not None:
             return not np.any((changed >= first) & (changed < stop))
