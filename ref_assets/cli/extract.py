@@ -22,15 +22,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Read a subset of the dataset's store, at main's tip, a --snapshot or a "
         "release --tag (pinned when the command starts: periods landing meanwhile are not "
         "read), and write it into the staging area (--to, default [extraction] staging in "
-        "ref.toml) as DATASET/<key>.nc, .zarr or .csv, with a record DATASET/<key>.json beside "
-        "it: the request, the snapshot, the checksum of each period record read, the output's "
-        "sha256, when it was made and when it expires ([extraction] ttl_hours). The same "
-        "request on the same snapshot reuses the staged output while it lives. Point series "
-        "are read from the time-series copy wherever it holds the snapshot's periods.\n\n"
+        "ref.toml) as DATASET/<key>-<random>.nc, .zarr or .csv, with a record "
+        "DATASET/<key>.json beside it: the request, the snapshot, the checksum of each period "
+        "record read, the output's sha256, when it was made and when it expires ([extraction] "
+        "ttl_hours). The same request on the same snapshot reuses the staged output while it "
+        "lives. Point series are read from the time-series copy wherever it holds the "
+        "snapshot's periods.\n\n"
         "A request larger than [extraction] max_mib (MiB of values) is refused, naming its "
         "size; so is a range past what the snapshot holds or an unknown variable, naming what "
-        "there is.\n\n--clean deletes the outputs that have expired (and what extractions that "
-        "died left, once older than the TTL) and lists them.",
+        "there is.\n\n--clean deletes the outputs that have expired (and what no record names, "
+        "once older than the TTL: extractions that died) and lists them.",
         examples=[
             "ref-assets extract demo_air_temperature --bbox 30 -5 42 5 --start 2024-01-01 "
             "--end 2024-01-31",
