@@ -499,3 +499,10 @@ def test_the_copy_serves_exactly_the_time_chunks_that_hold_the_snapshots_periods
     np.testing.assert_array_equal(read_output(release).t2m.isel(point=0).values, expected.values)
     main = extract(make_request(dataset=spec.id, points=points), settings=settings)
     assert main.record["read_from"] == {"timeseries": 12, "periods": 0}
+
+
+def test_config_validate_names_an_unusable_staging_area(settings, monkeypatch, capsys):
+    monkeypatch.setenv("REF_EXTRACTION_STAGING", "ftp://host/staging")
+    assert main(["config", "validate", "--json"]) == 1
+    [error] = json.loads(capsys.readouterr().out)["errors"]
+    assert error.startswith("extraction.staging (from REF_EXTRACTION_STAGING): staging area ftp://")

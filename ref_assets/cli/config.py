@@ -220,6 +220,14 @@ def validate(args: argparse.Namespace) -> int:
                 problem = str(err)
         if problem:
             report["errors"].append(f"storage.root (from {root.origin}): {problem}")
+        staging = next(s for s in settings.values if s.key == "extraction.staging")
+        try:  # as `ref-assets extract` and the extract job will open it
+            from ref_assets.extract.request import ExtractionError
+            from ref_assets.extract.staging import StagingArea
+
+            StagingArea(staging.value)
+        except ExtractionError as err:
+            report["errors"].append(f"extraction.staging (from {staging.origin}): {err}")
         try:
             vocabulary = load_vocabulary(settings.variables_cv, settings.resolve_path)
             _ok(
