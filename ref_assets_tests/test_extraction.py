@@ -103,6 +103,8 @@ def test_blocks_of_a_few_periods_stream_into_the_same_output(settings, dataset, 
     request = make_request(dataset=spec.id, bbox=(1, 41, 4, 43), format=fmt)
     whole = extract(request, settings=settings, staging=str(settings.configuration_dir / "a"))
     share = WRITERS[fmt].block_share  # CSV asks for smaller blocks
+    # Zarr chunks of 2 periods: appends of 5 fill chunks that an earlier block began.
+    monkeypatch.setattr(WRITERS["zarr"], "CHUNK_BYTES", 2 * 4 * 6 * 4)
     monkeypatch.setattr(
         "ref_assets.extract.plan.BLOCK_BYTES", 5 * 4 * 6 * 4 * share
     )  # 5 x 24 cells
@@ -120,6 +122,8 @@ def test_blocks_of_a_few_periods_stream_into_the_same_output(settings, dataset, 
     else:
         xr.testing.assert_identical(read_output(pieces), read_output(whole))
         assert read_output(pieces).sizes == {"time": 12, "y": 4, "x": 6}
+        if fmt == "zarr":
+            assert xr.open_zarr(pieces.url).t2m.encoding["chunks"] == (2, 4, 6)
 
 
 def test_points_as_csv_read_the_copy_and_equal_open_dataset(settings, dataset):

@@ -108,10 +108,11 @@ class NetcdfWriter:
 
 
 class ZarrWriter:
-    """A Zarr v3 directory: the first block creates it, the others append along time; time
-    chunks are whole blocks."""
+    """A Zarr v3 directory: the first block creates it, the others append along time. A chunk
+    is as many periods of the whole subset as fit `CHUNK_BYTES` (at least one)."""
 
     block_share = 1
+    CHUNK_BYTES = 8 * 2**20
 
     def __init__(self, path: Path, plan: ExtractionPlan) -> None:
         self.path, self.plan, self.started = path, plan, False
@@ -120,7 +121,9 @@ class ZarrWriter:
         if not self.started:
             encoding: dict = {"time": {**_time_encoding(), "chunks": (data.sizes["time"],)}}
             for name, variable in data.data_vars.items():
-                encoding[name] = {"chunks": tuple(variable.shape)}
+                period = variable[0].nbytes or 1
+                periods = max(1, min(data.sizes["time"], self.CHUNK_BYTES // period))
+                encoding[name] = {"chunks": (periods, *variable.shape[1:])}
             data.to_zarr(self.path, mode="w-", encoding=encoding, consolidated=False, zarr_format=3)
             self.started = True
         else:
