@@ -83,7 +83,8 @@ def test_a_bbox_in_each_gridded_format_equals_open_dataset(settings, dataset, fm
     np.testing.assert_array_equal(got.t2m.values, expected.t2m.values)
     np.testing.assert_array_equal(got.time.values, expected.time.values)
     np.testing.assert_array_equal(got.x.values, expected.x.values)
-    assert got.t2m.attrs["units"] == "degC"
+    assert got.t2m.attrs["units"] == "degC" and got.t2m.attrs["grid_mapping"] == "spatial_ref"
+    assert "WGS 84" in got.spatial_ref.attrs["crs_wkt"]
     record = json.loads(Path(result.record_url).read_text())
     assert record["sha256"] == output_sha256(Path(result.url))
     assert record["snapshot"] == DatasetStore(settings.storage_root, spec.id).open().lookup_branch(
@@ -92,6 +93,7 @@ def test_a_bbox_in_each_gridded_format_equals_open_dataset(settings, dataset, fm
     assert sorted(record["records"]) == DAYS[2:10]  # every period drawn on, with its checksum
     assert all(value.startswith("sha256:") for value in record["records"].values())
     assert record["read_from"] == {"timeseries": 0, "periods": 8}
+    assert got.attrs["ref_assets_snapshot"] == record["snapshot"]
     assert record["request"]["bbox"] == [1.0, 41.0, 4.0, 43.0]
 
 
@@ -316,6 +318,10 @@ def test_an_extraction_of_a_release_sees_the_release_only_while_main_moves_on(se
     )
     got = read_output(result)
     assert result.record["tag"] == "v1" and result.record["snapshot"] == release.snapshot
+    assert (got.attrs["ref_assets_release"], got.attrs["ref_assets_snapshot"]) == (
+        "v1",
+        release.snapshot,
+    )
     assert got.sizes["time"] == 12
     for number, (lon, lat) in enumerate(points):
         np.testing.assert_array_equal(

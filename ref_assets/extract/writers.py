@@ -47,13 +47,22 @@ def block_dataset(plan: ExtractionPlan, block: Block, values: dict[str, np.ndarr
         coords["y"] = ("y", plan.y[plan.y_index], _attributes(group["y"].attrs))
         coords["x"] = ("x", plan.output_x(), x_attributes)
         space = ("y", "x")
-    data_vars = {}
-    for name, array in values.items():
-        dims = ("time", *plan.variable_dims[name][1:-2], *space)
-        attributes = _attributes(group[name].attrs)
-        attributes.pop("grid_mapping", None)
-        data_vars[name] = (dims, array, attributes)
-    attributes = _attributes(group.attrs)
+    coords["spatial_ref"] = ((), np.int32(0), _attributes(group["spatial_ref"].attrs))  # the CRS
+    data_vars = {
+        name: (
+            ("time", *plan.variable_dims[name][1:-2], *space),
+            array,
+            _attributes(group[name].attrs),
+        )
+        for name, array in values.items()
+    }
+    attributes = {
+        **_attributes(group.attrs),
+        # Where the values came from, in the file itself (the record beside it says more).
+        "ref_assets_dataset": plan.request.dataset,
+        "ref_assets_snapshot": plan.snapshot,
+        "ref_assets_release": plan.request.tag or "",
+    }
     return xr.Dataset(data_vars, coords=coords, attrs=attributes)
 
 
