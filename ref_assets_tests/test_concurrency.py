@@ -33,23 +33,25 @@ def days(count: int) -> list[str]:
     return [str(day) for day in np.datetime64("2024-01-01") + np.arange(count)]
 
 
-def test_eight_dagster_runs_in_separate_processes_all_land_exactly_once(settings, write_spec):
+def test_four_dagster_runs_in_separate_processes_all_land_exactly_once(settings, write_spec):
     # Each process runs 3 consecutive partitions as one run, committing 2 at a time; the
-    # small time block makes them grow the axis concurrently too.
+    # small time block makes them grow the axis concurrently too. (Four, not more: each process
+    # imports Dagster and loads the definitions, seconds of CPU on a 2-core machine, for
+    # commits that race the same way.)
     spec = DatasetSpec.model_validate(
         write_spec(storage={"time_block": 4}, runs={"commit_every": 2, "fetch_workers": 1})
     )
-    keys = days(24)
-    shares = [keys[i : i + 3] for i in range(0, 24, 3)]
+    keys = days(12)
+    shares = [keys[i : i + 3] for i in range(0, 12, 3)]
     succeeded = run_at_once(materialize_range, shares, str(settings.configuration_dir), spec.id)
-    assert succeeded == [True] * 8
+    assert succeeded == [True] * 4
     assert_all_landed(settings, spec, keys)
     repo = DatasetStore(settings.storage_root, spec.id).open()
     counts = [periods_committed(s.message) for s in repo.ancestry(branch="main")]
     assert sum(counts) == len(keys)  # all present, and committed once each
     # Each run commits 2, then 1; a writer waiting for the commit turn rides along with the
     # holder's commit (`store.commits.commit_in_turn`), so there may be fewer commits.
-    assert len([count for count in counts if count]) <= 16
+    assert len([count for count in counts if count]) <= 8
 
 
 def test_commits_racing_from_many_processes_all_land(settings, write_spec):

@@ -19,7 +19,9 @@ from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import write_period
 from ref_assets_tests.conftest import stored_checksum
 
-TRIALS = 20
+# Each trial waits for a commit of its writer before killing it, so every kill lands in real
+# writing (chunk writes, commits, axis growth), not in the writer's start-up.
+TRIALS = 8
 
 
 def start_writer(settings, spec_fields: dict, keys: list[str]) -> subprocess.Popen:
@@ -63,6 +65,21 @@ def check_whole_or_absent(settings, spec: DatasetSpec, expected: dict[str, np.nd
     return present
 
 
+def main_tip(store: DatasetStore) -> str | None:
+    """The snapshot ``main`` points at, None before the store exists."""
+    return store.open().lookup_branch("main") if store.exists() else None
+
+
+def wait_for_a_commit(
+    store: DatasetStore, writer: subprocess.Popen, since: str | None, timeout: float = 60.0
+) -> None:
+    """Until ``main`` moves past ``since`` (a commit of ``writer`` landed, however loaded the
+    machine), or the writer has exited."""
+    deadline = time.monotonic() + timeout
+    while main_tip(store) == since and writer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_writers_killed_at_any_instant_leave_whole_periods_and_a_rerun_completes(
     settings, write_spec
 ):
@@ -75,6 +92,7 @@ def test_writers_killed_at_any_instant_leave_whole_periods_and_a_rerun_completes
         key: provider.fetch(spec.period_for_key(key)).data.t2m.values.astype("float32")
         for key in keys
     }
+    store = DatasetStore(settings.storage_root, spec.id)
     rng = random.Random(11)
     killed_with_progress = 0
     for trial in range(TRIALS):
@@ -82,8 +100,10 @@ def test_writers_killed_at_any_instant_leave_whole_periods_and_a_rerun_completes
         remaining = [k for k in keys if k not in already]
         order = rng.sample(remaining, len(remaining)) if remaining else keys
         before = len(keys) - len(remaining)
+        tip = main_tip(store)
         process = start_writer(settings, spec_fields, order)
-        time.sleep(rng.uniform(0.0, 0.25))  # varied points: fetch, chunk writes, commit, growth
+        wait_for_a_commit(store, process, since=tip)
+        time.sleep(rng.uniform(0.0, 0.15))  # varied points after it: chunk writes, commit, growth
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         present = check_whole_or_absent(settings, spec, expected)
@@ -91,7 +111,6 @@ def test_writers_killed_at_any_instant_leave_whole_periods_and_a_rerun_completes
         assert len(present) >= before, f"trial {trial}: committed periods disappeared"
 
     assert killed_with_progress >= 3  # the kills did interrupt real writing
-    store = DatasetStore(settings.storage_root, spec.id)
     for key in keys:  # the rerun: nothing left behind (locks, partial chunks) gets in its way
         write_period(store, fetch_batch(spec, provider, spec.period_for_key(key)), run_id="rerun")
     assert check_whole_or_absent(settings, spec, expected) == set(keys)
