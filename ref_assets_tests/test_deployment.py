@@ -14,6 +14,7 @@ tag limit). The cluster config loads with its Docker run launcher; the Kubernete
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ import yaml
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from ref_assets.cli import main
-from ref_assets.config import load_settings
+from ref_assets.config import load_settings, storage_root_problem
 from ref_assets.definitions import build_definitions
 from ref_assets.defs.instance_init import config_mode, init_instance, instance_config
 from ref_assets.pools import PoolLimit, configured_pools, pool_limits
@@ -383,3 +384,80 @@ def test_no_postgresql_skips_under_pytest_and_fails_under_dev_test(tmp_path, mon
     monkeypatch.setenv("REF_POSTGRES_TEST", "required")  # as ./dev test sets it
     with pytest.raises(pytest.fail.Exception, match="cannot start"), postgres_server():
         pass
+
+
+# The chart's value names for the instance's `concurrency` settings (its _concurrency.tpl
+# renders them under these dagster.yaml names).
+HELM_CONCURRENCY_NAMES = {
+    "maxConcurrentRuns": "max_concurrent_runs",
+    "tagConcurrencyLimits": "tag_concurrency_limits",
+    "defaultLimit": "default_limit",
+    "granularity": "granularity",
+    "opGranularityRunBuffer": "op_granularity_run_buffer",
+}
+
+
+def keys_of(tree) -> set[str]:
+    """Every mapping key anywhere in a parsed YAML document."""
+    if isinstance(tree, dict):
+        return set(tree).union(*(keys_of(value) for value in tree.values()))
+    if isinstance(tree, list):
+        return set().union(*(keys_of(value) for value in tree))
+    return set()
+
+
+def test_the_kubernetes_values_hold_the_production_settings_and_no_credential():
+    values = yaml.safe_load((REPOSITORY / "deploy" / "kubernetes" / "values.yaml").read_text())
+    production = yaml.safe_load(instance_config("production"))
+
+    # The run queue and the pools, as the chart renders them into dagster.yaml.
+    assert values["concurrency"]["enabled"] is True
+    rendered = {
+        part: {HELM_CONCURRENCY_NAMES[name]: value for name, value in settings.items()}
+        for part, settings in values["concurrency"].items()
+        if part != "enabled"
+    }
+    assert rendered == production["concurrency"]
+    coordinator = values["dagsterDaemon"]["runCoordinator"]
+    assert coordinator["type"] == production["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert "config" not in coordinator  # the chart refuses limits in both places
+    assert values["pythonLogs"] == {
+        "managedPythonLoggers": production["python_logs"]["managed_python_loggers"],
+        "pythonLogLevel": production["python_logs"]["python_log_level"],
+    }
+    assert values["telemetry"] == production["telemetry"]
+    assert values["additionalInstanceConfig"] == {
+        "auto_materialize": production["auto_materialize"]
+    }
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+    # PostgreSQL: the production driver; the password from a Secret, never from the values.
+    postgres = values["postgresql"]
+    assert (
+        postgres["postgresqlScheme"] == production["storage"]["postgres"]["postgres_db"]["scheme"]
+    )
+    assert values["generatePostgresqlPasswordSecret"] is False
+    assert values["global"]["postgresqlSecretName"]
+    [code] = values["dagster-user-deployments"]["deployments"]
+    env = code["env"]
+    # `ref-assets instance init` in the code location's pod reaches the same database.
+    assert (env["DAGSTER_PG_HOST"], env["DAGSTER_PG_USER"], env["DAGSTER_PG_DB"]) == (
+        postgres["postgresqlHost"],
+        postgres["postgresqlUsername"],
+        postgres["postgresqlDatabase"],
+    )
+    assert int(env["DAGSTER_PG_PORT"]) == postgres["service"]["port"]
+
+    # The stores on S3, the keys from a Secret; no credential anywhere in the file.
+    assert env["REF_STORAGE_ROOT"].startswith("s3://")
+    assert storage_root_problem(env["REF_STORAGE_ROOT"]) is None
+    assert {"REF_CONFIGURATION", "REF_STORAGE_ROOT"} <= set(env)
+    assert code["envSecrets"] and code["includeConfigInLaunchedRuns"] == {"enabled": True}
+    credentials = {"postgresqlPassword", "DAGSTER_PG_PASSWORD", "AWS_ACCESS_KEY_ID"}
+    assert not (credentials | {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}) & keys_of(values)
+
+    # The code server the image starts (deploy/Dockerfile's command) is the one the chart starts.
+    dockerfile = (REPOSITORY / "deploy" / "Dockerfile").read_text()
+    command = json.loads(dockerfile.split("\nCMD ", 1)[1].splitlines()[0])
+    assert command[command.index("-m") :] == code["codeServerArgs"]
+    assert str(code["port"]) == command[command.index("-p") + 1]
