@@ -61,13 +61,21 @@ def daemon(settings, write_spec, register_providers, tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     log = tmp_path / "daemon.log"
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    workspace = tmp_path / "workspace.yaml"
+    # ref_assets' code location with the copies' automation sensor every 5 s, not 30.
+    location = {
+        "module_name": "ref_assets_tests.quick_automation_definitions",
+        "attribute": "defs",
+        "location_name": "ref_assets",
+    }
+    workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": location}]}))
     with log.open("w") as output:
         process = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "dagster-daemon"),
                 "run",
                 "-w",
-                str(REPOSITORY / "workspace.yaml"),
+                str(workspace),
             ],
             cwd=home,
             env=env,
