@@ -21,12 +21,11 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 from datetime import UTC, datetime
 
 import numpy as np
 from backfill import GRID
-from results import replace_section
+from results import replace_section, timed
 
 SECTION = "## Derived products: a monthly mean of 31 daily periods (`benchmarks/derived.py`)"
 DAYS = [f"2000-01-{day:02d}" for day in range(1, 32)]
@@ -123,12 +122,6 @@ def materialize_once(root: str, attempt: int) -> None:
         spec, AggregateProvider(spec), Period.from_key(PeriodType.MONTHLY, "2000-01")
     )
     write_period(DatasetStore(root, spec.id), batch, run_id="bench")
-
-
-def timed(work) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = work()
-    return time.perf_counter() - start, result
 
 
 def main() -> None:

@@ -30,7 +30,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from backfill import GRID
-from results import machine_load, replace_section
+from results import machine_load, replace_section, timed
 
 SECTION = "## Serving: a Zarr chunk over HTTP against the store (`benchmarks/serving.py`)"
 DATASET = "bench_served"
@@ -77,12 +76,6 @@ def write_store(root: str, fields: dict, days: int) -> None:
         period = Period(spec.period, spec.period.at(index, spec.start))
         writer.add(fetch_batch(spec, provider, period))
     writer.flush()
-
-
-def timed(work) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = work()
-    return time.perf_counter() - start, result
 
 
 def main() -> None:
