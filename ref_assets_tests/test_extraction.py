@@ -20,7 +20,7 @@ import xarray as xr
 from ref_assets.batch import fetch_batch
 from ref_assets.cli.main import main
 from ref_assets.extract import ExtractionError, clean_staging, extract, make_request
-from ref_assets.extract.staging import output_sha256
+from ref_assets.extract.staging import StagingArea, output_sha256
 from ref_assets.extract.writers import WRITERS
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.reader import open_dataset
@@ -250,6 +250,34 @@ def test_identical_requests_reuse_the_output_until_it_expires_and_clean_up_remov
     assert not Path(first.url).exists() and not Path(first.record_url).exists()
     # An expired output is extracted anew, not reused.
     assert not extract(request, settings=settings).reused
+
+
+def test_an_output_a_clean_up_may_be_removing_is_extracted_anew_not_reused(
+    settings, dataset, monkeypatch
+):
+    """Reuse and clean-up race at an output's expiry: one about to expire is not reused, and
+    one the clean-up removed while its life was being extended is extracted anew."""
+    spec, _ = dataset
+    request = make_request(dataset=spec.id, bbox=(0, 40, 3, 42))
+    first = extract(request, settings=settings)
+    record = json.loads(Path(first.record_url).read_text())
+    record["expires"] = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    Path(first.record_url).write_text(json.dumps(record))
+    second = extract(request, settings=settings)
+    assert not second.reused and second.url != first.url
+
+    write_record = StagingArea.write_record
+
+    def cleaned_meanwhile(area, path, record):
+        # As a clean-up that read the old record does, while the reuse extends its life.
+        monkeypatch.setattr(StagingArea, "write_record", write_record)
+        Path(record["output_path"]).unlink()
+        write_record(area, path, record)
+
+    monkeypatch.setattr(StagingArea, "write_record", cleaned_meanwhile)
+    third = extract(request, settings=settings)
+    assert not third.reused and third.url != second.url and Path(third.url).exists()
+    assert json.loads(Path(third.record_url).read_text())["output"] == third.url
 
 
 def test_a_dead_extraction_is_removed_once_older_than_the_ttl(settings, dataset, monkeypatch):

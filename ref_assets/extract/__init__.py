@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 MIB = 2**20
+# A staged output with less than this left to live (or half the TTL, if shorter) is extracted
+# anew rather than reused.
+REUSE_MARGIN = timedelta(minutes=5)
 
 
 def make_request(**fields) -> ExtractionRequest:
@@ -101,13 +104,18 @@ def extract(
     record_path = area.record(request.dataset, key)
     now = datetime.now(UTC)
     previous = area.read_record(record_path)
-    if previous is not None and not expired(previous, now) and area.holds(previous):
+    # An output about to expire is not reused: a clean-up running now may be deleting it.
+    margin = min(REUSE_MARGIN, timedelta(hours=config.ttl_hours) / 2)
+    if previous is not None and not expired(previous, now + margin) and area.holds(previous):
         # Reused: it lives a full TTL from now.
         previous["expires"] = max(previous["expires"], _expiry(now, config))
         previous["reused"] = previous.get("reused", 0) + 1
         area.write_record(record_path, previous)
-        logger.info("%s: reusing the staged %s", request.dataset, previous["output"])
-        return Extraction(previous["output"], area.url_of(record_path), previous, True)
+        # Still there once its life is extended (a clean-up that read the old record may have
+        # removed it meanwhile): then it is extracted anew below.
+        if area.holds(previous):
+            logger.info("%s: reusing the staged %s", request.dataset, previous["output"])
+            return Extraction(previous["output"], area.url_of(record_path), previous, True)
 
     # A name of its own: of two identical requests at once, each record names its own output
     # (the last one written wins; the clean-up removes the other once older than the TTL).
