@@ -24,6 +24,7 @@ from ref_assets.extract.staging import StagingArea, output_sha256
 from ref_assets.extract.writers import WRITERS
 from ref_assets.providers.synthetic import SyntheticProvider
 from ref_assets.reader import open_dataset
+from ref_assets.rebuild import rebuild_dataset, rechunk_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import timeseries
 from ref_assets.store.releases import tag
@@ -537,6 +538,32 @@ def test_the_copy_serves_exactly_the_time_chunks_that_hold_the_snapshots_periods
     np.testing.assert_array_equal(read_output(release).t2m.isel(point=0).values, expected.values)
     main = extract(make_request(dataset=spec.id, points=points), settings=settings)
     assert main.record["read_from"] == {"timeseries": 12, "periods": 0}
+
+
+def test_after_a_rechunk_the_copy_serves_and_after_a_rebuild_it_never_does(settings, dataset):
+    """A rechunk rewrites every record with its checksum unchanged: the copy still holds the
+    snapshot's periods. A rebuild fetches them again (here other values, as float64): the
+    copy, built from the old ones, must not be read."""
+    spec, store = dataset
+    points = ((0.3, 43.8),)
+
+    def series(result):
+        expected = open_dataset(spec.id, settings=settings).t2m.sel(x=0.3, y=43.8, method="nearest")
+        np.testing.assert_array_equal(read_output(result).t2m.isel(point=0).values, expected)
+        return result.record["read_from"]
+
+    rechunk_dataset(spec, store, chunks={"y": 2, "x": 3}, settings=settings, run_id="rechunk")
+    rechunked = extract(make_request(dataset=spec.id, points=points), settings=settings)
+    assert series(rechunked) == {"timeseries": 12, "periods": 0}
+    fields = spec_dict(timeseries=TIMESERIES)
+    fields["params"] = {**fields["params"], "seed": 99}
+    fields["variables"] = [{**fields["variables"][0], "dtype": "float64"}]
+    rebuilt_spec = DatasetSpec.model_validate(fields)
+    rebuild_dataset(
+        rebuilt_spec, SyntheticProvider(rebuilt_spec), store, settings=settings, run_id="rebuild"
+    )
+    rebuilt = extract(make_request(dataset=spec.id, points=points), settings=settings)
+    assert series(rebuilt) == {"timeseries": 0, "periods": 12}
 
 
 def test_config_validate_names_an_unusable_staging_area(settings, monkeypatch, capsys):

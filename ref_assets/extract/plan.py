@@ -7,9 +7,11 @@ records the snapshot of the store it was built from; it holds the snapshot's per
 period record of the chunk changed between the two snapshots (Icechunk's diff, either way round:
 a release older or newer than the build). Where the diff cannot tell (a snapshot expired, or
 neither is an ancestor of the other), the checksums the chunk was built from are compared with
-the snapshot's records. So a release is served from the copy where main has not changed since,
-and from its own snapshot where it has; and the checksums drawn on (for the output's record)
-come from the copy's one chunk of checksums, not from one record read per period.
+the snapshot's records; so are those of the periods the diff names (a rechunk rewrites every
+record, its checksum unchanged). So a release is served from the copy where main has not
+changed since, and from its own snapshot where it has; and the checksums drawn on (for the
+output's record) come from the copy's one chunk of checksums, not from one record read per
+period.
 """
 
 from __future__ import annotations
@@ -151,18 +153,23 @@ class ExtractionPlan:
         ``build`` says, holds exactly the snapshot's periods there."""
         if build is None:
             return False
-        held = self._copy_checksums(first, stop) != ""
+        built_from = self._copy_checksums(first, stop)
         present = np.zeros(stop - first, dtype=bool)
         present[self.written[(self.written >= first) & (self.written < stop)] - first] = True
-        if not np.array_equal(held, present):  # a period since written or removed
+        if not np.array_equal(built_from != "", present):  # a period since written or removed
             return False
+        # The records to compare with the checksums the chunk was built from: those the diff
+        # says were rewritten since (a rechunk rewrites every record, its checksums unchanged),
+        # or all of them where the diff cannot tell.
         changed = self._changed_between(build["upstream_snapshot"])
-        if changed is not None:
-            return not np.any((changed >= first) & (changed < stop))
-        wanted = np.full(stop - first, "", dtype=object)
-        for index, record in store_reader.iter_records(self.session, range(first, stop)):
-            wanted[index - first] = record.get("checksum", "")
-        return bool(np.array_equal(self._copy_checksums(first, stop), wanted))
+        if changed is None:
+            indices = np.arange(first, stop)
+        else:
+            indices = changed[(changed >= first) & (changed < stop)]
+            if indices.size == 0:
+                return True
+        records = dict(store_reader.iter_records(self.session, indices.tolist()))
+        return all(built_from[i - first] == records.get(i, {}).get("checksum", "") for i in indices)
 
     def _changed_between(self, other: str) -> np.ndarray | None:
         """Time indices whose record differs between ``other`` and the snapshot read; None
