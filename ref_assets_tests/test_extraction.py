@@ -281,6 +281,36 @@ def test_an_output_a_clean_up_may_be_removing_is_extracted_anew_not_reused(
     assert json.loads(Path(third.record_url).read_text())["output"] == third.url
 
 
+def test_a_clean_up_keeps_the_record_an_identical_request_staged_meanwhile(
+    settings, dataset, monkeypatch
+):
+    """The clean-up read an expired record; before it removes it, the same request (finding
+    it expired) stages a new output and record: that record stays, naming its output."""
+    spec, _ = dataset
+    request = make_request(dataset=spec.id, bbox=(0, 40, 3, 42))
+    old = extract(request, settings=settings)
+    remove = StagingArea.remove
+    new = []
+
+    def extracted_meanwhile(area, path):
+        remove(area, path)
+        if path == old.record["output_path"]:  # the old output went; the new one comes
+            monkeypatch.setattr(StagingArea, "remove", remove)
+            new.append(extract(request, settings=settings))
+
+    monkeypatch.setattr(StagingArea, "remove", extracted_meanwhile)
+    ttl = timedelta(hours=settings.extraction_settings.ttl_hours)
+    expired_for_both = datetime.now(UTC) + ttl + timedelta(minutes=1)
+    monkeypatch.setattr(
+        "ref_assets.extract.expired", lambda record, now: record["output"] == old.url
+    )
+    report = clean_staging(settings, now=expired_for_both)
+    [fresh] = new
+    assert [item.url for item in report.removed] == [old.url] and not fresh.reused
+    assert json.loads(Path(fresh.record_url).read_text())["output"] == fresh.url
+    assert extract(request, settings=settings).url == fresh.url  # reused
+
+
 def test_a_dead_extraction_is_removed_once_older_than_the_ttl(settings, dataset, monkeypatch):
     spec, _ = dataset
     staging = Path(settings.extraction_settings.staging) / spec.id

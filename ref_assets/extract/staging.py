@@ -263,7 +263,11 @@ def clean(area: StagingArea, *, ttl_hours: float, now: datetime | None = None) -
             size = area.size(output) if output else 0
             if output:
                 area.remove(output)
-            area.remove(path)
+            # An identical request may have staged a new output and record since: that record
+            # is left alone (the old output is the only one removed).
+            current = area.read_record(path)
+            if current is not None and current.get("output_path") == output:
+                area.remove(path)
             report.removed.append(
                 RemovedOutput(
                     dataset,
