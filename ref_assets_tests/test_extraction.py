@@ -28,7 +28,7 @@ from ref_assets.rebuild import rebuild_dataset, rechunk_dataset
 from ref_assets.specs import DatasetSpec
 from ref_assets.store import timeseries
 from ref_assets.store.releases import tag
-from ref_assets.store.repository import DatasetStore
+from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.writer import CommitPolicy, PeriodWriter
 from ref_assets_tests.conftest import spec_dict
 from ref_assets_tests.test_extra_dimensions import levels_spec, write_levels_file
@@ -200,6 +200,11 @@ def test_past_the_extent_and_unknown_variables_are_clear_errors(settings, datase
         extract(make_request(dataset=spec.id, points=((30.0, 10.0),)), settings=settings)
     with pytest.raises(ExtractionError, match="bbox or points, not both"):
         make_request(dataset=spec.id, points=((1.0, 41.0),), bbox=(0, 40, 2, 42))
+    with pytest.raises(StoreError) as err:  # expired by maintenance, say
+        extract(make_request(dataset=spec.id, snapshot="ABCDEFGHJKMNPQRSTVWX"), settings=settings)
+    message = str(err.value)
+    assert message.startswith(f"{spec.id}: cannot open snapshot 'ABCDEFGHJKMNPQRSTVWX' of ")
+    assert "\n" not in message and f"tag --list {spec.id}" in message  # no Rust call stack
     assert not staging.exists() or not any(staging.rglob("*.json"))
 
 

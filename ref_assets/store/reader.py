@@ -51,7 +51,14 @@ def session_for(store: DatasetStore, snapshot: str | None = None) -> ic.Session:
             return repo.readonly_session(branch="main")
         return repo.readonly_session(snapshot_id=snapshot)
     except ic.IcechunkError as err:
-        raise StoreError(f"{store.dataset_id}: cannot open snapshot {snapshot!r}: {err}") from None
+        # Icechunk's first line says what; the rest is its Rust call stack.
+        problem = str(err).strip().splitlines()[0]
+        raise StoreError(
+            f"{store.dataset_id}: cannot open snapshot {snapshot!r} of {store.location}: "
+            f"{problem}. A snapshot that maintenance expired (or one of another store) is gone: "
+            "read main's tip (no snapshot) or a release (tag; `ref-assets tag --list "
+            f"{store.dataset_id}` lists them)"
+        ) from None
 
 
 def store_axis(session: ic.Session) -> StoreAxis | None:
