@@ -110,7 +110,58 @@ def serving_app(served: ServedDatasets) -> xpublish.Rest:
         ModuleVersionPlugin(),
         PluginInfoPlugin(),
     ]
-    return xpublish.Rest(served.datasets, plugins={plugin.name: plugin for plugin in plugins})
+    rest = xpublish.Rest(served.datasets, plugins={plugin.name: plugin for plugin in plugins})
+    rest.app.middleware("http")(_refusing_points_off_the_grid(served))
+    return rest
+
+
+def _refusing_points_off_the_grid(served: ServedDatasets):
+    """A middleware answering an EDR position query at a point off the dataset's grid with 404
+    and why (xpublish-edr would answer with the nearest edge cell's series), by the rule
+    extraction uses: a point more than half a cell beyond the cell centres."""
+    from fastapi.responses import JSONResponse
+
+    async def middleware(request, call_next):
+        parts = request.url.path.strip("/").split("/")
+        if (
+            len(parts) == 4
+            and parts[0] == "datasets"
+            and parts[2:] == ["edr", "position"]
+            and parts[1] in served.datasets
+        ):
+            problem = _off_the_grid(parts[1], served.datasets[parts[1]], request.query_params)
+            if problem:
+                return JSONResponse({"detail": problem}, status_code=404)
+        return await call_next(request)
+
+    return middleware
+
+
+def _off_the_grid(dataset_id: str, data: xr.Dataset, query) -> str | None:
+    """Why the ``coords`` of a position query in longitude and latitude lie off the grid of
+    ``data`` (None: they do not, or the query or grid is in another CRS: xpublish-edr judges)."""
+    import pyproj
+    import shapely
+    import shapely.wkt
+
+    from ref_assets.extract.plan import nearest_cells
+    from ref_assets.extract.request import ExtractionError
+
+    if query.get("crs", "EPSG:4326").upper() not in ("EPSG:4326", "CRS84", "OGC:CRS84"):
+        return None
+    wkt = data["spatial_ref"].attrs.get("crs_wkt") if "spatial_ref" in data.coords else None
+    if not wkt or pyproj.CRS.from_wkt(wkt).to_epsg() != 4326:
+        return None
+    try:
+        geometry = shapely.wkt.loads(query.get("coords", ""))
+    except shapely.errors.ShapelyError:
+        return None  # xpublish-edr says what is wrong with it
+    points = tuple((float(x), float(y)) for x, y, *_ in shapely.get_coordinates(geometry))
+    try:
+        nearest_cells(dataset_id, points, data["y"].values, data["x"].values)
+    except ExtractionError as err:
+        return str(err)
+    return None
 
 
 class StoredChunksZarrPlugin(ZarrPlugin):

@@ -134,6 +134,25 @@ def test_edr_position_and_area_answer_the_stored_values(served, server):
             assert np.isnan(stored)
 
 
+def test_an_edr_position_off_the_grid_is_refused_saying_why(served):
+    """xpublish-edr alone answers with the nearest edge cell's series, however far off."""
+    from fastapi.testclient import TestClient
+
+    from ref_assets.serving import served_datasets, serving_app
+
+    client = TestClient(serving_app(served_datasets(served[0], [DATASET])).app)
+    position = f"/datasets/{DATASET}/edr/position?parameter-name=t2m&f=csv&coords="
+    answer = client.get(position + "POINT(30 10)")
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == (
+        f"{DATASET}: the point 30.0,10.0 lies off the grid (cell centres longitude 0.25..5.75, "
+        "latitude 40.25..43.75); give points inside it"
+    )
+    assert client.get(position + "MULTIPOINT((1.25 41.25),(1.25 50))").status_code == 404
+    assert client.get(position + "POINT(1.25 41.25)").status_code == 200
+    assert client.get(position + "POINT(5.9 41.25)").status_code == 200  # within half a cell
+
+
 def test_map_tiles_show_the_stored_day(served, server):
     """An OGC API Tiles PNG over the grid (x 0..6, y 40..44 degrees) is drawn where the day has
     values; a tile over the other hemisphere is empty."""

@@ -300,7 +300,7 @@ def resolve(
         written=written,
     )
     if request.points is not None:
-        plan.y_index, plan.x_index = _nearest_cells(dataset, request.points, y, x)
+        plan.y_index, plan.x_index = nearest_cells(dataset, request.points, y, x)
         _attach_copy(plan)
     else:
         plan.y_index, plan.x_index = _bbox_cells(dataset, request.bbox, y, x)
@@ -357,7 +357,7 @@ def _bbox_cells(
     return rows, cols
 
 
-def _nearest_cells(
+def nearest_cells(
     dataset: str, points: tuple[tuple[float, float], ...], y: np.ndarray, x: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The nearest cell of each point; a point more than half a cell off the grid is refused."""
