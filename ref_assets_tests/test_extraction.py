@@ -316,6 +316,19 @@ def test_a_clean_up_keeps_the_record_an_identical_request_staged_meanwhile(
     assert extract(request, settings=settings).url == fresh.url  # reused
 
 
+def test_a_release_of_mains_tip_is_its_own_extraction_naming_the_release(settings, dataset):
+    spec, store = dataset
+    request = {"dataset": spec.id, "bbox": (0, 40, 3, 42)}
+    main_tip = extract(make_request(**request), settings=settings)
+    tag(store, "v1")  # the same snapshot
+    release = extract(make_request(**request, tag="v1"), settings=settings)
+    assert not release.reused and release.record["snapshot"] == main_tip.record["snapshot"]
+    assert (
+        release.record["tag"] == "v1" and read_output(release).attrs["ref_assets_release"] == "v1"
+    )
+    assert extract(make_request(**request), settings=settings).url == main_tip.url
+
+
 def test_a_dead_extraction_is_removed_once_older_than_the_ttl(settings, dataset, monkeypatch):
     spec, _ = dataset
     staging = Path(settings.extraction_settings.staging) / spec.id

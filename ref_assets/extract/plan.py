@@ -98,11 +98,13 @@ class ExtractionPlan:
 
     def key_fields(self) -> dict:
         """The request as resolved (periods as keys, variables, cells asked for), with the
-        snapshot: what makes two requests the same extraction."""
+        snapshot and release: what makes two requests the same extraction (a release's output
+        names it, in the file and its record, where main's at the same snapshot does not)."""
         request = self.request
         return {
             "dataset": request.dataset,
             "snapshot": self.snapshot,
+            "tag": request.tag,
             "first": self.axis.period_at(self.first).key,
             "last": self.axis.period_at(self.stop - 1).key,
             "variables": sorted(self.variables),
