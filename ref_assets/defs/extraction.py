@@ -39,17 +39,8 @@ class ExtractionConfig(dg.Config):
 @dg.op(name="extract_subset", out=dg.Out(str, description="the staged output's URL"))
 def extract_op(context: dg.OpExecutionContext, config: ExtractionConfig) -> dg.Output[str]:
     try:
-        request = make_request(
-            dataset=config.dataset,
-            bbox=tuple(config.bbox) if config.bbox else None,
-            points=tuple(tuple(point) for point in config.points) if config.points else None,
-            start=config.start,
-            end=config.end,
-            variables=tuple(config.variables) if config.variables else None,
-            format=config.format,
-            tag=config.tag,
-            snapshot=config.snapshot,
-        )
+        # The request's own model checks and converts the fields (lists become tuples).
+        request = make_request(**config.model_dump(exclude={"to"}))
 
         def progress(block, done: int, total: int) -> None:
             context.log.info(f"{config.dataset}: block {done}/{total} written ({block.layout})")
