@@ -4,6 +4,7 @@ writer is gone, or that cannot replay on the tip, is not carried."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -129,3 +130,20 @@ def test_a_queued_session_that_cannot_replay_is_left_to_its_writer(stored):
     axis = store_reader.store_axis(session)
     for batch in (contested, other):
         assert stored_checksum(session, axis, batch.time_index) == batch.checksum
+
+
+def test_a_queued_session_the_holder_cannot_read_is_left_and_the_holder_commits(stored):
+    """A queued session that does not deserialize or replay here (a damaged file, or another
+    server's store of the same name) never fails the holder's own commit."""
+    store, batch_for = stored
+    queue = _queue_dir(store, "main")
+    queue.mkdir(parents=True, exist_ok=True)
+    damaged = queue / f"{os.getpid()}-damaged-1.session"  # a living writer's
+    damaged.write_bytes(b"not a session")
+    session = store.open().writable_session("main")
+    sync(store_writer._write_periods(session, [batch_for("2024-01-02")], "holder"))
+
+    commit = commit_in_turn(store, session, "holder", periods=1, run_id="holder")
+
+    assert commit.grouped == 0 and damaged.exists()  # left to its writer
+    assert store_reader.session_for(store).snapshot_id == commit.snapshot_id

@@ -455,3 +455,14 @@ def test_writers_on_one_machine_take_turns_and_catch_up_instead_of_failing_a_com
     assert session.snapshot_id == receipt.snapshot_id != holder_snapshot
     keys = ["2024-01-01", "2024-01-02", "2024-01-03"]
     assert check_whole_or_absent(s3_settings, spec, provider_values(spec, keys)) == set(keys)
+
+
+def test_a_machines_commit_turn_is_per_server_and_root(monkeypatch):
+    """Two servers with a bucket of the same name hold two stores: their writers on one machine
+    must not share a commit turn or its queue of sessions (found running two suites at once)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    here = DatasetStore("s3://climate/ref", "era5").lock_path
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9001")
+    there = DatasetStore("s3://climate/ref", "era5").lock_path
+    assert here != there and here.name == there.name == "era5.lock"
+    assert DatasetStore("s3://climate/other", "era5").lock_path != there

@@ -202,8 +202,10 @@ def _carry_queued(queue: Path, session: ic.Session) -> list[_Ticket]:
             queued.rebase(ic.ConflictDetector())
         except FileNotFoundError:
             continue  # its writer took it back
-        except ic.RebaseFailedError as refused:
-            logger.info("%s: not grouped, its writer writes again (%s)", path.name, refused)
+        except (ic.IcechunkError, ValueError) as err:
+            # Refused (its periods were rewritten meanwhile) or unreadable here: its writer,
+            # which gets the turn later, commits it itself or writes again. Never ours to fail.
+            logger.info("%s: not grouped, left to its writer (%s)", path.name, err)
             continue
         session.merge(queued)
         carried.append(ticket)

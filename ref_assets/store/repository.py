@@ -239,7 +239,9 @@ class DatasetStore:
             import hashlib
             import tempfile
 
-            key = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+            # The endpoint too: one bucket name on two servers is two stores.
+            where = f"{self._connection().endpoint_url or 'aws'} {self.root}"
+            key = hashlib.sha256(where.encode()).hexdigest()[:16]
             return Path(tempfile.gettempdir()) / "ref_assets-locks" / key / f"{self.name}.lock"
         return Path(self.root) / ".locks" / f"{self.name}.lock"
 
