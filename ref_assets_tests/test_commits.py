@@ -96,7 +96,7 @@ def test_a_session_left_by_a_writer_that_died_is_not_committed(stored):
     # A writer that holds the turn carries only living writers' sessions.
     live = store.open().writable_session("main")
     sync(store_writer._write_periods(live, [batch_for("2024-01-03")], "live"))
-    commit = commit_in_turn(store, live, "live", periods=1, run_id="live")
+    commit = commit_in_turn(store, store.open(), live, "live", periods=1, run_id="live")
 
     assert commit.grouped == 0 and queued(store) == []
     written = store_reader.written_indices(store_reader.session_for(store))
@@ -143,7 +143,7 @@ def test_a_queued_session_the_holder_cannot_read_is_left_and_the_holder_commits(
     session = store.open().writable_session("main")
     sync(store_writer._write_periods(session, [batch_for("2024-01-02")], "holder"))
 
-    commit = commit_in_turn(store, session, "holder", periods=1, run_id="holder")
+    commit = commit_in_turn(store, store.open(), session, "holder", periods=1, run_id="holder")
 
     assert commit.grouped == 0 and damaged.exists()  # left to its writer
     assert store_reader.session_for(store).snapshot_id == commit.snapshot_id

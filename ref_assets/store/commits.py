@@ -13,7 +13,9 @@ snapshot. A writer that then gets the turn and finds its session done has landed
 (its replay was refused, or the holder died before marking it) commits itself, exactly as it
 would have alone.
 
->>> commit = commit_in_turn(store, session, "era5 2024-01-01", run_id="abc")  # doctest: +SKIP
+>>> commit = commit_in_turn(  # doctest: +SKIP
+...     store, repo, session, "era5 2024-01-01", periods=1, run_id="abc"
+... )
 >>> commit.snapshot_id, commit.grouped  # doctest: +SKIP
 ('1CECHNKREP0F1RSTCMT0', 3)
 
@@ -131,6 +133,7 @@ def back_off(attempt: int) -> None:
 
 def commit_in_turn(
     store: DatasetStore,
+    repo: ic.Repository,
     session: ic.Session,
     message: str,
     *,
@@ -138,7 +141,8 @@ def commit_in_turn(
     run_id: str,
     branch: str = "main",
 ) -> Commit:
-    """Commit ``session`` (``periods`` periods on ``branch``) in this machine's turn, with the
+    """Commit ``session`` (``periods`` periods on ``branch`` of ``repo``, the repository of
+    ``store``) in this machine's turn, with the
     sessions of the writers waiting for it; or learn that a holder of the turn committed it
     already. A grouped commit's message ends with what it carried: "+ 5 periods of 3 other
     writes (grouped)".
@@ -156,11 +160,12 @@ def commit_in_turn(
             ticket.withdraw()
             if snapshot is not None:
                 return Commit(snapshot, 1)
-        if others_first:
+        tip = repo.lookup_branch(branch) if others_first else session.snapshot_id
+        if session.snapshot_id != tip:
             # Others committed while this session was written: replay it on the tip first,
             # sparing a commit bound to fail.
             _replay(session, attempt=0)
-        carried = _carry_queued(queue, session)
+        carried = _carry_queued(queue, session, tip)
         if carried:
             carried_periods = sum(other.periods for other in carried)
             message = (
@@ -186,9 +191,9 @@ def _enqueue(queue: Path, session: ic.Session, periods: int) -> _Ticket:
     return ticket
 
 
-def _carry_queued(queue: Path, session: ic.Session) -> list[_Ticket]:
-    """Merge into ``session`` every queued session that replays on the tip; return their
-    tickets. Sessions whose writer is gone are dropped: their runs failed, so their periods
+def _carry_queued(queue: Path, session: ic.Session, tip: str) -> list[_Ticket]:
+    """Merge into ``session`` (on ``tip``) every queued session that replays on it; return
+    their tickets. Sessions whose writer is gone are dropped: their runs failed, so their periods
     must not land unreported."""
     carried = []
     for path in sorted(queue.glob("*.session")) if queue.is_dir() else []:
@@ -199,7 +204,8 @@ def _carry_queued(queue: Path, session: ic.Session) -> list[_Ticket]:
             continue
         try:
             queued = ic.Session(PySession.from_bytes(path.read_bytes()))
-            queued.rebase(ic.ConflictDetector())
+            if queued.snapshot_id != tip:
+                queued.rebase(ic.ConflictDetector())
         except FileNotFoundError:
             continue  # its writer took it back
         except (ic.IcechunkError, ValueError) as err:

@@ -184,6 +184,7 @@ class PeriodWriter:
                     written = sync(_write_periods(session, batches, self.run_id))
                     commit = commit_in_turn(
                         self.store,
+                        self._repo,
                         session,
                         message,
                         periods=len(batches),
