@@ -91,26 +91,32 @@ def assert_all_landed(settings, spec: DatasetSpec, keys: list[str]) -> None:
 
 
 def test_processes_rewriting_the_same_periods_leave_one_whole_version_of_each(settings, write_spec):
-    # Two writers with different seeds race over the same periods; each period spans 4 chunks,
-    # so a mix of both versions would show as values matching neither checksum.
-    spec_fields = write_spec(storage={"time_block": 16})
+    # Each period spans 4 chunks, so a mix of both versions would show as values matching
+    # neither checksum.
+    two_writers_of_the_same_periods(
+        settings.storage_root, write_spec(storage={"time_block": 16}), 12
+    )
+
+
+def two_writers_of_the_same_periods(storage_root: str, spec_fields: dict, count: int) -> None:
+    """Two spawned writers with different seeds race over the same ``count`` periods; each
+    stored period must be one whole version, its record matching its values."""
     variants = [{**spec_fields, "params": {**spec_fields["params"], "seed": s}} for s in (1, 2)]
-    keys = days(12)
-    context = multiprocessing.get_context("spawn")
+    keys = days(count)
+    context = multiprocessing.get_context("spawn")  # icechunk does not survive fork
     with (
         context.Manager() as manager,
         ProcessPoolExecutor(2, mp_context=context) as pool,
     ):
         barrier = manager.Barrier(2)
         futures = [
-            pool.submit(write_periods, settings.storage_root, fields, keys, barrier)
-            for fields in variants
+            pool.submit(write_periods, storage_root, fields, keys, barrier) for fields in variants
         ]
         for future in futures:
             future.result(timeout=240)
 
     spec = DatasetSpec.model_validate(spec_fields)
-    session = store_reader.session_for(DatasetStore(settings.storage_root, spec.id))
+    session = store_reader.session_for(DatasetStore(storage_root, spec.id))
     axis = store_reader.store_axis(session)
     records = store_reader.read_records(session, store_reader.written_indices(session))
     versions = [DatasetSpec.model_validate(v) for v in variants]

@@ -5,12 +5,10 @@ a server that dies mid-range, a writer killed mid-commit, and credentials kept o
 from __future__ import annotations
 
 import json
-import multiprocessing
 import signal
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 
 import icechunk as ic
@@ -37,13 +35,12 @@ from ref_assets.store.repository import DatasetStore, StoreError
 from ref_assets.store.s3 import S3Connection, S3Problem
 from ref_assets.store.writer import CommitPolicy, PeriodWriter, write_period
 from ref_assets.verification import verify_dataset
-from ref_assets_tests.conftest import stored_checksum
-from ref_assets_tests.test_concurrency import checksum_of, days, run_at_once
+from ref_assets_tests.test_concurrency import days, run_at_once, two_writers_of_the_same_periods
 from ref_assets_tests.test_crash import check_whole_or_absent, start_writer
 from ref_assets_tests.test_maintenance import maintain_beside_a_writer
 from ref_assets_tests.test_provider_local_files import expected, sha256, spec_fields, write_netcdf
 from ref_assets_tests.test_timeseries import TIMESERIES, assert_copy_equals_store
-from ref_assets_tests.workers import write_periods, write_periods_on_machine
+from ref_assets_tests.workers import write_periods_on_machine
 
 
 def provider_values(spec: DatasetSpec, keys: list[str]) -> dict[str, np.ndarray]:
@@ -92,30 +89,9 @@ def test_eight_spawned_writers_of_distinct_periods_lose_nothing(s3_settings, wri
 
 
 def test_two_writers_of_the_same_periods_leave_one_whole_version(s3_settings, write_spec):
-    spec_fields = write_spec(storage={"time_block": 8})
-    variants = [{**spec_fields, "params": {**spec_fields["params"], "seed": s}} for s in (1, 2)]
-    keys = days(6)
-
-    context = multiprocessing.get_context("spawn")  # icechunk does not survive fork
-    with context.Manager() as manager, ProcessPoolExecutor(2, mp_context=context) as pool:
-        barrier = manager.Barrier(2)
-        futures = [
-            pool.submit(write_periods, s3_settings.storage_root, fields, keys, barrier)
-            for fields in variants
-        ]
-        for future in futures:
-            future.result(timeout=120)
-
-    spec = DatasetSpec.model_validate(spec_fields)
-    session = store_reader.session_for(DatasetStore(s3_settings.storage_root, spec.id))
-    axis = store_reader.store_axis(session)
-    records = store_reader.read_records(session, store_reader.written_indices(session))
-    versions = [DatasetSpec.model_validate(v) for v in variants]
-    for key in keys:
-        index = spec.time_index(spec.period_for_key(key))
-        stored = stored_checksum(session, axis, index)
-        assert records[index]["checksum"] == stored, f"{key}: data and record disagree"
-        assert stored in {checksum_of(version, key) for version in versions}, f"{key}: a mix"
+    two_writers_of_the_same_periods(
+        s3_settings.storage_root, write_spec(storage={"time_block": 8}), 6
+    )
 
 
 def test_maintenance_beside_a_writer_on_s3_loses_no_commit(s3_settings, write_spec):
