@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 # periods: a conflict that survives this many is other writers rewriting the same periods.
 MAX_COMMIT_ATTEMPTS = 8
 
-# Sessions queued longer than this are left alone: their writer is stuck or gone.
+# Sessions queued longer than this are dropped: their writer is stuck or gone (one that comes
+# back finds its session not done and commits it itself).
 STALE_SECONDS = 600.0
 
 
@@ -142,10 +143,9 @@ def commit_in_turn(
     branch: str = "main",
 ) -> Commit:
     """Commit ``session`` (``periods`` periods on ``branch`` of ``repo``, the repository of
-    ``store``) in this machine's turn, with the
-    sessions of the writers waiting for it; or learn that a holder of the turn committed it
-    already. A grouped commit's message ends with what it carried: "+ 5 periods of 3 other
-    writes (grouped)".
+    ``store``) in this machine's turn, with the sessions of the writers waiting for it; or
+    learn that a holder of the turn committed it already. A grouped commit's message ends with
+    what it carried: "+ 5 periods of 3 other writes (grouped)".
 
     Raises like `store.writer.commit_rebasing` (`ic.RebaseFailedError`: write again from the
     new tip)."""
