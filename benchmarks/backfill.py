@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from results import replace_section
+from results import replace_section, synthetic_daily_spec
 
 HERE = Path(__file__).resolve().parent
 HEADING = "## Backfill: ref_assets against bulk and hand-written writers (`benchmarks/backfill.py`)"
@@ -49,19 +49,13 @@ GRID = {"bbox": [-50.0, -50.0, 50.0, 50.0], "resolution": 0.25, "seed": 1, "land
 
 
 def spec_fields(dataset_id: str) -> dict:
-    return {
-        "id": dataset_id,
-        "title": "Benchmark field",
-        "provider": "synthetic",
-        "params": GRID,
-        "period": "daily",
-        "start": "2000-01-01",
-        "variables": [
-            {"name": "t2m", "units": "degC", "attributes": {"standard_name": "air_temperature"}}
-        ],
-        "storage": {"time_block": 366},
-        "runs": {"commit_every": 32, "fetch_workers": 2},
-    }
+    return synthetic_daily_spec(
+        dataset_id,
+        "Benchmark field",
+        GRID,
+        storage={"time_block": 366},
+        runs={"commit_every": 32, "fetch_workers": 2},
+    )
 
 
 def keys(count: int) -> list[str]:

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from results import machine_load, replace_section
+from results import machine_load, replace_section, synthetic_daily_spec
 from timeseries import batch, interleaved
 
 SECTION = "## Extraction: a point series to a staging area (`benchmarks/extraction.py`)"
@@ -53,19 +53,14 @@ def make_spec(days: int):
     from ref_assets.specs import DatasetSpec
 
     return DatasetSpec.model_validate(
-        {
-            "id": "bench_extraction",
-            "title": "Extraction benchmark",
-            "provider": "synthetic",
-            "params": {"bbox": [0.0, 0.0, SIDE / 10, SIDE / 10], "resolution": 0.1},
-            "period": "daily",
-            "start": "2010-01-01",
-            "end": str(np.datetime64("2010-01-01") + np.timedelta64(days - 1, "D")),
-            "variables": [
-                {"name": "t2m", "units": "degC", "attributes": {"standard_name": "air_temperature"}}
-            ],
-            "timeseries": {"time_chunk": 365, "y": SIDE, "x": SIDE, "tile": 10},
-        }
+        synthetic_daily_spec(
+            "bench_extraction",
+            "Extraction benchmark",
+            {"bbox": [0.0, 0.0, SIDE / 10, SIDE / 10], "resolution": 0.1},
+            start="2010-01-01",
+            end=str(np.datetime64("2010-01-01") + np.timedelta64(days - 1, "D")),
+            timeseries={"time_chunk": 365, "y": SIDE, "x": SIDE, "tile": 10},
+        )
     )
 
 

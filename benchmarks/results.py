@@ -43,3 +43,22 @@ def timed[T](work: Callable[[], T]) -> tuple[float, T]:
     start = time.perf_counter()
     result = work()
     return time.perf_counter() - start, result
+
+
+def synthetic_daily_spec(
+    dataset_id: str, title: str, params: dict, *, start: str = "2000-01-01", **fields
+) -> dict:
+    """The fields of a spec of daily synthetic air temperature (t2m in degC), as the
+    benchmarks declare one; ``fields`` adds top-level keys (storage, runs, end, timeseries)."""
+    return {
+        "id": dataset_id,
+        "title": title,
+        "provider": "synthetic",
+        "params": params,
+        "period": "daily",
+        "start": start,
+        "variables": [
+            {"name": "t2m", "units": "degC", "attributes": {"standard_name": "air_temperature"}}
+        ],
+        **fields,
+    }

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from results import machine_load, replace_section
+from results import machine_load, replace_section, synthetic_daily_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,18 +45,7 @@ GRID = {"bbox": [0.0, 40.0, 30.0, 60.0], "resolution": 0.1, "seed": 1, "land_onl
 
 
 def spec_fields(dataset_id: str) -> dict:
-    return {
-        "id": dataset_id,
-        "title": "Benchmark S3",
-        "provider": "synthetic",
-        "params": GRID,
-        "period": "daily",
-        "start": "2000-01-01",
-        "variables": [
-            {"name": "t2m", "units": "degC", "attributes": {"standard_name": "air_temperature"}}
-        ],
-        "storage": {"time_block": 366},
-    }
+    return synthetic_daily_spec(dataset_id, "Benchmark S3", GRID, storage={"time_block": 366})
 
 
 def prepared(fields: dict, count: int):

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from results import replace_section
+from results import replace_section, synthetic_daily_spec
 
 SECTION = "## Time-series layout: point series and maps (`benchmarks/timeseries.py`)"
 SIDE = 200
@@ -51,21 +51,16 @@ def make_spec(days: int):
     from ref_assets.specs import DatasetSpec
 
     return DatasetSpec.model_validate(
-        {
-            "id": "bench_timeseries",
-            "title": "Time-series benchmark",
-            "provider": "synthetic",
+        synthetic_daily_spec(
+            "bench_timeseries",
+            "Time-series benchmark",
             # 200 x 200 cells of 0.1 degree.
-            "params": {"bbox": [0.0, 0.0, SIDE / 10, SIDE / 10], "resolution": 0.1},
-            "period": "daily",
-            "start": "2010-01-01",
+            {"bbox": [0.0, 0.0, SIDE / 10, SIDE / 10], "resolution": 0.1},
+            start="2010-01-01",
             # One day past the built ones: the day that lands while the copy is current.
-            "end": str(np.datetime64("2010-01-01") + np.timedelta64(days, "D")),
-            "variables": [
-                {"name": "t2m", "units": "degC", "attributes": {"standard_name": "air_temperature"}}
-            ],
-            "timeseries": {"time_chunk": TIME_CHUNK, "y": TILE, "x": TILE},
-        }
+            end=str(np.datetime64("2010-01-01") + np.timedelta64(days, "D")),
+            timeseries={"time_chunk": TIME_CHUNK, "y": TILE, "x": TILE},
+        )
     )
 
 
